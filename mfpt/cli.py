@@ -1,0 +1,201 @@
+"""Command line: `mfpt run | data | validate | compare | distance ...`.
+
+User errors (bad config, missing data, unknown names, refused updates) print one clear line and exit 2;
+only bugs produce tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+# Tests and air-gapped sites must never reach a model hub by accident; a user who wants the hub sets these to 0.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from mfpt.config import ConfigError
+    from mfpt.data import DataError
+    from mfpt.languages import UnknownLanguageError
+    from mfpt.model import UpdateError
+    from mfpt.registry import UnknownNameError
+    from mfpt.results import ResumeError
+
+    errors: list[type[BaseException]] = [ConfigError, DataError, UnknownLanguageError, UpdateError, UnknownNameError,
+                                         ResumeError]
+    try:
+        from mfpt.server_app import FederationError
+
+        errors.append(FederationError)
+    except ImportError:  # pragma: no cover - flwr missing is reported by the import itself
+        pass
+    return tuple(errors)
+
+
+def _load(args: argparse.Namespace):
+    from mfpt.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "out", None):
+        overrides.append(f"output_dir={args.out!r}".replace("'", '"'))
+    return load_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one experiment."""
+    from mfpt.paradigms import run_experiment
+    from mfpt.report import pct
+
+    cfg = _load(args)
+    if args.resume:
+        cfg = cfg.replace(output_dir=str(args.resume))
+    results = run_experiment(cfg, resume=bool(args.resume), quiet=args.quiet)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    avg = results.get("average") or {}
+    low = results.get("low_resource_average") or {}
+    print(f"\n{results['paradigm']} / {results['method']}: mean accuracy {pct(avg.get('accuracy'))}"
+          + (f", low-resource mean {pct(low.get('accuracy'))}" if low else ""))
+    print((out / "report.md").read_text(encoding="utf-8").split("\n## Cost")[0])
+    print(f"outputs in {out} (report.md, results.json, metrics.jsonl, checkpoints/)")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a config without running it and print it fully resolved."""
+    from mfpt.config import to_toml
+
+    print(to_toml(_load(args)), end="")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Print the clients, their example counts per split and label, and the label set."""
+    from mfpt.data import prepare, summary_table
+
+    cfg = _load(args)
+    prepared = prepare(cfg)
+    table = summary_table(prepared, cfg.data.eval_split)
+    print(f"source {cfg.data.source!r}: {len(prepared.training_clients())} training client(s), "
+          f"{len(prepared.heldout)} held-out language(s), {len(prepared.labels)} labels: {', '.join(prepared.labels)}")
+    print(table.to_string(index=False))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """List every config key with its default and meaning."""
+    from mfpt.config import describe
+
+    print(describe())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Write one comparison report from finished runs."""
+    from mfpt import io
+    from mfpt.report import render_comparison
+
+    runs = []
+    for folder in args.runs:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            from mfpt.results import ResumeError
+
+            raise ResumeError(f"{str(path)!r} does not exist; pass folders of finished runs.")
+        runs.append(io.read_json(path))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_text(out / "report.md", render_comparison(runs, out, title=args.title))
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="experiment TOML file (omit for the defaults)")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override a config key, e.g. --set train.lr=0.01 --set data.languages=eng,swh (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="mfpt",
+        description="Multilingual federated prompt tuning: every language a client that keeps its data and shares "
+                    "only a small prompt, aggregated by a Flower server.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and mfpt's debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an experiment (federated in Flower simulation, or a baseline paradigm)",
+                         description="Run the experiment of CONFIG on this machine and write results, checkpoints "
+                                     "and report.md to output_dir.")
+    _add_config_args(run)
+    run.add_argument("--out", help="output directory (overrides output_dir)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed round")
+    run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a config and print it resolved",
+                              description="Validate CONFIG (and --set overrides) without running anything.")
+    _add_config_args(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    data = sub.add_parser("data", help="show the clients and their data without training",
+                          description="Load the data of CONFIG and print every client's example counts per split "
+                                      "and label; fails early on anything training would fail on.")
+    _add_config_args(data)
+    data.set_defaults(func=cmd_data)
+
+    keys = sub.add_parser("keys", help="list every config key with its default and meaning")
+    keys.set_defaults(func=cmd_keys)
+
+    compare = sub.add_parser("compare", help="one comparison report from finished runs",
+                             description="Read results.json of each RUN folder and write a comparison report.md "
+                                         "(table, gains of federated over each baseline, costs, bar chart).")
+    compare.add_argument("runs", nargs="+", metavar="RUN")
+    compare.add_argument("--out", required=True, help="folder for report.md and the chart")
+    compare.add_argument("--title", default="Comparison", help="report title")
+    compare.set_defaults(func=cmd_compare)
+
+    for extension in _extensions():
+        extension(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands that live in their own modules (each module owns its arguments and help)."""
+    found = []
+    for module_name in ("mfpt.distance", "mfpt.sweep"):
+        try:
+            module = __import__(module_name, fromlist=["add_cli"])
+        except ImportError:
+            continue
+        if hasattr(module, "add_cli"):
+            found.append(module.add_cli)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mfpt` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mfpt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+        for noisy in ("transformers", "peft", "datasets"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

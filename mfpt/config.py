@@ -1,0 +1,496 @@
+"""The experiment config: typed, validated, frozen dataclasses loaded once from TOML and passed down.
+
+The same schema feeds the CLI (a TOML file plus `--set section.key=value`) and Flower's run_config
+(flattened `section.key` keys, lists as comma-separated strings, since run_config values are scalars).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfpt.registry import unknown_name_message
+
+
+class ConfigError(ValueError):
+    """A config value that is missing, unknown, of the wrong type or impossible; the message names the key."""
+
+
+class Paradigm(str, enum.Enum):
+    FEDERATED = "federated"
+    LOCAL = "local"
+    CENTRALIZED = "centralized"
+    TRANSFER = "transfer"
+    ZEROSHOT = "zeroshot"
+
+
+class PeftMethod(str, enum.Enum):
+    PREFIX = "prefix"
+    PROMPT = "prompt"
+    PTUNING = "ptuning"
+    LORA = "lora"
+    FULL = "full"
+
+
+class PoolAt(str, enum.Enum):
+    BOS = "bos"
+    FIRST = "first"
+
+
+class Weighting(str, enum.Enum):
+    EXAMPLES = "examples"
+    UNIFORM = "uniform"
+
+
+class Partition(str, enum.Enum):
+    IID = "iid"
+    DIRICHLET = "dirichlet"
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _help(
+        "Hugging Face encoder: a hub id (e.g. xlm-roberta-base) or a local checkpoint directory.",
+        default="xlm-roberta-base",
+    )
+    max_seq_length: int = _help(
+        "Tokens per example before truncation; input-prompt methods also leave room for their virtual tokens.",
+        default=128,
+    )
+    text_prefix: str = _help(
+        "String put before every text, e.g. 'query: ' for E5 encoders, which were trained with it.",
+        default="",
+    )
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    method: PeftMethod = _help(
+        "prefix (P-tuning v2 deep prompts), prompt (input soft prompt), ptuning (P-tuning v1 prompt encoder), "
+        "lora, or full (full fine-tuning baseline).",
+        default=PeftMethod.PREFIX,
+    )
+    num_virtual_tokens: int = _help(
+        "Prompt length. 32 deep prefix tokens + the RoBERTa head on xlm-roberta-base give ~1.18M trainable "
+        "parameters, the paper's ~1.2M.",
+        default=32,
+    )
+    prefix_projection: bool = _help(
+        "prefix only: reparameterise the prefix through a 2-layer MLP (the P-tuning v2 paper's option).",
+        default=False,
+    )
+    encoder_hidden_size: int = _help(
+        "Hidden size of the prompt encoder MLP (ptuning, and prefix with prefix_projection).", default=128
+    )
+    lora_r: int = _help("lora only: rank.", default=8)
+    lora_alpha: int = _help("lora only: scaling numerator.", default=16)
+    lora_dropout: float = _help("lora only: dropout on the LoRA branch.", default=0.1)
+    lora_target_modules: tuple[str, ...] = _help(
+        "lora only: module names to adapt.", default=("query", "value")
+    )
+    pool_at: PoolAt = _help(
+        "prompt/ptuning only: where the classification head reads. 'bos' reads the real <s>/[CLS] token, as "
+        "under every other method; 'first' reads position 0, which under input prompts is virtual token 0.",
+        default=PoolAt.BOS,
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _help(
+        "Where the data comes from: 'files' (data.path in the universal schema), 'udhr-topics' (shipped), "
+        "or a registered benchmark loader.",
+        default="files",
+    )
+    path: str = _help(
+        "files: a JSONL, CSV or Parquet file (or a directory of them) with columns text, [text_pair], label, "
+        "lang, [split]. Benchmarks: a local copy in the authors' format (empty = Hugging Face hub).",
+        default="",
+    )
+    languages: tuple[str, ...] = _help(
+        "The client languages, in any ISO 639-1/639-3/BCP-47/FLORES form; empty = every language in the data.",
+        default=(),
+    )
+    heldout_languages: tuple[str, ...] = _help(
+        "Languages that take no part in training but are evaluated with the final model.", default=()
+    )
+    low_resource: tuple[str, ...] = _help(
+        "Languages reported as the low-resource block of every table.", default=()
+    )
+    labels: tuple[str, ...] = _help(
+        "The global label set, in order (label id = position). Empty = read from the data before the run; "
+        "required in deployment, where the server never sees data.",
+        default=(),
+    )
+    train_per_language: int = _help(
+        "Cap on training examples per language, sampled with the seed and stratified by label (0 = all).",
+        default=0,
+    )
+    test_per_language: int = _help("Cap on test examples per language (0 = all).", default=0)
+    test_fraction: float = _help(
+        "Share of each language held out as test when the data has no 'split' column (stratified, seeded).",
+        default=0.2,
+    )
+    eval_split: str = _help("The split every client evaluates on each round: test or validation.", default="test")
+    train_pool: str = _help(
+        "Benchmarks: the split each language's training examples are drawn from: 'train' (the benchmark's own "
+        "or machine-translated training set) or 'validation' (for benchmarks whose training data is English-only).",
+        default="train",
+    )
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = _help("Federated rounds.", default=10)
+    strategy: str = _help("Server strategy: fedavg, fedprox, fedadam, fedyogi, fedavgm.", default="fedavg")
+    weighting: Weighting = _help(
+        "FedAvg weights: 'examples' (n_k / n, the FedAvg paper) or 'uniform' (every client counts the same).",
+        default=Weighting.EXAMPLES,
+    )
+    fraction_train: float = _help("Fraction of clients sampled to train each round, in (0, 1].", default=1.0)
+    fraction_evaluate: float = _help("Fraction of clients sampled to evaluate each round, in (0, 1].", default=1.0)
+    min_clients: int = _help(
+        "Fewest clients that must reply for a round to count; 0 = all sampled clients.", default=0
+    )
+    clients_per_language: int = _help("Split each language among this many clients.", default=1)
+    partition: Partition = _help(
+        "How a language is split among its clients: iid, or dirichlet over labels.", default=Partition.IID
+    )
+    dirichlet_alpha: float = _help("Dirichlet concentration; smaller = more skewed labels.", default=0.5)
+    proximal_mu: float = _help("fedprox only: weight of the proximal term.", default=0.01)
+    server_lr: float = _help("fedadam/fedyogi/fedavgm: server learning rate (eta).", default=1.0)
+    server_momentum: float = _help("fedavgm only: server momentum.", default=0.9)
+    tau: float = _help("fedadam/fedyogi: adaptivity (controls the denominator's floor).", default=1e-3)
+    round_timeout: float = _help("Seconds the server waits for replies in a round.", default=3600.0)
+    client_cpus: float = _help(
+        "Simulation: CPU cores per client; the number of clients training at once is cores / client_cpus.",
+        default=1.0,
+    )
+    client_gpus: float = _help("Simulation: GPU share per client (e.g. 0.25 runs 4 clients per GPU).", default=0.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: int = _help("Passes over the client's data per round.", default=1)
+    max_steps: int = _help(
+        "Cap on optimisation steps per round and client (0 = no cap); evens out clients of very different size.",
+        default=0,
+    )
+    batch_size: int = _help("Training batch size.", default=16)
+    eval_batch_size: int = _help("Evaluation batch size.", default=64)
+    lr: float = _help("Client learning rate (AdamW). Prompts want ~1e-2, full fine-tuning ~2e-5.", default=1e-2)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    grad_clip: float = _help("Max gradient norm (0 = off).", default=1.0)
+    device: str = _help("auto, cpu, cuda or cuda:N.", default="auto")
+    threads: int = _help("torch CPU threads per process (0 = torch's default).", default=0)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    sources: tuple[str, ...] = _help(
+        "transfer/zeroshot: the source languages trained on first (default: English).", default=("eng",)
+    )
+    source_epochs: int = _help("transfer/zeroshot: epochs over the pooled source data.", default=3)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = _help("Run name, used in reports.", default="mfpt")
+    seed: int = _help("Seeds data sampling, model init and every client's training in every round.", default=0)
+    output_dir: str = _help("Where results, checkpoints and the report go.", default="runs/mfpt")
+    paradigm: Paradigm = _help(
+        "federated, local, centralized, transfer or zeroshot.", default=Paradigm.FEDERATED
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+
+    def replace(self, **overrides: Any) -> "ExperimentConfig":
+        """A copy with dotted-key overrides applied (`{"train.lr": 0.1}`), validated again."""
+        return from_dict(set_dotted(to_dict(self), overrides))
+
+
+SECTIONS = ("model", "peft", "data", "federation", "train", "transfer")
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def _check_ranges(cfg: ExperimentConfig) -> None:
+    def need(ok: bool, key: str, allowed: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{key} = {value!r} is not allowed: must be {allowed}.")
+
+    f, t, d, p, m = cfg.federation, cfg.train, cfg.data, cfg.peft, cfg.model
+    need(f.rounds >= 1, "federation.rounds", "an integer >= 1", f.rounds)
+    need(0 < f.fraction_train <= 1, "federation.fraction_train", "in (0, 1]", f.fraction_train)
+    need(0 < f.fraction_evaluate <= 1, "federation.fraction_evaluate", "in (0, 1]", f.fraction_evaluate)
+    need(f.min_clients >= 0, "federation.min_clients", "an integer >= 0 (0 = all sampled)", f.min_clients)
+    need(f.clients_per_language >= 1, "federation.clients_per_language", "an integer >= 1", f.clients_per_language)
+    need(f.dirichlet_alpha > 0, "federation.dirichlet_alpha", "> 0", f.dirichlet_alpha)
+    need(f.proximal_mu >= 0, "federation.proximal_mu", ">= 0", f.proximal_mu)
+    need(f.server_lr > 0, "federation.server_lr", "> 0", f.server_lr)
+    need(0 <= f.server_momentum < 1, "federation.server_momentum", "in [0, 1)", f.server_momentum)
+    need(f.tau > 0, "federation.tau", "> 0", f.tau)
+    need(f.round_timeout > 0, "federation.round_timeout", "> 0 seconds", f.round_timeout)
+    need(f.client_cpus > 0, "federation.client_cpus", "> 0", f.client_cpus)
+    need(f.client_gpus >= 0, "federation.client_gpus", ">= 0", f.client_gpus)
+    need(t.lr > 0, "train.lr", "> 0", t.lr)
+    need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)
+    need(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0 = no cap)", t.max_steps)
+    need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
+    need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
+    need(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+    need(t.grad_clip >= 0, "train.grad_clip", ">= 0 (0 = off)", t.grad_clip)
+    need(t.threads >= 0, "train.threads", "an integer >= 0", t.threads)
+    need(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda") or t.device == "mps",
+        "train.device", "auto, cpu, cuda, cuda:N or mps", t.device,
+    )
+    need(m.max_seq_length >= 8, "model.max_seq_length", "an integer >= 8", m.max_seq_length)
+    need(bool(m.name), "model.name", "a hub id or a checkpoint directory", m.name)
+    need(p.num_virtual_tokens >= 1, "peft.num_virtual_tokens", "an integer >= 1", p.num_virtual_tokens)
+    need(p.encoder_hidden_size >= 1, "peft.encoder_hidden_size", "an integer >= 1", p.encoder_hidden_size)
+    need(p.lora_r >= 1, "peft.lora_r", "an integer >= 1", p.lora_r)
+    need(0 <= p.lora_dropout < 1, "peft.lora_dropout", "in [0, 1)", p.lora_dropout)
+    need(d.train_per_language >= 0, "data.train_per_language", "an integer >= 0 (0 = all)", d.train_per_language)
+    need(d.test_per_language >= 0, "data.test_per_language", "an integer >= 0 (0 = all)", d.test_per_language)
+    need(0 < d.test_fraction < 1, "data.test_fraction", "in (0, 1)", d.test_fraction)
+    need(d.eval_split in ("test", "validation"), "data.eval_split", "'test' or 'validation'", d.eval_split)
+    need(d.train_pool in ("train", "validation"), "data.train_pool", "'train' or 'validation'", d.train_pool)
+    need(len(set(d.labels)) == len(d.labels), "data.labels", "a list without repeats", list(d.labels))
+    need(
+        cfg.transfer.source_epochs >= 1, "transfer.source_epochs", "an integer >= 1", cfg.transfer.source_epochs
+    )
+    # A strategy name is checked here, not at round 1, so a typo fails before any model is loaded.
+    from mfpt.strategy import STRATEGIES  # local import: strategy imports flwr, config must stay light
+
+    if f.strategy not in STRATEGIES:
+        raise ConfigError("federation.strategy: " + unknown_name_message("strategy", f.strategy, STRATEGIES.names()))
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+def _dataclass_of(cls: type, name: str) -> type:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a TOML/run_config/CLI value to the field's type, or raise a ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        allowed = [m.value for m in annotation]
+        if isinstance(value, str) and value in allowed:
+            return annotation(value)
+        if isinstance(value, annotation):
+            return value
+        raise ConfigError(f"{key} = {value!r} is not allowed: must be one of {', '.join(map(repr, allowed))}.")
+    if origin is tuple:
+        (item_type, _) = typing.get_args(annotation)
+        if isinstance(value, str):  # run_config and --set carry lists as "a,b,c"
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list of {item_type.__name__}.")
+        return tuple(_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key} = {value!r} has the wrong type: expected true or false.")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected an integer.")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected an integer.") from None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a number.")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a number.") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a string.")
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {annotation!r}")  # programming error
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        where = f"section [{prefix.rstrip('.')}]" if prefix else "the top level"
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"Unknown config key {prefix}{key!r} in {where}.{hint} Allowed keys: {', '.join(names)}."
+        )
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        annotation = _dataclass_of(cls, f.name)
+        value = raw[f.name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{f.name} must be a [section] table, got {value!r}.")
+            kwargs[f.name] = _build(annotation, value, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(prefix + f.name, value, annotation)
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a nested dict (as read from TOML) into an ExperimentConfig."""
+    return _build(ExperimentConfig, raw, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a nested dict of plain TOML-able values (enums as strings, tuples as lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            out[f.name] = value.value
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def set_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply `{"section.key": value}` overrides to a nested dict; an unknown section or key is refused later."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if len(parts) == 1:
+            raw[parts[0]] = value
+        elif len(parts) == 2:
+            if parts[0] not in SECTIONS:
+                raise ConfigError(
+                    unknown_name_message("config section", parts[0], list(SECTIONS)) + f" (in key {dotted!r})"
+                )
+            raw.setdefault(parts[0], {})[parts[1]] = value
+        else:
+            raise ConfigError(f"Config key {dotted!r} has too many dots: use section.key, e.g. train.lr.")
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`section.key=value` from the command line; the value is read as TOML when it parses, else as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} needs the form section.key=value, e.g. --set train.lr=0.01.")
+    key, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a TOML experiment file (or the defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist; pass the path of a .toml experiment file.")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {err}.") from None
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    return from_dict(set_dotted(raw, overrides or {}))
+
+
+# --------------------------------------------------------------------------------------------- run_config
+
+
+def to_flat(cfg: ExperimentConfig) -> dict[str, bool | int | float | str]:
+    """Flattened `section.key` view for Flower's run_config / ConfigRecord (lists as "a,b,c")."""
+    flat: dict[str, bool | int | float | str] = {}
+
+    def visit(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                visit(v, f"{prefix}{k}.")
+            elif isinstance(v, list):
+                flat[prefix + k] = ",".join(str(x) for x in v)
+            else:
+                flat[prefix + k] = v
+
+    visit(to_dict(cfg), "")
+    return flat
+
+
+def from_flat(flat: typing.Mapping[str, Any]) -> ExperimentConfig:
+    """Inverse of to_flat; unknown keys are refused like in a TOML file."""
+    return from_dict(set_dotted({}, dict(flat)))
+
+
+def to_toml(cfg: ExperimentConfig) -> str:
+    """The resolved config as TOML text (what a run writes next to its results)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    raw = to_dict(cfg)
+    lines = [f"{k} = {fmt(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {fmt(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def describe() -> str:
+    """Every key with its default and help text (for `mfpt config --help-keys`)."""
+    lines = []
+
+    def visit(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            annotation = _dataclass_of(cls, f.name)
+            if dataclasses.is_dataclass(annotation):
+                lines.append(f"\n[{f.name}]")
+                visit(annotation, f"{f.name}.")
+                continue
+            default = f.default
+            if isinstance(default, enum.Enum):
+                default = default.value
+            lines.append(f"  {prefix}{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+
+    visit(ExperimentConfig, "")
+    return "\n".join(lines)
+

@@ -1,0 +1,711 @@
+"""URIEL language distances (pairwise matrices, cached) and the distance-vs-gain analysis behind `mfpt report`.
+
+Source choice: the URIEL feature files shipped in the `lang2vec==1.1.2` wheel, read directly with
+importlib.resources; `lang2vec.py` itself is never imported. Why not the alternatives:
+- lang2vec's code does `import pkg_resources` (gone in setuptools >= 81) and its PyPI build has no
+  `distance()` (GitHub master needs an LFS zip that no registry carries), so only its data is usable.
+- `urielplus==1.3.2` (maintained) bundles the very same three .npz files (identical md5), but its
+  constructor copies them into its own site-packages folder, `import urielplus.urielplus` calls
+  `logging.basicConfig(level=INFO)`, and it measures distance on the raw, sparse features only: over 20
+  African and high-resource languages 135 of 190 phonological pairs came out undefined (-1) and genetic
+  took 20 s. lang2vec's data includes URIEL's k-NN-imputed typology (`*_knn`), so every pair is defined.
+Recipe (URIEL's definitions, Littell et al. 2017), all in [0, 1]:
+- syntactic / phonological / inventory: cosine distance of the `syntax_knn` / `phonology_knn` /
+  `inventory_knn` vectors (0/1 features); featural: cosine of their concatenation;
+- genetic: 1 - |shared Glottolog ancestor nodes| / max(depth of either language) from the `fam` vectors;
+- geographic: great-circle distance / antipodal distance (20,015 km). Each `geo` feature `GC_lat_lon` is
+  the language's great-circle distance to that point over the antipodal one, so the coordinates are
+  recovered by a least-squares grid search (coarse 2 deg, then 0.25 deg, then 0.01 deg). The point names
+  are rounded to whole degrees, so the fit keeps an rms residual of ~0.0015 (eng lands at 52.98, -0.95
+  for URIEL's 53, -1): distances are good to about +-0.002.
+Caveat: these recomputed values do NOT reproduce URIEL's official precomputed tables (lang2vec's README
+gives syntactic eng-fra 0.4569; this recipe gives 0.19). Compare rankings, not raw values, with papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mfpt.io import atomic_write, write_json
+from mfpt.languages import base_language, language_name, normalize_languages
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("syntactic", "genetic", "geographic", "phonological", "inventory", "featural")
+
+URIEL_PACKAGE = "lang2vec"
+URIEL_REQUIREMENT = "lang2vec==1.1.2"
+# Bump when the recipe changes: it is part of every cache key, so old cached numbers are never reused.
+RECIPE_VERSION = 1
+
+# Feature-name prefixes of each typological kind in `feature_predictions.npz` (lang2vec's `*_knn` sets).
+_TYPOLOGY_PREFIXES: dict[str, tuple[str, ...]] = {
+    "syntactic": ("S_",),
+    "phonological": ("P_",),
+    "inventory": ("INV_",),
+    "featural": ("S_", "P_", "INV_"),
+}
+
+KIND_DEFINITIONS: dict[str, str] = {
+    "syntactic": "cosine distance of URIEL syntax_knn vectors",
+    "genetic": "1 - shared Glottolog ancestors / max depth (URIEL fam)",
+    "geographic": "great-circle distance / antipodal distance (URIEL geo)",
+    "phonological": "cosine distance of URIEL phonology_knn vectors",
+    "inventory": "cosine distance of URIEL inventory_knn vectors",
+    "featural": "cosine distance of syntax_knn+phonology_knn+inventory_knn",
+}
+
+CAVEAT = (
+    "Distances are recomputed from the URIEL features shipped in lang2vec (see mfpt.distance); they do not "
+    "reproduce URIEL's official precomputed tables (lang2vec's README: syntactic eng-fra 0.46; here 0.19). "
+    "Compare rankings, not raw values, with published numbers."
+)
+
+
+class LanguageNotInURIELError(ValueError):
+    """A language that mfpt knows but URIEL has no entry for; the message suggests codes URIEL has."""
+
+
+class URIELDataError(RuntimeError):
+    """The URIEL data package is missing or unreadable; the message says what to install."""
+
+
+class DistanceAnalysisError(ValueError):
+    """The distance analysis cannot run on these results (e.g. fewer than 3 languages have gains)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# URIEL data
+
+
+@dataclass(frozen=True)
+class _FeatureFile:
+    index: dict[str, int]  # ISO 639-3 code -> row
+    feats: np.ndarray  # (n_feats,) str
+    data: np.ndarray  # (n_langs, n_feats) float32; -1 = missing
+
+
+def _data_dir() -> Any:
+    try:
+        return resources.files(URIEL_PACKAGE) / "data"
+    except ModuleNotFoundError:
+        raise URIELDataError(
+            f"URIEL data not found: the {URIEL_PACKAGE!r} package is not installed. "
+            f"Install it with: pip install '{URIEL_REQUIREMENT}'"
+        ) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _feature_file(name: str) -> _FeatureFile:
+    """One of lang2vec's .npz files, loaded once per process (read-only: nothing is written to site-packages)."""
+    try:
+        with resources.as_file(_data_dir() / name) as path, np.load(path, allow_pickle=False) as npz:
+            langs = npz["langs"]
+            data = npz["data"][:, :, 0]  # the knn/fam/geo files carry a single "source" column
+            feats = npz["feats"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise URIELDataError(
+            f"Cannot read URIEL file {name!r} from {URIEL_PACKAGE}: {exc}. Reinstall it: pip install --force-reinstall "
+            f"'{URIEL_REQUIREMENT}'"
+        ) from exc
+    return _FeatureFile({str(code): row for row, code in enumerate(langs)}, feats, data)
+
+
+def _file_for(kind: str) -> str:
+    if kind in _TYPOLOGY_PREFIXES:
+        return "feature_predictions.npz"
+    return {"genetic": "family_features.npz", "geographic": "geocoord_features.npz"}[kind]
+
+
+def uriel_source() -> str:
+    """'lang2vec 1.1.2': the installed URIEL distribution, recorded in caches and reports."""
+    try:
+        return f"{URIEL_PACKAGE} {metadata.version(URIEL_PACKAGE)}"
+    except metadata.PackageNotFoundError:
+        raise URIELDataError(
+            f"URIEL data not found: the {URIEL_PACKAGE!r} package is not installed. "
+            f"Install it with: pip install '{URIEL_REQUIREMENT}'"
+        ) from None
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        close = difflib.get_close_matches(str(kind), KINDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown distance kind {kind!r}.{hint} Available: {', '.join(KINDS)}.")
+
+
+def _uriel_rows(codes: Sequence[str], kind: str) -> list[int]:
+    """Row of each canonical code in the URIEL file for `kind`; names the languages URIEL lacks."""
+    file = _feature_file(_file_for(kind))
+    rows, missing = [], []
+    for code in codes:
+        row = file.index.get(base_language(code))
+        if row is None:
+            missing.append(code)
+        rows.append(row if row is not None else -1)
+    if missing:
+        raise LanguageNotInURIELError("; ".join(_not_in_uriel_message(code, file.index) for code in missing))
+    return rows
+
+
+def _not_in_uriel_message(code: str, index: Mapping[str, int]) -> str:
+    base = base_language(code)
+    # Nearest first by meaning (same macrolanguage: cnr -> srp, hrv, bos), then by spelling (same first letters).
+    related = [c for c in _macro_relatives(base) if c in index]
+    spelled = sorted((c for c in index if c[:2] == base[:2]), key=lambda c: (-_common_prefix_len(base, c), c))
+    close = list(dict.fromkeys([*related, *spelled]))[:5]
+    hint = ", ".join(f"{c!r} ({_name(c)})" for c in close)
+    return (
+        f"URIEL has no entry for language {code!r} ({_name(code)}). Nearest codes URIEL has: {hint or 'none'}. "
+        "Drop it from the distance analysis or use one of those codes."
+    )
+
+
+def _macro_relatives(code: str) -> list[str]:
+    """The macrolanguage of `code` and its other members, from mfpt's ISO 639-3 table (empty if none)."""
+    text = resources.files("mfpt").joinpath("resources", "iso639-3.tsv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
+    macro = next((r["macro"] for r in rows if r["code"] == code), "") or code
+    members = sorted(r["code"] for r in rows if r["macro"] == macro and r["code"] != code)
+    return ([macro] if macro != code else []) + members
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _name(code: str) -> str:
+    try:
+        return language_name(code)
+    except ValueError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# Distances
+
+
+def _cosine_distances(vectors: np.ndarray) -> np.ndarray:
+    """(n, n) cosine distances of non-negative rows; NaN where a row is all zero (no features)."""
+    norms = np.linalg.norm(vectors, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sim = (vectors @ vectors.T) / np.outer(norms, norms)
+    # Features are 0/1, so similarity is in [0, 1]; clip only float rounding.
+    return np.clip(1.0 - sim, 0.0, 1.0)
+
+
+def _genetic_distances(fam: np.ndarray) -> np.ndarray:
+    """(n, n) 1 - shared ancestors / max depth; NaN where a language has no Glottolog ancestors in URIEL."""
+    shared = fam @ fam.T
+    depth = fam.sum(axis=1)
+    deepest = np.maximum.outer(depth, depth)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = 1.0 - shared / deepest
+    dist[(depth[:, None] == 0) | (depth[None, :] == 0)] = np.nan
+    return np.clip(dist, 0.0, 1.0)
+
+
+def _unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    lat, lon = np.radians(lat), np.radians(lon)
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+@functools.lru_cache(maxsize=1)
+def _geo_points() -> np.ndarray:
+    """(299, 3) unit vectors of URIEL's fixed `GC_<lat>_<lon>` points."""
+    feats = _feature_file("geocoord_features.npz").feats
+    lat_lon = np.array([[float(v) for v in str(name).split("_")[1:3]] for name in feats])
+    return _unit(lat_lon[:, 0], lat_lon[:, 1])
+
+
+def fit_coordinates(geo: np.ndarray) -> tuple[float, float, float]:
+    """(lat, lon, rms residual) whose great-circle distances / pi to URIEL's points best match `geo` (299,)."""
+    points, known = _geo_points(), geo >= 0
+    target = geo[known]
+
+    def best(lats: np.ndarray, lons: np.ndarray) -> tuple[float, float, float]:
+        grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
+        cand = _unit(grid_lat.ravel(), grid_lon.ravel())
+        pred = np.arccos(np.clip(cand @ points[known].T, -1.0, 1.0)) / np.pi
+        err = ((pred - target) ** 2).mean(axis=1)
+        i = int(err.argmin())
+        return float(grid_lat.ravel()[i]), float(grid_lon.ravel()[i]), float(np.sqrt(err[i]))
+
+    # Coarse-to-fine: the misfit is smooth with one minimum, and a full 0.01 deg grid would be 650M points.
+    lat, lon, _ = best(np.arange(-90.0, 90.1, 2.0), np.arange(-180.0, 180.0, 2.0))
+    for step, half in ((0.25, 2.5), (0.01, 0.3)):
+        offsets = np.arange(-half, half + step / 2, step)
+        lat, lon, rms = best(np.clip(lat + offsets, -90.0, 90.0), lon + offsets)
+    lon = (lon + 180.0) % 360.0 - 180.0
+    return round(lat, 2), round(lon, 2), rms
+
+
+def _geographic_distances(geo: np.ndarray) -> np.ndarray:
+    coords = np.array([fit_coordinates(row)[:2] for row in geo])
+    units = _unit(coords[:, 0], coords[:, 1])
+    return np.arccos(np.clip(units @ units.T, -1.0, 1.0)) / np.pi
+
+
+def _compute(codes: Sequence[str], kind: str) -> np.ndarray:
+    """(n, n) distances of canonical `codes` for `kind`, straight from the URIEL files."""
+    file = _feature_file(_file_for(kind))
+    vectors = file.data[_uriel_rows(codes, kind)].astype(np.float64)
+    if kind in _TYPOLOGY_PREFIXES:
+        mask = np.array([str(f).startswith(_TYPOLOGY_PREFIXES[kind]) for f in file.feats])
+        dist = _cosine_distances(np.where(vectors[:, mask] > 0, vectors[:, mask], 0.0))
+    elif kind == "genetic":
+        dist = _genetic_distances((vectors > 0).astype(np.float64))
+    else:
+        dist = _geographic_distances(vectors)
+    dist = (dist + dist.T) / 2.0  # exact symmetry despite float rounding in the products
+    np.fill_diagonal(dist, 0.0)
+    return dist
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/mfpt/distances, or ~/.cache/mfpt/distances (XDG says ignore a relative XDG_CACHE_HOME)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return root / "mfpt" / "distances"
+
+
+def _cache_path(codes: Sequence[str], kind: str, source: str) -> Path:
+    key = json.dumps({"languages": sorted(codes), "kind": kind, "source": source, "recipe": RECIPE_VERSION})
+    return cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def _read_cache(path: Path, codes: Sequence[str], kind: str, source: str) -> pd.DataFrame | None:
+    """The cached matrix for exactly this language set, or None if absent, stale or corrupt."""
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        langs = entry["languages"]
+        if (entry["kind"], entry["source"], entry["recipe"], sorted(langs)) != (kind, source, RECIPE_VERSION,
+                                                                                sorted(codes)):
+            raise ValueError("cache entry is for other languages, kind or data version")
+        matrix = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["matrix"]])
+        if matrix.shape != (len(langs), len(langs)) or not np.all(np.isnan(matrix) | ((matrix >= 0) & (matrix <= 1))):
+            raise ValueError(f"matrix of shape {matrix.shape} or values outside [0, 1]")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("Ignoring unreadable distance cache %s (%s); rebuilding it.", path, exc)
+        return None
+    return pd.DataFrame(matrix, index=langs, columns=langs)
+
+
+def _write_cache(path: Path, frame: pd.DataFrame, kind: str, source: str) -> None:
+    entry = {
+        "kind": kind,
+        "source": source,
+        "recipe": RECIPE_VERSION,
+        "languages": list(frame.index),
+        "matrix": [[None if math.isnan(v) else round(float(v), 12) for v in row] for row in frame.to_numpy()],
+    }
+    try:
+        write_json(path, entry)
+    except OSError as exc:  # a read-only home must not stop the command; the next run recomputes
+        log.warning("Cannot write distance cache %s (%s); continuing without it.", path, exc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+
+
+def distance_matrix(languages: Sequence[str], kind: str, *, use_cache: bool = True) -> pd.DataFrame:
+    """Pairwise URIEL `kind` distances in [0, 1] (NaN: no URIEL data); rows/cols = canonical codes, given order."""
+    _check_kind(kind)
+    if isinstance(languages, str):
+        languages = [languages]
+    codes = list(normalize_languages(languages))
+    if not codes:
+        raise ValueError("distance_matrix needs at least one language, e.g. ['eng', 'swh'].")
+    source = uriel_source()
+    path = _cache_path(codes, kind, source)
+    frame = _read_cache(path, codes, kind, source) if use_cache else None
+    if frame is None:
+        frame = pd.DataFrame(_compute(codes, kind), index=codes, columns=codes)
+        if use_cache:
+            _write_cache(path, frame, kind, source)
+    return frame.loc[codes, codes].copy()
+
+
+def distance_matrices(languages: Sequence[str], kinds: Sequence[str] = KINDS, *,
+                      use_cache: bool = True) -> dict[str, pd.DataFrame]:
+    """{kind: distance_matrix(languages, kind)} for several kinds."""
+    return {kind: distance_matrix(languages, kind, use_cache=use_cache) for kind in kinds}
+
+
+# --------------------------------------------------------------------------------------------------
+# Correlations
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Pearson and Spearman correlation (two-sided p-values, as scipy.stats computes them) of one distance/gain pair."""
+
+    kind: str
+    measure: str  # "reference" or "federation"
+    gain: str
+    n: int
+    pearson_r: float
+    pearson_p: float
+    spearman_rho: float
+    spearman_p: float
+    note: str = ""
+
+
+def correlate(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float, float, str]:
+    """(pearson r, p, spearman rho, p, note) over pairs where both are finite; NaN with a note if undefined."""
+    from scipy import stats  # imported here: `mfpt distance` should not pay scipy's import time
+
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[keep], ya[keep]
+    nan = float("nan")
+    if len(xa) < 3:
+        return nan, nan, nan, nan, f"needs >= 3 languages, has {len(xa)}"
+    # scipy warns and returns NaN on constant input; say why instead (e.g. every genetic distance is 1.0).
+    if np.ptp(xa) == 0:
+        return nan, nan, nan, nan, "distance is the same for every language"
+    if np.ptp(ya) == 0:
+        return nan, nan, nan, nan, "gain is the same for every language"
+    pearson = stats.pearsonr(xa, ya)
+    spearman = stats.spearmanr(xa, ya)
+    return float(pearson.statistic), float(pearson.pvalue), float(spearman.statistic), float(spearman.pvalue), ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis
+
+
+MEASURES: dict[str, str] = {
+    "reference": "distance to the reference set",
+    "federation": "distance to the rest of the federation",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class DistanceAnalysis:
+    """Per-language distances, their correlations with the gains, and the figures written for the report."""
+
+    languages: tuple[str, ...]  # the run's languages, canonical
+    reference: tuple[str, ...]
+    kinds: tuple[str, ...]
+    gains: pd.DataFrame  # index: languages with results; columns: gain names (accuracy points)
+    to_reference: pd.DataFrame  # index: languages with results; columns: kinds
+    to_federation: pd.DataFrame
+    matrices: dict[str, pd.DataFrame]  # kind -> pairwise matrix of the run's languages
+    correlations: tuple[Correlation, ...]
+    figures: dict[str, Path]  # "reference" / "federation" / "heatmap" -> PNG path
+    source: str
+
+    def correlations_frame(self) -> pd.DataFrame:
+        """One row per (kind, measure, gain) with n, r, rho and p-values."""
+        return pd.DataFrame([dataclasses.asdict(c) for c in self.correlations])
+
+    def to_markdown(self, rel_dir: str | os.PathLike = ".", level: int = 2) -> str:
+        """A Markdown section (tables + image links relative to `rel_dir`) for the report to embed."""
+        h = "#" * level
+        ref = ", ".join(self.reference)
+        lines = [
+            f"{h} Language distance and federated gains",
+            "",
+            f"URIEL distances ({self.source}, mfpt recipe v{RECIPE_VERSION}) of each language to the reference set "
+            f"({ref}; mean over reference languages other than itself) and to the rest of the federation (mean over the "
+            "other languages of the run), against its gain in accuracy points. " + CAVEAT,
+            "",
+        ]
+        for measure, frame in (("reference", self.to_reference), ("federation", self.to_federation)):
+            lines += [f"{h}# {MEASURES[measure].capitalize()}", ""]
+            lines += _markdown_table(frame.join(self.gains), digits={**{k: 3 for k in self.kinds},
+                                                                     **{g: 1 for g in self.gains.columns}})
+            lines += ["", f"![{MEASURES[measure]} vs. gain]({_link(rel_dir, self.figures[measure])})", ""]
+        lines += [f"{h}# Correlations", "",
+                  "| distance kind | distance to | gain | n | Pearson r | p | Spearman ρ | p | note |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for c in self.correlations:
+            lines.append(
+                f"| {c.kind} | {c.measure} | {c.gain} | {c.n} | {_fmt(c.pearson_r, 2)} | {_fmt_p(c.pearson_p)} | "
+                f"{_fmt(c.spearman_rho, 2)} | {_fmt_p(c.spearman_p)} | {c.note} |"
+            )
+        lines += ["", f"{h}# Pairwise distances of the run's languages", "",
+                  f"![pairwise distance heatmaps]({_link(rel_dir, self.figures['heatmap'])})", ""]
+        return "\n".join(lines)
+
+
+def distance_analysis(
+    gains: Mapping[str, Mapping[str, float]],
+    languages: Sequence[str],
+    reference: Sequence[str],
+    kinds: Sequence[str] = KINDS,
+    out_dir: Path | str = Path("."),
+) -> DistanceAnalysis:
+    """Distances of each language to `reference` and to the federation vs. its gains; writes PNGs into out_dir."""
+    for kind in kinds:
+        _check_kind(kind)
+    langs = normalize_languages(languages)
+    ref = normalize_languages(reference)
+    if not ref:
+        raise DistanceAnalysisError("The reference set is empty; give at least one language, e.g. reference=['eng'].")
+    gain_frame = _gain_frame(gains, langs)
+    have = list(gain_frame.index)
+    if len(have) < 3:
+        shown = ", ".join(have) or "none"
+        raise DistanceAnalysisError(
+            f"The distance analysis needs gains for at least 3 languages; {len(have)} have them ({shown}). "
+            "Run more languages (or all paradigms it compares: federated, local, transfer) before reporting it."
+        )
+    union = list(dict.fromkeys([*langs, *ref]))
+    full = {kind: distance_matrix(union, kind) for kind in kinds}
+    to_ref = pd.DataFrame({k: [_mean_to(full[k], lang, [r for r in ref if r != lang]) for lang in have] for k in kinds},
+                          index=have)
+    to_fed = pd.DataFrame({k: [_mean_to(full[k], lang, [o for o in langs if o != lang]) for lang in have] for k in kinds},
+                          index=have)
+    correlations = tuple(
+        Correlation(kind, measure, gain, int((np.isfinite(frame[kind]) & np.isfinite(gain_frame[gain])).sum()),
+                    *correlate(frame[kind], gain_frame[gain]))
+        for measure, frame in (("reference", to_ref), ("federation", to_fed))
+        for gain in gain_frame.columns
+        for kind in kinds
+    )
+    matrices = {kind: full[kind].loc[list(langs), list(langs)] for kind in kinds}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    by_key = {(c.kind, c.measure, c.gain): c for c in correlations}
+    figures = {
+        measure: _scatter_figure(frame, gain_frame, by_key, measure, out / f"distance_vs_gain_{measure}.png")
+        for measure, frame in (("reference", to_ref), ("federation", to_fed))
+    }
+    figures["heatmap"] = _heatmap_figure(matrices, out / "distance_heatmaps.png")
+    return DistanceAnalysis(tuple(langs), tuple(ref), tuple(kinds), gain_frame, to_ref, to_fed, matrices,
+                            correlations, figures, uriel_source())
+
+
+def _gain_frame(gains: Mapping[str, Mapping[str, float]], langs: Sequence[str]) -> pd.DataFrame:
+    """Gains re-keyed by canonical code; rows = languages with at least one finite gain, in run order."""
+    columns: dict[str, dict[str, float]] = {}
+    for name, per_lang in gains.items():
+        canon = dict(zip(normalize_languages(list(per_lang)), per_lang.values()))
+        stray = [code for code in canon if code not in langs]
+        if stray:
+            raise DistanceAnalysisError(
+                f"Gain {name!r} has languages that are not in the run: {', '.join(stray)}. "
+                f"The run's languages are: {', '.join(langs)}."
+            )
+        columns[name] = {code: float(v) if v is not None else float("nan") for code, v in canon.items()}
+    frame = pd.DataFrame(columns, index=list(langs), dtype=float)
+    return frame[np.isfinite(frame).any(axis=1)] if len(frame.columns) else frame.iloc[:0]
+
+
+def _mean_to(matrix: pd.DataFrame, lang: str, others: Sequence[str]) -> float:
+    values = matrix.loc[lang, list(others)].to_numpy(dtype=float) if others else np.array([])
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures (matplotlib's object API with the Agg canvas: no pyplot, no global backend switch, no display)
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return path
+
+
+def _scatter_figure(distances: pd.DataFrame, gains: pd.DataFrame, correlations: Mapping[tuple[str, str, str], Correlation],
+                    measure: str, path: Path) -> Path:
+    kinds, names = list(distances.columns), list(gains.columns)
+    fig = _new_figure(3.1 * len(kinds), 2.9 * max(len(names), 1))
+    axes = np.atleast_2d(fig.subplots(max(len(names), 1), len(kinds), squeeze=False))
+    for row, gain in enumerate(names):
+        for col, kind in enumerate(kinds):
+            ax = axes[row, col]
+            x, y = distances[kind].to_numpy(float), gains[gain].to_numpy(float)
+            keep = np.isfinite(x) & np.isfinite(y)
+            ax.scatter(x[keep], y[keep], s=22, color="tab:blue")
+            for lang, xi, yi in zip(distances.index[keep], x[keep], y[keep]):
+                ax.annotate(lang, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=8)
+            if keep.sum() >= 2 and np.ptp(x[keep]) > 0:
+                slope, intercept = np.polyfit(x[keep], y[keep], 1)
+                xs = np.linspace(x[keep].min(), x[keep].max(), 2)
+                ax.plot(xs, slope * xs + intercept, color="tab:red", linewidth=1)
+            c = correlations[(kind, measure, gain)]
+            ax.set_title(f"{kind}\nr={_fmt(c.pearson_r, 2)} (p={_fmt_p(c.pearson_p)}), "
+                         f"ρ={_fmt(c.spearman_rho, 2)} (p={_fmt_p(c.spearman_p)})", fontsize=8)
+            ax.axhline(0, color="grey", linewidth=0.5)
+            ax.tick_params(labelsize=7)
+            if row == len(names) - 1:
+                ax.set_xlabel(MEASURES[measure], fontsize=8)
+            if col == 0:
+                ax.set_ylabel(f"{gain}\n(accuracy points)", fontsize=8)
+    return _save(fig, path)
+
+
+def _heatmap_figure(matrices: Mapping[str, pd.DataFrame], path: Path) -> Path:
+    kinds = list(matrices)
+    cols = min(3, len(kinds))
+    rows = math.ceil(len(kinds) / cols)
+    n = len(next(iter(matrices.values())))
+    side = max(3.0, 0.45 * n + 1.5)
+    fig = _new_figure(side * cols, side * rows)
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    image = None
+    for ax, kind in zip(axes, kinds):
+        m = matrices[kind]
+        image = ax.imshow(m.to_numpy(float), vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_xticks(range(n), list(m.columns), rotation=90, fontsize=7)
+        ax.set_yticks(range(n), list(m.index), fontsize=7)
+        ax.set_title(kind, fontsize=9)
+        if n <= 15:  # beyond that the numbers overlap; the colour still reads
+            for i in range(n):
+                for j in range(n):
+                    v = m.iat[i, j]
+                    ax.text(j, i, "–" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if (math.isnan(v) or v < 0.6) else "black")
+    for ax in axes[len(kinds):]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[: len(kinds)]), shrink=0.6, label="URIEL distance")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _link(rel_dir: str | os.PathLike, path: Path) -> str:
+    rel = PurePosixPath(Path(rel_dir).as_posix())
+    return str(rel / path.name) if str(rel) not in ("", ".") else path.name
+
+
+def _markdown_table(frame: pd.DataFrame, digits: Mapping[str, int]) -> list[str]:
+    header = ["language", *map(str, frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(frame.columns)]
+    for lang, row in frame.iterrows():
+        cells = [f"{lang} ({_name(str(lang))})"] + [_fmt(row[c], digits.get(c, 3)) for c in frame.columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_matrix(frame: pd.DataFrame, title: str, digits: int = 2) -> str:
+    """A fixed-width text table with a title line; NaN prints as n/a."""
+    width = max(digits + 3, *(len(str(c)) for c in frame.columns)) + 1
+    label = max(len(str(i)) for i in frame.index) + 1
+    lines = [title, " " * label + "".join(f"{c:>{width}}" for c in frame.columns)]
+    for lang, row in frame.iterrows():
+        lines.append(f"{lang:<{label}}" + "".join(f"{_fmt(v, digits):>{width}}" for v in row))
+    return "\n".join(lines)
+
+
+def matrices_to_csv(matrices: Mapping[str, pd.DataFrame], path: Path | str) -> Path:
+    """Write stacked matrices as CSV with columns kind, language, <codes...> (read back: index_col=[0, 1])."""
+    frames = [m.rename_axis("language").reset_index().assign(kind=kind) for kind, m in matrices.items()]
+    table = pd.concat(frames, ignore_index=True)
+    table = table[["kind", "language", *[c for c in table.columns if c not in ("kind", "language")]]]
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f", na_rep=""))
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+_CLI_DESCRIPTION = """\
+Print the pairwise URIEL distance matrix of the given languages (0 = same, 1 = most distant).
+
+Kinds:
+""" + "".join(f"  {kind:<13} {KIND_DEFINITIONS[kind]}\n" for kind in KINDS) + """
+Languages may be given in any form mfpt accepts (ISO 639-1/639-3, BCP-47, FLORES-200): sw, swa, swh and
+swh_Latn all mean Swahili. Data: URIEL as shipped in lang2vec (offline). Results are cached in
+$XDG_CACHE_HOME/mfpt/distances (default ~/.cache/mfpt/distances).
+"""
+
+_CLI_EPILOG = """\
+examples:
+  mfpt distance eng fra swh hau yor amh
+  mfpt distance en sw ha --kind all --csv distances.csv
+"""
+
+
+def add_cli(subparsers: Any) -> None:
+    """Add the `distance` subcommand to an argparse subparsers object (func=run_cli)."""
+    parser = subparsers.add_parser(
+        "distance",
+        help="print pairwise URIEL language distances (syntactic, genetic, geographic, ...)",
+        description=_CLI_DESCRIPTION,
+        epilog=_CLI_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("languages", nargs="+", metavar="LANG", help="language codes, e.g. eng fra sw hau_Latn")
+    parser.add_argument("--kind", choices=[*KINDS, "all"], default="syntactic",
+                        help="which distance to print; 'all' prints every kind (default: %(default)s)")
+    parser.add_argument("--csv", type=Path, metavar="FILE",
+                        help="also write the matrices to FILE as CSV with columns kind, language, <codes...>")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute instead of reading/writing the distance cache")
+    parser.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run `mfpt distance`; returns the exit status (2 on a bad language or kind)."""
+    kind = getattr(args, "kind", "syntactic")
+    kinds = KINDS if kind == "all" else (kind,)
+    try:
+        matrices = distance_matrices(args.languages, kinds, use_cache=not getattr(args, "no_cache", False))
+    except (ValueError, URIELDataError) as exc:
+        print(f"mfpt distance: error: {exc}", file=sys.stderr)
+        return 2
+    codes = list(next(iter(matrices.values())).index)
+    out = ["languages: " + ", ".join(f"{c} ({_name(c)})" for c in codes), ""]
+    for k, frame in matrices.items():
+        out += [format_matrix(frame, f"{k} distance ({KIND_DEFINITIONS[k]})"), ""]
+    if any(frame.isna().to_numpy().any() for frame in matrices.values()):
+        out.append("n/a: URIEL has no data of that kind for the language.")
+    footer = f"Source: URIEL features from {uriel_source()}, mfpt recipe v{RECIPE_VERSION}. {CAVEAT}"
+    out.append(textwrap.fill(footer, width=100))
+    if getattr(args, "csv", None):
+        path = matrices_to_csv(matrices, args.csv)
+        out.append(f"Wrote {path}")
+    print("\n".join(out))
+    return 0

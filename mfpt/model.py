@@ -1,0 +1,267 @@
+"""Model factory: a frozen Hugging Face encoder + one PEFT method as a sequence classifier, and its trainable state.
+
+What travels between clients and server is exactly `trainable_state(model)`: every `requires_grad` tensor by
+name. peft's get/set_peft_model_state_dict is not used for exchange because it saves the prompt encoder's
+*output* for P-tuning and loads it into the encoder's *input* table, silently changing the model
+(stack.md §2.2); it is used only for the final adapter export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
+from mfpt.registry import Registry
+
+log = logging.getLogger("mfpt")
+
+# peft builds its config from the method's settings; `full` has none (every weight trains).
+PeftConfigBuilder = Callable[[PeftConfig, list[str]], Any]
+PEFT_METHODS: Registry[PeftConfigBuilder] = Registry("peft.method")
+
+# Model types whose classification head reads position 0 through a module we can re-point at <s>/[CLS].
+_POSITION0_READERS = {
+    "xlm-roberta": "classifier",
+    "roberta": "classifier",
+    "camembert": "classifier",
+    "bert": "bert.pooler",
+}
+# RoBERTa-family position ids start after padding_idx, so 514 positions leave 512 usable.
+_POSITION_OFFSET = {"xlm-roberta": 2, "roberta": 2, "camembert": 2}
+
+
+class UpdateError(ValueError):
+    """A trainable-state update whose keys, shapes, dtypes or values do not match the model."""
+
+
+@PEFT_METHODS.register(PeftMethod.PREFIX.value)
+def _prefix(p: PeftConfig, extra_trainable: list[str]) -> Any:
+    from peft import PrefixTuningConfig, TaskType
+
+    return PrefixTuningConfig(
+        task_type=TaskType.SEQ_CLS,
+        num_virtual_tokens=p.num_virtual_tokens,
+        prefix_projection=p.prefix_projection,
+        encoder_hidden_size=p.encoder_hidden_size,
+        modules_to_save=extra_trainable or None,
+    )
+
+
+@PEFT_METHODS.register(PeftMethod.PROMPT.value)
+def _prompt(p: PeftConfig, extra_trainable: list[str]) -> Any:
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+    return PromptTuningConfig(
+        task_type=TaskType.SEQ_CLS,
+        num_virtual_tokens=p.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.RANDOM,
+        modules_to_save=extra_trainable or None,
+    )
+
+
+@PEFT_METHODS.register(PeftMethod.PTUNING.value)
+def _ptuning(p: PeftConfig, extra_trainable: list[str]) -> Any:
+    from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType
+
+    return PromptEncoderConfig(
+        task_type=TaskType.SEQ_CLS,
+        num_virtual_tokens=p.num_virtual_tokens,
+        encoder_hidden_size=p.encoder_hidden_size,
+        encoder_reparameterization_type=PromptEncoderReparameterizationType.MLP,
+        modules_to_save=extra_trainable or None,
+    )
+
+
+@PEFT_METHODS.register(PeftMethod.LORA.value)
+def _lora(p: PeftConfig, extra_trainable: list[str]) -> Any:
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=p.lora_r,
+        lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout,
+        target_modules=list(p.lora_target_modules),
+        modules_to_save=extra_trainable or None,
+    )
+
+
+@PEFT_METHODS.register(PeftMethod.FULL.value)
+def _full(p: PeftConfig, extra_trainable: list[str]) -> None:
+    return None
+
+
+@dataclass
+class ClassifierModel:
+    """A ready model: the (PEFT-wrapped) classifier, its tokenizer, and the input budget it allows."""
+
+    model: nn.Module
+    tokenizer: Any
+    max_length: int
+    device: torch.device
+    method: PeftMethod
+    trainable_params: int
+    total_params: int
+    notes: list[str]
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but no CUDA device is visible; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise ConfigError(f"model.name = {name!r} is a directory without config.json; point it at a checkpoint folder.")
+    try:
+        config = AutoConfig.from_pretrained(name, num_labels=num_labels)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name, config=config, output_loading_info=True
+        )
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            "HF_HUB_OFFLINE=1 is set, so only local folders and the local cache are searched"
+            if offline
+            else "check the hub id, or pass a local checkpoint directory"
+        )
+        raise ConfigError(f"model.name = {name!r} could not be loaded ({hint}): {err}") from None
+    return model, list(info.get("missing_keys", []))
+
+
+def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
+    """Load the encoder as a classifier, wrap it with `cfg.peft.method`, freeze what must not train."""
+    from transformers import AutoTokenizer
+
+    if num_labels < 2:
+        raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
+    method = cfg.peft.method
+    build_peft = PEFT_METHODS.get(method.value)
+    # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
+    torch.manual_seed(cfg.seed)
+    model, missing = _load_backbone(cfg.model.name, num_labels)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
+    model_type = model.config.model_type
+    notes: list[str] = []
+
+    extra_trainable: list[str] = []
+    if any(".pooler." in key for key in missing):
+        # A freshly initialised pooler that stays frozen would be random noise in front of the head; it joins
+        # the head as trainable (and travels with it) instead.
+        extra_trainable.append("pooler")
+        notes.append("checkpoint has no pooler weights: the pooler is trained with the head")
+
+    input_prompt = method in (PeftMethod.PROMPT, PeftMethod.PTUNING)
+    positions = getattr(model.config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(model_type, 0)
+    max_length = min(cfg.model.max_seq_length, positions)
+    if input_prompt:
+        # Virtual tokens are prepended to the embeddings and use up positions (stack.md §0.8).
+        max_length = min(cfg.model.max_seq_length, positions - cfg.peft.num_virtual_tokens)
+        if max_length < 8:
+            raise ConfigError(
+                f"peft.num_virtual_tokens = {cfg.peft.num_virtual_tokens} leaves {max_length} of {positions} "
+                "positions for text; use fewer virtual tokens."
+            )
+        if cfg.peft.pool_at == PoolAt.BOS:
+            _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
+            notes.append("head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')")
+
+    peft_config = build_peft(cfg.peft, extra_trainable)
+    if peft_config is None:
+        for param in model.parameters():
+            param.requires_grad_(True)
+    else:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
+
+
+def _read_after_prompt(model: nn.Module, model_type: str, num_virtual_tokens: int) -> None:
+    """Make the head read position `num_virtual_tokens` (the real <s>) instead of virtual token 0."""
+    path = _POSITION0_READERS.get(model_type)
+    if path is None:
+        raise ConfigError(
+            f"peft.pool_at = 'bos' is not supported for model type {model_type!r} "
+            f"(supported: {', '.join(_POSITION0_READERS)}); set peft.pool_at = 'first'."
+        )
+    head = model.get_submodule(path)
+
+    def skip_virtual_tokens(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        # peft prepends the prompt to the embeddings, so hidden states are [batch, k + seq, hidden].
+        return (args[0][:, num_virtual_tokens:],) + tuple(args[1:])
+
+    head.register_forward_pre_hook(skip_virtual_tokens)
+
+
+# ------------------------------------------------------------------------------------- trainable state
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable tensor by name, detached on CPU: exactly what a client sends."""
+    return {n: p.detach().to("cpu").clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def state_spec(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes an update must match."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+
+
+def check_update(
+    update: Mapping[str, Any], spec: Mapping[str, tuple[tuple[int, ...], torch.dtype]], origin: str = "update"
+) -> None:
+    """Refuse an update whose keys, shapes or dtypes differ from `spec`, or that holds NaN/Inf."""
+    missing = sorted(set(spec) - set(update))
+    extra = sorted(set(update) - set(spec))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
+        if extra:
+            parts.append(f"{len(extra)} unexpected tensor(s), e.g. {extra[0]!r}")
+        raise UpdateError(f"{origin} refused: {'; '.join(parts)}. Both sides must run the same model and peft config.")
+    for name, (shape, dtype) in spec.items():
+        tensor = update[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise UpdateError(f"{origin} refused: {name!r} is a {type(tensor).__name__}, not a tensor.")
+        if tuple(tensor.shape) != shape:
+            raise UpdateError(f"{origin} refused: {name!r} has shape {tuple(tensor.shape)}, expected {shape}.")
+        if tensor.dtype != dtype:
+            raise UpdateError(f"{origin} refused: {name!r} has dtype {tensor.dtype}, expected {dtype}.")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UpdateError(f"{origin} refused: {name!r} contains NaN or Inf values.")
+
+
+def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str = "update") -> None:
+    """Check `state` against the model's trainable tensors, then copy it in place."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    check_update(state, {n: (tuple(p.shape), p.dtype) for n, p in params.items()}, origin)
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name].to(param.device))
+
+
+def export_adapter(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
+    """Save a final export that `peft` (or `transformers`, for full fine-tuning) can load."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir

@@ -1,0 +1,216 @@
+"""Paradigms: how the same model, data and training loop are combined into an experiment.
+
+- federated:   Flower simulation of the ServerApp and ClientApp (every language a client; only the prompt travels).
+- local:       each language trains alone on its own data, with exactly the local steps a federated client takes
+               (same rounds x steps per round, optimiser reset each round as a federated client's is); the only
+               difference from `federated` is that nothing is aggregated.
+- centralized: every training language's data pooled in one place (the non-private reference), same epochs.
+- zeroshot:    stage 1 only: train on the pooled source languages (transfer.sources) for transfer.source_epochs
+               epochs, then evaluate every language as is.
+- transfer:    local cross-lingual transfer: stage 1 as zeroshot, then each language fine-tunes that model on its
+               own data alone (as `local`). Both stages tune the same tensors: the prompt (or adapter) and the head;
+               the encoder stays frozen.
+Held-out languages are evaluated with the final shared model where there is one (not under `local`, where
+every language has its own model, nor under `transfer`'s second stage: they use the stage-1 model).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from mfpt.config import ExperimentConfig
+from mfpt.data import ClientSpec, DataError, client_layout, normalize_all, resolve
+from mfpt.model import load_trainable_state, trainable_state
+from mfpt.registry import Registry
+from mfpt.results import RunRecorder
+from mfpt.runtime import Runtime, get_runtime
+from mfpt.train import EvalCounts, derive_seed, evaluate, steps_per_round, train
+
+log = logging.getLogger("mfpt")
+
+ParadigmRunner = Callable[[ExperimentConfig, bool, bool], dict[str, Any]]
+PARADIGMS: Registry[ParadigmRunner] = Registry("paradigm")
+
+
+@PARADIGMS.register("federated")
+def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Flower simulation on this machine: one virtual SuperNode per client."""
+    from flwr.simulation import run_simulation
+
+    from mfpt.client_app import app as client_app
+    from mfpt.io import read_json
+    from mfpt.server_app import build_server_app
+
+    cfg = resolve(cfg)
+    num_clients = len(client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language))
+    verbose = logging.getLogger("mfpt").isEnabledFor(logging.DEBUG)
+    backend_config = {
+        "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "WARNING" if not verbose else "INFO",
+                      "log_to_driver": verbose},
+    }
+    run_simulation(server_app=build_server_app(cfg, resume=resume, quiet=quiet), client_app=client_app,
+                   num_supernodes=num_clients, backend_config=backend_config)  # type: ignore[arg-type]
+    return read_json(Path(cfg.output_dir).expanduser().resolve() / "results.json")
+
+
+@dataclass
+class Learner:
+    """One model being trained in-process: its name (for metrics), training rows, and current trainable state."""
+
+    name: str
+    index: int
+    train_key: tuple
+    train_rows: pd.DataFrame
+    evaluates: tuple[str, ...]
+    state: dict[str, torch.Tensor]
+
+
+def _pool(runtime: Runtime, languages: tuple[str, ...]) -> pd.DataFrame:
+    return pd.concat([runtime.data.language_rows(lang, "train") for lang in languages], ignore_index=True)
+
+
+def _train_learner(runtime: Runtime, cfg: ExperimentConfig, learner: Learner, steps: int, round_: int) -> dict[str, Any]:
+    model = runtime.classifier.model
+    load_trainable_state(model, learner.state, origin=f"state of {learner.name}")
+    data = runtime.encode_rows(learner.train_key, learner.train_rows)
+    stats = train(model, data, runtime.classifier.tokenizer, cfg.train, steps, seed=derive_seed(cfg.seed, round_, learner.index),
+                  device=runtime.classifier.device)
+    learner.state = trainable_state(model)
+    return {"client": learner.name, "lang": learner.name, "loss": stats.mean_loss, "steps": stats.steps, "n": len(data)}
+
+
+def _evaluate_learners(runtime: Runtime, cfg: ExperimentConfig, learners: list[Learner]) -> dict[str, EvalCounts]:
+    model = runtime.classifier.model
+    counts: dict[str, EvalCounts] = {}
+    for learner in learners:
+        load_trainable_state(model, learner.state, origin=f"state of {learner.name}")
+        for lang in learner.evaluates:
+            data = runtime.encoded(ClientSpec(lang, 0, heldout=True), cfg.data.eval_split)
+            counts[lang] = evaluate(model, data, runtime.classifier.tokenizer, cfg.train.eval_batch_size,
+                                    runtime.classifier.device, len(runtime.data.labels))
+    return counts
+
+
+def _flatten(learners: list[Learner]) -> dict[str, torch.Tensor]:
+    return {f"{learner.name}::{k}": v for learner in learners for k, v in learner.state.items()}
+
+
+def _restore(learners: list[Learner], state: dict[str, torch.Tensor]) -> None:
+    for learner in learners:
+        prefix = f"{learner.name}::"
+        learner.state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, learners: list[Learner],
+                stage1: Learner | None, heldout_by: list[Learner], resume: bool) -> dict[str, Any]:
+    """Optional stage 1 (pooled sources, round 0), then `rounds` rounds of local steps for every learner."""
+    checkpoint = recorder.begin(resume)
+    done = -1
+    if checkpoint is not None:
+        _restore(learners + ([stage1] if stage1 else []), checkpoint.state)
+        done = checkpoint.round
+    if stage1 is not None and done < 0:
+        steps = cfg.transfer.source_epochs * math.ceil(len(stage1.train_rows) / cfg.train.batch_size)
+        recorder.on_train(0, [_train_learner(runtime, cfg, stage1, steps, 0)], 0, 0)
+        for learner in learners:
+            learner.state = dict(stage1.state)
+        recorder.on_evaluate(0, _evaluate_learners(runtime, cfg, [stage1]))
+        recorder.end_round(0, _flatten(learners + [stage1]))
+        done = 0
+    for round_ in range(max(done, 0) + 1, cfg.federation.rounds + 1):
+        rows = [_train_learner(runtime, cfg, learner, steps_per_round(len(learner.train_rows), cfg.train), round_)
+                for learner in learners]
+        recorder.on_train(round_, rows, 0, 0)
+        recorder.on_evaluate(round_, _evaluate_learners(runtime, cfg, learners + heldout_by))
+        recorder.end_round(round_, _flatten(learners + ([stage1] if stage1 else [])))
+    return recorder.finish()
+
+
+def _setup(cfg: ExperimentConfig, quiet: bool) -> tuple[ExperimentConfig, Runtime, RunRecorder, dict[str, torch.Tensor]]:
+    cfg = resolve(cfg)
+    runtime = get_runtime(cfg)
+    model = runtime.classifier
+    recorder = RunRecorder(cfg, Path(cfg.output_dir).expanduser().resolve(), model.trainable_params, model.total_params,
+                           quiet=quiet)
+    # The shared starting point is the seeded initial state, exactly what a federated server would send first.
+    initial = trainable_state(model.model)
+    if not quiet:
+        print(f"{cfg.name}: {cfg.paradigm.value}, {cfg.peft.method.value} on {cfg.model.name}: "
+              f"{model.trainable_params:,} trainable of {model.total_params:,} parameters", flush=True)
+    return cfg, runtime, recorder, initial
+
+
+def _language_learners(cfg: ExperimentConfig, runtime: Runtime, initial: dict[str, torch.Tensor]) -> list[Learner]:
+    # Each language is one learner with the client index it has in a federated run of the same config, so its
+    # per-round seeds match the federated client's (with one client per language).
+    layout = client_layout(cfg.data.languages, (), cfg.federation.clients_per_language)
+    first_index = {c.lang: i for i, c in reversed(list(enumerate(layout)))}
+    return [Learner(lang, first_index[lang], ("train", lang), runtime.data.language_rows(lang, "train"), (lang,), dict(initial))
+            for lang in cfg.data.languages]
+
+
+@PARADIGMS.register("local")
+def run_local(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Every language trains its own prompt on its own data only."""
+    cfg, runtime, recorder, initial = _setup(cfg, quiet)
+    return _run_rounds(cfg, runtime, recorder, _language_learners(cfg, runtime, initial), None, [], resume)
+
+
+@PARADIGMS.register("centralized")
+def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """All training languages pooled in one place; one model evaluated on every language."""
+    cfg, runtime, recorder, initial = _setup(cfg, quiet)
+    languages = tuple(cfg.data.languages)
+    pooled = Learner("all", 0, ("train", "all"), _pool(runtime, languages), languages + tuple(cfg.data.heldout_languages),
+                     dict(initial))
+    return _run_rounds(cfg, runtime, recorder, [pooled], None, [], resume)
+
+
+def _source_learner(cfg: ExperimentConfig, runtime: Runtime, initial: dict[str, torch.Tensor], evaluates: tuple[str, ...]) -> Learner:
+    sources = normalize_all(cfg.transfer.sources)
+    missing = [lang for lang in sources if lang not in runtime.data.languages]
+    if missing:
+        raise DataError(f"transfer.sources {missing} are not among the training languages "
+                        f"{list(runtime.data.languages)}; add them to data.languages.")
+    return Learner("source", 10_000, ("train", "source"), _pool(runtime, sources), evaluates, dict(initial))
+
+
+@PARADIGMS.register("zeroshot")
+def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train on the source languages only; evaluate every language with that model."""
+    cfg, runtime, recorder, initial = _setup(cfg, quiet)
+    everything = tuple(cfg.data.languages) + tuple(cfg.data.heldout_languages)
+    source = _source_learner(cfg, runtime, initial, everything)
+    cfg_once = cfg.replace(**{"federation.rounds": 1})
+    recorder.cfg = cfg_once
+    checkpoint = recorder.begin(resume)
+    if checkpoint is not None:
+        _restore([source], checkpoint.state)
+    else:
+        steps = cfg.transfer.source_epochs * math.ceil(len(source.train_rows) / cfg.train.batch_size)
+        recorder.on_train(1, [_train_learner(runtime, cfg, source, steps, 0)], 0, 0)
+        recorder.on_evaluate(1, _evaluate_learners(runtime, cfg, [source]))
+        recorder.end_round(1, _flatten([source]))
+    return recorder.finish()
+
+
+@PARADIGMS.register("transfer")
+def run_transfer(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Stage 1 on the source languages, then each language fine-tunes that model alone."""
+    cfg, runtime, recorder, initial = _setup(cfg, quiet)
+    source = _source_learner(cfg, runtime, initial, tuple(cfg.data.heldout_languages))
+    return _run_rounds(cfg, runtime, recorder, _language_learners(cfg, runtime, initial), source, [source], resume)
+
+
+def run_experiment(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run `cfg` under its paradigm and return its results (also written to output_dir)."""
+    return PARADIGMS.get(cfg.paradigm.value)(cfg, resume, quiet)

@@ -1,0 +1,238 @@
+"""A run's outputs: the resolved config, metrics.jsonl, per-round checkpoints, results.json and report.md.
+
+Every file is written atomically (temp file + rename), and a checkpoint is written last in a round, so the
+newest checkpoint always marks a fully recorded round: `--resume` continues from it and loses nothing.
+
+results.json schema (every paradigm writes the same):
+  name, paradigm, method, model, seed, trainable_params, total_params, rounds, languages, heldout_languages,
+  low_resource, labels, per_language {lang: {accuracy, macro_f1, loss, n_test}}, heldout {same},
+  average {accuracy, macro_f1}, low_resource_average {...}, heldout_average {...},
+  communication {bytes_up_per_round, bytes_down_per_round, total_bytes, full_model_bytes, clients_per_round},
+  local_steps {client: steps over the whole run}, wall_seconds, config, versions, created
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from mfpt import io
+from mfpt.config import ExperimentConfig, to_dict, to_toml
+from mfpt.train import EvalCounts
+
+log = logging.getLogger("mfpt")
+
+RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.toml"
+PROGRESS = "progress.json"
+CHECKPOINTS = "checkpoints"
+
+
+class ResumeError(ValueError):
+    """A run directory that cannot be resumed; the message says why and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    state: dict[str, torch.Tensor]
+    server_state: dict[str, np.ndarray]
+
+
+def save_checkpoint(path: Path, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray]) -> Path:
+    """Atomically write one round's global trainable state (+ server-optimiser state) as safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {f"state/{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+    tensors.update({f"server/{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in server_state.items()})
+    return io.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"round": str(round_)}))
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        round_ = int(handle.metadata()["round"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
+    server = {k[len("server/"):]: v.numpy() for k, v in tensors.items() if k.startswith("server/")}
+    return Checkpoint(round_, state, server)
+
+
+def checkpoint_path(out_dir: Path, round_: int) -> Path:
+    return out_dir / CHECKPOINTS / f"round-{round_:04d}.safetensors"
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers (for self-describing results)."""
+    import flwr
+    import peft
+    import transformers
+
+    found = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+             "peft": peft.__version__, "flwr": flwr.__version__}
+    from mfpt import __version__
+
+    found["mfpt"] = __version__
+    try:
+        found["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                      cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        found["git"] = "unknown"
+    return found
+
+
+def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
+    return {"accuracy": counts.accuracy, "macro_f1": counts.macro_f1, "loss": counts.mean_loss, "n_test": counts.n}
+
+
+def mean_block(per_language: Mapping[str, Mapping[str, float]], languages: list[str]) -> dict[str, float] | None:
+    """Unweighted mean over `languages` (the XTREME convention), or None when none has results."""
+    present = [per_language[lang] for lang in languages if lang in per_language]
+    if not present:
+        return None
+    return {key: float(np.mean([m[key] for m in present])) for key in ("accuracy", "macro_f1")}
+
+
+@dataclass
+class RunRecorder:
+    """Writes a run's outputs as it goes (it is the strategy's RoundListener for federated runs)."""
+
+    cfg: ExperimentConfig
+    out_dir: Path
+    trainable_params: int = 0
+    total_params: int = 0
+    quiet: bool = False
+    started: float = field(default_factory=time.time)
+    comm: list[dict[str, int]] = field(default_factory=list)
+    local_steps: dict[str, int] = field(default_factory=dict)
+    refusals: int = 0
+
+    # ---------------------------------------------------------------------------------- start / resume
+    def begin(self, resume: bool) -> Checkpoint | None:
+        """Check the output directory is writable, write the config, and return the checkpoint to resume from."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        probe = self.out_dir / ".write-test"
+        try:
+            io.write_text(probe, "ok")
+            probe.unlink()
+        except OSError as err:
+            raise ResumeError(f"Output directory {str(self.out_dir)!r} is not writable ({err}); set output_dir or --out.") from None
+        progress_file = self.out_dir / PROGRESS
+        if not resume:
+            if progress_file.exists() or (self.out_dir / RESULTS).exists():
+                raise ResumeError(
+                    f"{str(self.out_dir)!r} already holds a run; pass --resume to continue it, or --out for a new folder."
+                )
+            io.write_text(self.out_dir / CONFIG, to_toml(self.cfg))
+            return None
+        if not progress_file.exists():
+            raise ResumeError(f"{str(self.out_dir)!r} has no {PROGRESS}: nothing to resume. Run without --resume.")
+        saved = (self.out_dir / CONFIG).read_text(encoding="utf-8")
+        if saved != to_toml(self.cfg):
+            raise ResumeError(
+                f"The config differs from the one {str(self.out_dir)!r} was started with ({CONFIG}); "
+                "resume with the same config, or start a new run with --out."
+            )
+        progress = io.read_json(progress_file)
+        self.comm = progress.get("comm", [])
+        self.local_steps = progress.get("local_steps", {})
+        self.started = time.time() - float(progress.get("wall_seconds", 0.0))
+        completed = int(progress["completed_round"])
+        # Lines of a round that did not finish are dropped, then re-recorded by the resumed run.
+        rows = [r for r in io.read_jsonl(self.out_dir / METRICS) if int(r["round"]) <= completed]
+        io.write_text(self.out_dir / METRICS, "".join(io.json_line(r) for r in rows))
+        self.comm = [c for c in self.comm if c["round"] <= completed]
+        return load_checkpoint(checkpoint_path(self.out_dir, completed)) if completed > 0 else None
+
+    # ---------------------------------------------------------------------------------- per round
+    def on_train(self, round_: int, rows: list[dict[str, Any]], bytes_up: int, bytes_down: int) -> None:
+        io.append_jsonl(self.out_dir / METRICS, [{"round": round_, "split": "train", **row} for row in rows])
+        self.comm.append({"round": round_, "bytes_up": bytes_up, "bytes_down": bytes_down, "clients": len(rows)})
+        for row in rows:
+            self.local_steps[row["client"]] = self.local_steps.get(row["client"], 0) + int(row["steps"])
+        if not self.quiet:
+            losses = "  ".join(f"{r['client']} {r['loss']:.3f}" for r in rows)
+            print(f"round {round_:>3}/{self.cfg.federation.rounds} train loss | {losses}", flush=True)
+
+    def on_refusal(self, round_: int, node: Any, node_id: int, reason: str) -> None:
+        self.refusals += 1
+        who = node.client.name(self.cfg.federation.clients_per_language) if node is not None else f"node {node_id}"
+        log.warning("round %d: refused %s: %s", round_, who, reason)
+        io.append_jsonl(self.out_dir / METRICS, [{"round": round_, "split": "refused", "client": who, "reason": reason}])
+
+    def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None:
+        split = self.cfg.data.eval_split
+        rows = [{"round": round_, "split": split, "lang": lang, **language_metrics(c),
+                 "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
+        io.append_jsonl(self.out_dir / METRICS, rows)
+        if self.comm and self.comm[-1]["round"] == round_:
+            self.comm[-1]["bytes_down"] += bytes_down
+        if not self.quiet:
+            trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
+            accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
+            mean = f"{100 * float(np.mean(trained)):.1f}" if trained else "-"
+            print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {mean} | {accs}", flush=True)
+
+    def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None) -> None:
+        """Checkpoint the global state, then mark the round complete (in that order)."""
+        save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {})
+        io.write_json(self.out_dir / PROGRESS, {"completed_round": round_, "comm": self.comm,
+                                                "local_steps": self.local_steps,
+                                                "wall_seconds": time.time() - self.started})
+
+    # ---------------------------------------------------------------------------------- final
+    def finish(self) -> dict[str, Any]:
+        """Write results.json and report.md from the last evaluated round in metrics.jsonl; return the results."""
+        from mfpt.report import render_run_report
+
+        cfg = self.cfg
+        curves = io.read_jsonl(self.out_dir / METRICS)
+        evaluated = [r for r in curves if r["split"] == cfg.data.eval_split]
+        last = max((int(r["round"]) for r in evaluated), default=0)
+        final = {r["lang"]: {k: r[k] for k in ("accuracy", "macro_f1", "loss", "n_test")}
+                 for r in evaluated if int(r["round"]) == last}
+        languages, heldout = list(cfg.data.languages), list(cfg.data.heldout_languages)
+        per_language = {lang: final[lang] for lang in languages if lang in final}
+        held = {lang: final[lang] for lang in heldout if lang in final}
+        rounds = len(self.comm) or 1
+        up = [c["bytes_up"] for c in self.comm]
+        down = [c["bytes_down"] for c in self.comm]
+        results = {
+            "name": cfg.name, "paradigm": cfg.paradigm.value, "method": cfg.peft.method.value, "model": cfg.model.name,
+            "seed": cfg.seed, "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "rounds": cfg.federation.rounds, "languages": languages, "heldout_languages": heldout,
+            "low_resource": [lang for lang in cfg.data.low_resource], "labels": list(cfg.data.labels),
+            "per_language": per_language, "heldout": held,
+            "average": mean_block(per_language, languages),
+            "low_resource_average": mean_block(per_language, list(cfg.data.low_resource)),
+            "heldout_average": mean_block(held, heldout),
+            "communication": {
+                "bytes_up_per_round": int(np.mean(up)) if up else 0,
+                "bytes_down_per_round": int(np.mean(down)) if down else 0,
+                "total_bytes": int(sum(up) + sum(down)),
+                "full_model_bytes": self.total_params * 4,
+                "clients_per_round": round(float(np.mean([c["clients"] for c in self.comm])), 2) if self.comm else 0,
+                "rounds_recorded": rounds if self.comm else 0,
+            },
+            "local_steps": self.local_steps,
+            "refused_updates": self.refusals,
+            "wall_seconds": round(time.time() - self.started, 2),
+            "config": to_dict(cfg),
+            "versions": versions(),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        io.write_json(self.out_dir / RESULTS, results)
+        io.write_text(self.out_dir / "report.md", render_run_report(results, curves))
+        return results

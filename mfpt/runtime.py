@@ -1,0 +1,63 @@
+"""What one process keeps between Flower messages: the loaded model and each client's tokenised data.
+
+The frozen backbone is loaded once per process and reused across rounds and clients (never re-read per
+message): every message overwrites all trainable tensors with the global state, so reusing the model object
+for another client or round is the same as building it afresh.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from mfpt.config import ExperimentConfig
+from mfpt.data import ClientSpec, PreparedData, prepare
+from mfpt.model import ClassifierModel, build_model
+from mfpt.train import Encoded, encode
+
+
+@dataclass
+class Runtime:
+    cfg: ExperimentConfig
+    data: PreparedData
+    classifier: ClassifierModel
+    _encoded: dict[tuple, Encoded] = field(default_factory=dict)
+
+    def encoded(self, client: ClientSpec, split: str) -> Encoded:
+        """`client`'s rows of `split`, tokenised on first use."""
+        key = (client, split)
+        if key not in self._encoded:
+            rows = self.data.client_rows(client, split)
+            self._encoded[key] = encode(rows, self.classifier.tokenizer, self.data.labels,
+                                        self.classifier.max_length, self.cfg.model.text_prefix)
+        return self._encoded[key]
+
+    def encode_rows(self, key: tuple, rows) -> Encoded:
+        """Tokenise arbitrary universal-schema rows once under `key` (pooled data of non-federated paradigms)."""
+        if key not in self._encoded:
+            self._encoded[key] = encode(rows, self.classifier.tokenizer, self.data.labels,
+                                        self.classifier.max_length, self.cfg.model.text_prefix)
+        return self._encoded[key]
+
+
+def _model_key(cfg: ExperimentConfig) -> ExperimentConfig:
+    # Settings that do not change the model or the data must not force a reload (rounds, lr, output dir...).
+    return cfg.replace(**{"name": "", "output_dir": "", "paradigm": "federated", "federation.rounds": 1})
+
+
+@functools.lru_cache(maxsize=1)
+def _runtime(key: ExperimentConfig) -> Runtime:
+    if key.train.threads:
+        torch.set_num_threads(key.train.threads)
+    data = prepare(key)
+    return Runtime(key, data, build_model(key, len(data.labels)))
+
+
+def get_runtime(cfg: ExperimentConfig) -> Runtime:
+    """The process's runtime for `cfg`, built on first use (one model per process: a new config replaces it).
+
+    `runtime.cfg` holds the model-defining settings only; training settings come from the caller's config.
+    """
+    return _runtime(_model_key(cfg))

@@ -1,0 +1,246 @@
+"""Server strategies: Flower's own (FedAvg, FedProx, FedAdam, FedYogi, FedAvgM) plus what mfpt adds on top.
+
+`MfptStrategy` is a mixin placed before a Flower strategy in the MRO. It never re-implements `start()` or the
+aggregation maths; it only
+- samples clients deterministically by client (not by Flower's random node ids), so a seed fixes a run;
+- refuses updates whose keys, shapes, dtypes or values are wrong, logging the node and reason, and goes on;
+- weighs replies by examples or uniformly (server-side, whatever the client claims);
+- sorts replies by client before aggregating, so float sums do not depend on arrival order;
+- pools each language's evaluation counts into per-language accuracy / macro-F1;
+- counts the bytes of every array sent in each direction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+
+from mfpt.config import ExperimentConfig, Weighting
+from mfpt.data import ClientSpec
+from mfpt.model import UpdateError, check_update
+from mfpt.registry import Registry
+from mfpt.train import EvalCounts, derive_seed
+
+log = logging.getLogger("mfpt")
+
+# Keys of the messages between server and clients (identical for every client, as Flower requires).
+ROUND_KEY = "mfpt.round"
+CLIENT_KEY = "client-index"
+EXAMPLES_KEY = "num-examples"
+WEIGHT_KEY = "mfpt-weight"
+
+
+def confusion_key(gold: int, predicted: int) -> str:
+    return f"cm-{gold}-{predicted}"
+
+
+StrategyFactory = Callable[[ExperimentConfig], tuple[type, dict[str, Any]]]
+STRATEGIES: Registry[StrategyFactory] = Registry("strategy")
+
+
+@STRATEGIES.register("fedavg")
+def _fedavg(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return FedAvg, {}
+
+
+@STRATEGIES.register("fedprox")
+def _fedprox(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    # FedProx only sends mu ("proximal-mu"); the client's training loop adds the proximal term.
+    return FedProx, {"proximal_mu": cfg.federation.proximal_mu}
+
+
+@STRATEGIES.register("fedadam")
+def _fedadam(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return FedAdam, {"eta": cfg.federation.server_lr, "eta_l": cfg.train.lr, "tau": cfg.federation.tau}
+
+
+@STRATEGIES.register("fedyogi")
+def _fedyogi(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return FedYogi, {"eta": cfg.federation.server_lr, "eta_l": cfg.train.lr, "tau": cfg.federation.tau}
+
+
+@STRATEGIES.register("fedavgm")
+def _fedavgm(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return FedAvgM, {"server_learning_rate": cfg.federation.server_lr,
+                     "server_momentum": cfg.federation.server_momentum}
+
+
+# Server-optimiser state that must survive a resume (FedOpt family: m_t, v_t; FedAvgM: momentum_vector).
+_STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the server knows of a connected node after the handshake."""
+
+    node_id: int
+    index: int
+    client: ClientSpec
+    num_train: int
+    num_eval: int
+
+
+class RoundListener:
+    """Receives what happens in each round (the run recorder implements it)."""
+
+    def on_train(self, round_: int, rows: list[dict[str, Any]], bytes_up: int, bytes_down: int) -> None: ...
+    def on_refusal(self, round_: int, node: NodeInfo | None, node_id: int, reason: str) -> None: ...
+    def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
+
+
+class MfptStrategy:
+    """Mixin for a Flower strategy; see the module docstring."""
+
+    def __init__(self, *, cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict, listener: RoundListener,
+                 round_offset: int = 0, **strategy_kwargs: Any) -> None:
+        # Flower samples every node (fraction 1); the fractions are applied per client below.
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=len(nodes),
+                         min_evaluate_nodes=len(nodes), min_available_nodes=len(nodes),
+                         weighted_by_key=WEIGHT_KEY, **strategy_kwargs)  # type: ignore[call-arg]
+        self.cfg = cfg
+        self.nodes = nodes
+        self.spec = spec
+        self.listener = listener
+        self.round_offset = round_offset
+
+    # ------------------------------------------------------------------------------ sampling
+    def _sample(self, server_round: int, fraction: float, with_heldout: bool) -> set[int]:
+        trainers = sorted((n for n in self.nodes.values() if not n.client.heldout), key=lambda n: n.index)
+        count = max(1, int(round(len(trainers) * fraction)))
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, self.round_offset + server_round, 7))
+        chosen = {trainers[i].node_id for i in rng.choice(len(trainers), size=count, replace=False)}
+        if with_heldout:
+            chosen |= {n.node_id for n in self.nodes.values() if n.client.heldout}
+        return chosen
+
+    def _keep(self, messages: Iterable[Message], chosen: set[int]) -> list[Message]:
+        return [m for m in messages if m.metadata.dst_node_id in chosen]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Flower's configure_train, restricted to a seeded sample of training clients."""
+        config[ROUND_KEY] = self.round_offset + server_round
+        messages = self._keep(super().configure_train(server_round, arrays, config, grid),  # type: ignore[misc]
+                              self._sample(server_round, self.cfg.federation.fraction_train, with_heldout=False))
+        self._bytes_down = arrays.count_bytes() * len(messages)
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Flower's configure_evaluate for a seeded sample of clients plus every held-out language."""
+        config[ROUND_KEY] = self.round_offset + server_round
+        messages = self._keep(super().configure_evaluate(server_round, arrays, config, grid),  # type: ignore[misc]
+                              self._sample(server_round, self.cfg.federation.fraction_evaluate, with_heldout=True))
+        self._eval_bytes_down = arrays.count_bytes() * len(messages)
+        return messages
+
+    # ------------------------------------------------------------------------------ training replies
+    def _node(self, msg: Message) -> NodeInfo | None:
+        return self.nodes.get(msg.metadata.src_node_id)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check each update, weigh it, aggregate with the wrapped Flower strategy."""
+        round_ = self.round_offset + server_round
+        accepted: list[tuple[NodeInfo, Message]] = []
+        for msg in replies:
+            node = self._node(msg)
+            if msg.has_error():
+                self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"client error: {msg.error.reason}")
+                continue
+            reason = self._problem(msg, node)
+            if reason:
+                self.listener.on_refusal(round_, node, msg.metadata.src_node_id, reason)
+                continue
+            accepted.append((node, msg))  # type: ignore[arg-type]
+        accepted.sort(key=lambda pair: pair[0].index)
+        for node, msg in accepted:
+            metrics = msg.content["metrics"]
+            metrics[WEIGHT_KEY] = float(node.num_train) if self.cfg.federation.weighting == Weighting.EXAMPLES else 1.0
+        rows = [{"client": node.client.name(self.cfg.federation.clients_per_language), "lang": node.client.lang,
+                 "loss": float(msg.content["metrics"]["train-loss"]), "steps": int(msg.content["metrics"]["train-steps"]),
+                 "n": node.num_train} for node, msg in accepted]
+        bytes_up = sum(msg.content["arrays"].count_bytes() for _, msg in accepted)
+        self.listener.on_train(round_, rows, bytes_up, getattr(self, "_bytes_down", 0))
+        required = self.cfg.federation.min_clients or 1
+        if len(accepted) < required:
+            log.warning("round %d: %d usable update(s), fewer than federation.min_clients = %d: global state unchanged",
+                        round_, len(accepted), required)
+            return None, None
+        return super().aggregate_train(server_round, [msg for _, msg in accepted])  # type: ignore[misc]
+
+    def _problem(self, msg: Message, node: NodeInfo | None) -> str | None:
+        if node is None:
+            return "reply from a node that did not take part in the handshake"
+        content = msg.content
+        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
+            return "reply lacks its 'arrays' or 'metrics' record"
+        metrics = content["metrics"]
+        for key in ("train-loss", "train-steps", EXAMPLES_KEY, CLIENT_KEY):
+            if key not in metrics:
+                return f"metric {key!r} missing"
+        if int(metrics[CLIENT_KEY]) != node.index:
+            return f"client-index {metrics[CLIENT_KEY]} does not match the handshake ({node.index})"
+        try:
+            check_update(content["arrays"].to_torch_state_dict(), self.spec, origin="update")
+        except UpdateError as err:
+            return str(err)
+        return None
+
+    # ------------------------------------------------------------------------------ evaluation replies
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Pool confusion counts per language; return the unweighted mean over languages."""
+        round_ = self.round_offset + server_round
+        num_labels = len(self.cfg.data.labels)
+        per_language: dict[str, EvalCounts] = {}
+        for msg in sorted(replies, key=lambda m: getattr(self._node(m), "index", -1)):
+            node = self._node(msg)
+            if msg.has_error() or node is None:
+                reason = f"client error: {msg.error.reason}" if msg.has_error() else "unknown node"
+                self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"evaluation: {reason}")
+                continue
+            metrics = msg.content["metrics"]
+            confusion = np.array([[int(metrics[confusion_key(g, p)]) for p in range(num_labels)] for g in range(num_labels)])
+            counts = EvalCounts(num_labels, int(metrics[EXAMPLES_KEY]), float(metrics["eval-loss-sum"]), confusion)
+            per_language[node.client.lang] = per_language.get(node.client.lang, EvalCounts(num_labels)) + counts
+        self.listener.on_evaluate(round_, per_language, getattr(self, "_eval_bytes_down", 0))
+        trained = [c for lang, c in per_language.items() if lang in self.cfg.data.languages]
+        if not trained:
+            return None
+        return MetricRecord({"accuracy": float(np.mean([c.accuracy for c in trained])),
+                             "macro-f1": float(np.mean([c.macro_f1 for c in trained]))})
+
+    # ------------------------------------------------------------------------------ resume
+    def server_state(self) -> dict[str, np.ndarray]:
+        """Server-optimiser state (moments, momentum) as named arrays, for checkpoints."""
+        state: dict[str, np.ndarray] = {}
+        for attr in _STATE_ATTRIBUTES:
+            value = getattr(self, attr, None)
+            if isinstance(value, dict):
+                state.update({f"{attr}/{k}": np.asarray(v) for k, v in value.items()})
+            elif isinstance(value, list):
+                state.update({f"{attr}/{i}": np.asarray(v) for i, v in enumerate(value)})
+        return state
+
+    def load_server_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what server_state() saved."""
+        for attr in _STATE_ATTRIBUTES:
+            items = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attr + "/")}
+            if not items:
+                continue
+            current = getattr(self, attr, None)
+            if attr == "momentum_vector":
+                setattr(self, attr, [items[str(i)] for i in range(len(items))])
+            else:
+                setattr(self, attr, items if current is None or isinstance(current, dict) else current)
+
+
+def make_strategy(cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict, listener: RoundListener,
+                  round_offset: int = 0) -> MfptStrategy:
+    """The configured Flower strategy with the mfpt mixin in front of it."""
+    base, kwargs = STRATEGIES.get(cfg.federation.strategy)(cfg)
+    cls = type(f"Mfpt{base.__name__}", (MfptStrategy, base), {})
+    return cls(cfg=cfg, nodes=nodes, spec=spec, listener=listener, round_offset=round_offset, **kwargs)

@@ -1,0 +1,169 @@
+"""The one training loop and the one evaluation that every paradigm and every client uses.
+
+Variants are arguments: how many steps, the learning rate, an optional proximal anchor (FedProx).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mfpt.config import TrainConfig
+from mfpt.data import LABEL, TEXT, TEXT_PAIR
+
+
+@dataclass
+class Encoded:
+    """One client's split, tokenised once: variable-length id lists (padded per batch) and label ids."""
+
+    features: list[dict[str, list[int]]]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    examples_seen: int = 0
+    loss_sum: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.examples_seen, 1)
+
+
+@dataclass
+class EvalCounts:
+    """Sufficient statistics of an evaluation: they add up across clients of one language."""
+
+    num_labels: int
+    n: int = 0
+    loss_sum: float = 0.0
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        if self.confusion.size == 0:
+            self.confusion = np.zeros((self.num_labels, self.num_labels), dtype=np.int64)
+
+    def __add__(self, other: "EvalCounts") -> "EvalCounts":
+        return EvalCounts(self.num_labels, self.n + other.n, self.loss_sum + other.loss_sum,
+                          self.confusion + other.confusion)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion)) / max(self.n, 1)
+
+    @property
+    def macro_f1(self) -> float:
+        """Macro-F1 over the labels that occur in the gold data or the predictions (sklearn's convention)."""
+        tp = np.diag(self.confusion).astype(float)
+        gold = self.confusion.sum(axis=1)
+        pred = self.confusion.sum(axis=0)
+        present = (gold + pred) > 0
+        if not present.any():
+            return 0.0
+        f1 = np.divide(2 * tp, gold + pred, out=np.zeros_like(tp), where=(gold + pred) > 0)
+        return float(f1[present].mean())
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.n, 1)
+
+
+def encode(frame: pd.DataFrame, tokenizer: Any, labels: Sequence[str], max_length: int, text_prefix: str = "") -> Encoded:
+    """Tokenise a universal-schema frame once (truncated to `max_length`, no padding yet)."""
+    label_ids = {name: i for i, name in enumerate(labels)}
+    texts = [text_prefix + t for t in frame[TEXT].tolist()]
+    pairs = frame[TEXT_PAIR].tolist() if TEXT_PAIR in frame.columns else None
+    if len(texts) == 0:
+        return Encoded([], np.zeros(0, dtype=np.int64))
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+    return Encoded(features, np.array([label_ids[v] for v in frame[LABEL]], dtype=np.int64))
+
+
+def batches(data: Encoded, batch_size: int, tokenizer: Any, order: np.ndarray | None = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Dynamically padded batches in `order` (default: as stored)."""
+    order = np.arange(len(data)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        padded = tokenizer.pad([data.features[i] for i in idx], return_tensors="pt")
+        yield dict(padded), torch.as_tensor(data.labels[idx])
+
+
+def steps_per_round(num_examples: int, cfg: TrainConfig) -> int:
+    """Local optimisation steps a client takes in one round: epochs over its data, capped by train.max_steps."""
+    steps = cfg.local_epochs * math.ceil(num_examples / cfg.batch_size)
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def train(
+    model: torch.nn.Module,
+    data: Encoded,
+    tokenizer: Any,
+    cfg: TrainConfig,
+    num_steps: int,
+    seed: int,
+    device: torch.device,
+    anchor: Mapping[str, torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
+) -> TrainStats:
+    """Run `num_steps` AdamW steps on the trainable tensors, reshuffling each pass; FedProx adds mu/2·||w - anchor||²."""
+    if len(data) == 0:
+        raise ValueError("train() got an empty dataset; the caller must refuse empty clients first.")
+    torch.manual_seed(seed)  # dropout
+    rng = np.random.default_rng(seed)  # batch order
+    params = [p for p in model.parameters() if p.requires_grad]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchor_on_device = {n: t.to(device) for n, t in anchor.items()} if anchor and proximal_mu > 0 else None
+    stats = TrainStats()
+    model.train()
+    while stats.steps < num_steps:
+        for inputs, labels in batches(data, cfg.batch_size, tokenizer, rng.permutation(len(data))):
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            logits = model(**inputs).logits
+            loss = F.cross_entropy(logits, labels.to(device))
+            objective = loss
+            if anchor_on_device is not None:
+                drift = sum(((named[n] - a) ** 2).sum() for n, a in anchor_on_device.items())
+                objective = loss + proximal_mu / 2 * drift
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            stats.steps += 1
+            stats.examples_seen += len(labels)
+            stats.loss_sum += loss.item() * len(labels)
+            if stats.steps >= num_steps:
+                break
+    return stats
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: Encoded, tokenizer: Any, batch_size: int, device: torch.device, num_labels: int) -> EvalCounts:
+    """Loss sum and confusion matrix of the model on `data` (no gradients, eval mode)."""
+    model.eval()
+    counts = EvalCounts(num_labels)
+    for inputs, labels in batches(data, batch_size, tokenizer):
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
+        counts.loss_sum += F.cross_entropy(logits, labels.to(device), reduction="sum").item()
+        predictions = logits.argmax(-1).cpu().numpy()
+        np.add.at(counts.confusion, (labels.numpy(), predictions), 1)
+        counts.n += len(labels)
+    return counts
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from (experiment seed, round, client, ...), stable across processes and machines."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)

@@ -1,0 +1,245 @@
+"""URIEL distances, their cache, the correlation code, the distance-vs-gain analysis and `mfpt distance`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfpt import distance
+from mfpt.distance import (
+    KINDS,
+    DistanceAnalysisError,
+    LanguageNotInURIELError,
+    add_cli,
+    correlate,
+    distance_analysis,
+    distance_matrix,
+)
+
+LANGS = ["eng", "swh", "hau", "yor", "amh", "fra", "deu", "hin", "tha", "urd"]
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets an empty distance cache in its own XDG_CACHE_HOME."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "mfpt" / "distances"
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, pd.DataFrame]:
+    """The ten-language matrices of every kind, computed once (no cache: the module's tests share them)."""
+    return {kind: distance_matrix(LANGS, kind, use_cache=False) for kind in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_matrix_is_a_distance_in_unit_interval(tables: dict[str, pd.DataFrame], kind: str) -> None:
+    m = tables[kind]
+    values = m.to_numpy()
+    assert list(m.index) == list(m.columns) == LANGS
+    assert not np.isnan(values).any()
+    assert np.array_equal(values, values.T)
+    assert np.all(np.diag(values) == 0.0)
+    assert values.min() >= 0.0 and values.max() <= 1.0
+
+
+# Reference values: offline.md section C's table, computed with the recipe in mfpt.distance's docstring
+# (URIEL's definitions) from the lang2vec 1.1.2 data and printed with 2 decimals, so they hold to +-0.005.
+# They are not lang2vec's official precomputed distances, which the PyPI build lacks (see the caveat).
+NOTES_TABLE = [
+    ("syntactic", "eng", "deu", 0.10), ("syntactic", "eng", "fra", 0.19), ("syntactic", "hin", "urd", 0.05),
+    ("syntactic", "yor", "amh", 0.67), ("phonological", "fra", "deu", 0.11), ("phonological", "eng", "swh", 0.09),
+    ("inventory", "hau", "amh", 0.17), ("inventory", "hau", "urd", 0.42), ("featural", "eng", "deu", 0.18),
+    ("featural", "yor", "tha", 0.19), ("genetic", "eng", "deu", 0.56), ("genetic", "swh", "yor", 0.75),
+    ("genetic", "hin", "urd", 0.00), ("genetic", "eng", "swh", 1.00), ("geographic", "eng", "fra", 0.03),
+    ("geographic", "hin", "tha", 0.14), ("geographic", "swh", "amh", 0.11), ("geographic", "yor", "tha", 0.53),
+]
+
+
+@pytest.mark.parametrize(("kind", "a", "b", "expected"), NOTES_TABLE)
+def test_agrees_with_reference_table(tables: dict[str, pd.DataFrame], kind: str, a: str, b: str,
+                                     expected: float) -> None:
+    assert tables[kind].loc[a, b] == pytest.approx(expected, abs=0.005 + 1e-9)
+
+
+def test_syntactic_matches_definition_computed_from_raw_lang2vec_data() -> None:
+    """Independent of mfpt's code: cosine distance of lang2vec's syntax_knn (S_* features) rows, by hand."""
+    path = resources.files("lang2vec") / "data" / "feature_predictions.npz"
+    with resources.as_file(path) as p, np.load(p) as npz:
+        langs, feats, data = list(npz["langs"]), list(npz["feats"]), npz["data"][:, :, 0]
+    cols = [i for i, f in enumerate(feats) if f.startswith("S_")]
+    assert len(cols) == 103
+    u, v = (data[langs.index(c), cols].astype(float) for c in ("eng", "swh"))
+    expected = 1 - float(u @ v) / math.sqrt(float(u @ u) * float(v @ v))
+    assert distance_matrix(["eng", "swh"], "syntactic").loc["eng", "swh"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(("code", "lat", "lon"), [("eng", 53.0, -1.0), ("swh", -8.25, 37.75), ("hin", 25.0, 77.0)])
+def test_geographic_coordinates_are_recovered(code: str, lat: float, lon: float) -> None:
+    geo = distance._feature_file("geocoord_features.npz")
+    fit_lat, fit_lon, rms = distance.fit_coordinates(geo.data[geo.index[code]])
+    assert abs(fit_lat - lat) < 0.25 and abs(fit_lon - lon) < 0.25 and rms < 0.003
+
+
+@pytest.mark.parametrize("code", ["sw", "swa", "swh", "swh_Latn"])
+def test_swahili_codes_all_reach_swahili(code: str) -> None:
+    m = distance_matrix([code, "eng"], "syntactic")
+    assert list(m.index) == ["swh", "eng"]
+    assert m.loc["swh", "eng"] == pytest.approx(0.53, abs=0.005)
+
+
+def test_same_language_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="'sw' and 'swh'"):
+        distance_matrix(["sw", "swh"], "syntactic")
+
+
+def test_language_missing_from_uriel_is_named_with_nearest_codes() -> None:
+    # Montenegrin: a valid ISO 639-3 code (2008) that URIEL, built from older tables, does not have.
+    with pytest.raises(LanguageNotInURIELError, match=r"'cnr' \(Montenegrin\)\. Nearest codes URIEL has: 'hbs'.*'srp'"):
+        distance_matrix(["eng", "cnr"], "genetic")
+
+
+def test_unknown_kind_is_refused_with_suggestion() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'syntactic'"):
+        distance_matrix(["eng", "fra"], "syntax")
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_is_reused_for_the_same_language_set(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = distance_matrix(["eng", "fra", "swh"], "geographic")
+    assert len(list(cache_home.glob("geographic-*.json"))) == 1
+
+    def fail(*args: object) -> None:
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(distance, "_compute", fail)
+    again = distance_matrix(["swh", "eng", "fra"], "geographic")  # same set, other order
+    pd.testing.assert_frame_equal(again, first.loc[["swh", "eng", "fra"], ["swh", "eng", "fra"]])
+
+
+@pytest.mark.parametrize("garbage", ["{not json", '{"kind": "geographic"}', ""])
+def test_corrupt_cache_is_ignored_and_rebuilt(cache_home: Path, garbage: str) -> None:
+    expected = distance_matrix(["eng", "hau", "yor"], "geographic")
+    (path,) = cache_home.glob("geographic-*.json")
+    path.write_text(garbage)
+    pd.testing.assert_frame_equal(distance_matrix(["eng", "hau", "yor"], "geographic"), expected)
+    assert json.loads(path.read_text())["languages"] == ["eng", "hau", "yor"]
+    assert not list(cache_home.glob(".*.tmp"))  # atomic write left no temp file behind
+
+
+def test_cache_respects_xdg_and_nothing_is_written_into_site_packages(cache_home: Path) -> None:
+    package = Path(str(resources.files("lang2vec")))
+    before = {p: p.stat().st_mtime_ns for p in package.rglob("*") if "__pycache__" not in p.parts}
+    distance.distance_matrices(["eng", "swh"], KINDS)
+    after = {p: p.stat().st_mtime_ns for p in package.rglob("*") if "__pycache__" not in p.parts}
+    assert before == after
+    assert sorted(p.name.split("-")[0] for p in cache_home.glob("*.json")) == sorted(KINDS)
+
+
+# ---------------------------------------------------------------------------------------------- correlations
+
+
+def test_correlation_reproduces_scipy() -> None:
+    from scipy import stats
+
+    x = [0.1, 0.4, 0.35, 0.8, 0.5, 0.5]  # a tie, to exercise Spearman's average ranks
+    y = [1.0, 3.5, 2.0, 7.5, 4.0, 2.5]
+    r, p_r, rho, p_rho, note = correlate(x, y)
+    assert note == ""
+    assert (r, p_r) == pytest.approx(tuple(stats.pearsonr(x, y)), rel=1e-12)
+    assert (rho, p_rho) == pytest.approx(tuple(stats.spearmanr(x, y)), rel=1e-12)
+    # Literal values printed by scipy 1.17.1, so a scipy upgrade that changed them would be noticed.
+    assert (r, p_r, rho, p_rho) == pytest.approx((0.9229962572183332, 0.008666064815530896,
+                                                  0.898645105261295, 0.01488862200558035), rel=1e-9)
+
+
+def test_correlation_is_nan_with_reason_when_undefined() -> None:
+    assert correlate([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])[4] == "distance is the same for every language"
+    result = correlate([0.1, 0.2, float("nan")], [1.0, 2.0, 3.0])
+    assert all(math.isnan(v) for v in result[:4]) and "has 2" in result[4]
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+GAINS = {
+    "federated - local": {"eng": 0.5, "fra": 1.0, "sw": 6.0, "hau": 4.0, "yor": 7.5, "amh": 5.0},
+    "federated - transfer": {"eng": 0.2, "fra": 0.4, "sw": 3.0, "hau": 2.5, "yor": 2.0, "amh": 4.0},
+}
+
+
+def test_analysis_numbers_figures_and_markdown(tmp_path: Path) -> None:
+    langs = ["eng", "fra", "swh", "hau", "yor", "amh"]
+    result = distance_analysis(GAINS, langs, reference=["eng", "fra"], out_dir=tmp_path / "fig")
+    syn = distance_matrix(langs, "syntactic")
+    assert result.to_reference.loc["swh", "syntactic"] == pytest.approx((syn.loc["swh", "eng"] + syn.loc["swh", "fra"]) / 2)
+    assert result.to_reference.loc["eng", "syntactic"] == pytest.approx(syn.loc["eng", "fra"])  # itself excluded
+    assert result.to_federation.loc["hau", "syntactic"] == pytest.approx(syn.loc["hau"].drop("hau").mean())
+    frame = result.correlations_frame()
+    assert len(frame) == len(KINDS) * 2 * 2
+    row = frame.query("kind == 'syntactic' and measure == 'reference' and gain == 'federated - local'").iloc[0]
+    from scipy import stats
+
+    expected = stats.spearmanr(result.to_reference["syntactic"], result.gains["federated - local"])
+    assert (row.spearman_rho, row.spearman_p) == pytest.approx(tuple(expected))
+    for path in result.figures.values():
+        assert path.parent == tmp_path / "fig" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = result.to_markdown("figures")
+    assert "](figures/distance_vs_gain_reference.png)" in md and "](figures/distance_heatmaps.png)" in md
+    assert "| swh (Swahili) |" in md and "Spearman ρ" in md
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_analysis_refuses_fewer_than_three_languages(tmp_path: Path, n: int) -> None:
+    langs = ["eng", "swh", "hau"]
+    gains = {"federated - local": {lang: 1.0 + i for i, lang in enumerate(langs[:n])} | {"hau": float("nan")}}
+    with pytest.raises(DistanceAnalysisError, match=f"at least 3 languages; {n} have them"):
+        distance_analysis(gains, langs, reference=["eng"], out_dir=tmp_path)
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_analysis_refuses_gains_for_languages_outside_the_run(tmp_path: Path) -> None:
+    with pytest.raises(DistanceAnalysisError, match="not in the run: deu"):
+        distance_analysis({"federated - local": {"eng": 1, "swh": 2, "hau": 3, "deu": 4}}, ["eng", "swh", "hau"],
+                          reference=["eng"], out_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfpt")
+    add_cli(parser.add_subparsers())
+    return parser
+
+
+def test_cli_prints_six_matrices_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "d.csv"
+    args = _parser().parse_args(["distance", "eng", "fra", "swh", "hau", "yor", "amh", "--kind", "all", "--csv", str(csv)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    for kind in KINDS:
+        assert f"\n{kind} distance (" in out
+    assert "do not reproduce URIEL's official" in out.replace("\n", " ")
+    table = pd.read_csv(csv, index_col=[0, 1])
+    assert table.shape == (36, 6) and table.loc[("genetic", "swh"), "yor"] == pytest.approx(0.75, abs=0.005)
+
+
+def test_cli_names_the_bad_language(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parser().parse_args(["distance", "eng", "cnr"])
+    assert args.func(args) == 2
+    assert "'cnr'" in capsys.readouterr().err
+
+
+def test_cli_help_lists_every_kind() -> None:
+    text = _parser()._subparsers._group_actions[0].choices["distance"].format_help()  # type: ignore[union-attr]
+    for kind in KINDS:
+        assert kind in text
