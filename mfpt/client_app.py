@@ -12,6 +12,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from mfpt.audit import audit_mod
 from mfpt.config import ExperimentConfig, from_flat
 from mfpt.data import ClientSpec, DataError, client_layout
 from mfpt.languages import normalize_language
@@ -20,7 +21,8 @@ from mfpt.runtime import Runtime, get_runtime
 from mfpt.strategy import CLIENT_KEY, EXAMPLES_KEY, ROUND_KEY, confusion_key
 from mfpt.train import derive_seed, evaluate, steps_per_round, train
 
-app = ClientApp()
+# Every reply is logged (keys, bytes) and checked by the audit mod before it leaves the node (mfpt/audit.py).
+app = ClientApp(mods=[audit_mod])
 
 CONFIG_PREFIX = "cfg."
 

@@ -98,6 +98,12 @@ class PeftConfig:
     lora_target_modules: tuple[str, ...] = _help(
         "lora only: module names to adapt.", default=("query", "value")
     )
+    init_std: float = _help(
+        "prefix/prompt/ptuning: std of the initial virtual-token parameters (0 = peft's N(0, 1)). Small values start "
+        "from the frozen encoder's own behaviour; on udhr-topics with multilingual-e5-small, N(0, 1) prefixes stayed "
+        "at the majority class after 80 steps while std 0.05 reached 56% (README, 'Why the defaults').",
+        default=0.05,
+    )
     pool_at: PoolAt = _help(
         "prompt/ptuning only: where the classification head reads. 'bos' reads the real <s>/[CLS] token, as "
         "under every other method; 'first' reads position 0, which under input prompts is virtual token 0.",
@@ -172,6 +178,11 @@ class FederationConfig:
     server_momentum: float = _help("fedavgm only: server momentum.", default=0.9)
     tau: float = _help("fedadam/fedyogi: adaptivity (controls the denominator's floor).", default=1e-3)
     round_timeout: float = _help("Seconds the server waits for replies in a round.", default=3600.0)
+    max_update_norm: float = _help(
+        "Refuse a client update whose L2 norm of (update - current global state), over all trainable tensors, "
+        "exceeds this (0 = off). A guard against poisoned or diverged updates.",
+        default=0.0,
+    )
     client_cpus: float = _help(
         "Simulation: CPU cores per client; the number of clients training at once is cores / client_cpus.",
         default=1.0,
@@ -249,6 +260,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(0 <= f.server_momentum < 1, "federation.server_momentum", "in [0, 1)", f.server_momentum)
     need(f.tau > 0, "federation.tau", "> 0", f.tau)
     need(f.round_timeout > 0, "federation.round_timeout", "> 0 seconds", f.round_timeout)
+    need(f.max_update_norm >= 0, "federation.max_update_norm", ">= 0 (0 = off)", f.max_update_norm)
     need(f.client_cpus > 0, "federation.client_cpus", "> 0", f.client_cpus)
     need(f.client_gpus >= 0, "federation.client_gpus", ">= 0", f.client_gpus)
     need(t.lr > 0, "train.lr", "> 0", t.lr)
@@ -267,6 +279,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(bool(m.name), "model.name", "a hub id or a checkpoint directory", m.name)
     need(p.num_virtual_tokens >= 1, "peft.num_virtual_tokens", "an integer >= 1", p.num_virtual_tokens)
     need(p.encoder_hidden_size >= 1, "peft.encoder_hidden_size", "an integer >= 1", p.encoder_hidden_size)
+    need(p.init_std >= 0, "peft.init_std", ">= 0 (0 = peft's default init)", p.init_std)
     need(p.lora_r >= 1, "peft.lora_r", "an integer >= 1", p.lora_r)
     need(0 <= p.lora_dropout < 1, "peft.lora_dropout", "in [0, 1)", p.lora_dropout)
     need(d.train_per_language >= 0, "data.train_per_language", "an integer >= 0 (0 = all)", d.train_per_language)
@@ -344,10 +357,8 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
         where = f"section [{prefix.rstrip('.')}]" if prefix else "the top level"
         key = unknown[0]
         close = difflib.get_close_matches(key, names, n=1)
-        hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"Unknown config key {prefix}{key!r} in {where}.{hint} Allowed keys: {', '.join(names)}."
-        )
+        hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+        raise ConfigError(f"Unknown config key '{prefix}{key}' in {where}.{hint} Allowed keys: {', '.join(names)}.")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:

@@ -1,7 +1,7 @@
 """URIEL language distances (pairwise matrices, cached) and the distance-vs-gain analysis behind `mfpt report`.
 
-Source choice: the URIEL feature files shipped in the `lang2vec==1.1.2` wheel, read directly with
-importlib.resources; `lang2vec.py` itself is never imported. Why not the alternatives:
+Source choice: the URIEL feature files shipped in the `lang2vec==1.1.2` wheel, located through
+importlib.metadata and read with numpy; no lang2vec code is ever imported. Why not the alternatives:
 - lang2vec's code does `import pkg_resources` (gone in setuptools >= 81) and its PyPI build has no
   `distance()` (GitHub master needs an LFS zip that no registry carries), so only its data is usable.
 - `urielplus==1.3.2` (maintained) bundles the very same three .npz files (identical md5), but its
@@ -9,10 +9,14 @@ importlib.resources; `lang2vec.py` itself is never imported. Why not the alterna
   `logging.basicConfig(level=INFO)`, and it measures distance on the raw, sparse features only: over 20
   African and high-resource languages 135 of 190 phonological pairs came out undefined (-1) and genetic
   took 20 s. lang2vec's data includes URIEL's k-NN-imputed typology (`*_knn`), so every pair is defined.
+  lang2vec's last release is from 2019, but what we use is URIEL's data, the same files urielplus ships.
+- The wheel also installs `bin/lang2vec.py`, which shadows the package inside console scripts; hence
+  the files are located through the install record, never by importing `lang2vec`.
 Recipe (URIEL's definitions, Littell et al. 2017), all in [0, 1]:
 - syntactic / phonological / inventory: cosine distance of the `syntax_knn` / `phonology_knn` /
   `inventory_knn` vectors (0/1 features); featural: cosine of their concatenation;
-- genetic: 1 - |shared Glottolog ancestor nodes| / max(depth of either language) from the `fam` vectors;
+- genetic: 1 - |shared Glottolog ancestor nodes| / max(depth of either language) from the `fam` vectors
+  (NaN for the 676 URIEL languages without ancestors there, e.g. some isolates and sign languages);
 - geographic: great-circle distance / antipodal distance (20,015 km). Each `geo` feature `GC_lat_lon` is
   the language's great-circle distance to that point over the antipodal one, so the coordinates are
   recovered by a least-squares grid search (coarse 2 deg, then 0.25 deg, then 0.01 deg). The point names
@@ -80,6 +84,12 @@ CAVEAT = (
 )
 
 
+_NOT_INSTALLED = (
+    f"URIEL data not found: the {URIEL_PACKAGE!r} package is not installed. Install it with: pip install "
+    f"'{URIEL_REQUIREMENT}'"
+)
+
+
 class LanguageNotInURIELError(ValueError):
     """A language that mfpt knows but URIEL has no entry for; the message suggests codes URIEL has."""
 
@@ -103,21 +113,22 @@ class _FeatureFile:
     data: np.ndarray  # (n_langs, n_feats) float32; -1 = missing
 
 
-def _data_dir() -> Any:
+def uriel_data_path(name: str) -> Path:
+    """Path of one of lang2vec's data files, found through its install record without importing lang2vec."""
+    # Never `import lang2vec`: its wheel also installs a script `bin/lang2vec.py`, which shadows the package
+    # in every console script of the venv (`mfpt`, `pytest`) and fails on `import pkg_resources`.
     try:
-        return resources.files(URIEL_PACKAGE) / "data"
-    except ModuleNotFoundError:
-        raise URIELDataError(
-            f"URIEL data not found: the {URIEL_PACKAGE!r} package is not installed. "
-            f"Install it with: pip install '{URIEL_REQUIREMENT}'"
-        ) from None
+        dist = metadata.distribution(URIEL_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise URIELDataError(_NOT_INSTALLED) from None
+    return Path(str(dist.locate_file(f"{URIEL_PACKAGE}/data/{name}")))
 
 
 @functools.lru_cache(maxsize=None)
 def _feature_file(name: str) -> _FeatureFile:
     """One of lang2vec's .npz files, loaded once per process (read-only: nothing is written to site-packages)."""
     try:
-        with resources.as_file(_data_dir() / name) as path, np.load(path, allow_pickle=False) as npz:
+        with np.load(uriel_data_path(name), allow_pickle=False) as npz:
             langs = npz["langs"]
             data = npz["data"][:, :, 0]  # the knn/fam/geo files carry a single "source" column
             feats = npz["feats"]
@@ -140,10 +151,7 @@ def uriel_source() -> str:
     try:
         return f"{URIEL_PACKAGE} {metadata.version(URIEL_PACKAGE)}"
     except metadata.PackageNotFoundError:
-        raise URIELDataError(
-            f"URIEL data not found: the {URIEL_PACKAGE!r} package is not installed. "
-            f"Install it with: pip install '{URIEL_REQUIREMENT}'"
-        ) from None
+        raise URIELDataError(_NOT_INSTALLED) from None
 
 
 def _check_kind(kind: str) -> None:
@@ -153,18 +161,32 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"Unknown distance kind {kind!r}.{hint} Available: {', '.join(KINDS)}.")
 
 
-def _uriel_rows(codes: Sequence[str], kind: str) -> list[int]:
-    """Row of each canonical code in the URIEL file for `kind`; names the languages URIEL lacks."""
+def _uriel_rows(codes: Sequence[str], kind: str) -> tuple[list[int], dict[str, str]]:
+    """(row of each canonical code in the URIEL file for `kind`, {code: macrolanguage whose row stands in}).
+
+    Names the languages URIEL lacks. A language URIEL lists with no data of this kind borrows its
+    macrolanguage's row when that has data: URIEL files Glottolog ancestry under `nor`, `est`, `lav`, `aka`,
+    not under the individual codes `nob`, `ekk`, `lvs`, `twi` that mfpt normalises to.
+    """
     file = _feature_file(_file_for(kind))
-    rows, missing = [], []
+    rows, missing, substitutes = [], [], {}
     for code in codes:
         row = file.index.get(base_language(code))
         if row is None:
             missing.append(code)
-        rows.append(row if row is not None else -1)
+            continue
+        macro = _iso_macrolanguages().get(base_language(code), "")
+        if not _has_data(file.data[row], kind) and macro in file.index and _has_data(file.data[file.index[macro]], kind):
+            row, substitutes[code] = file.index[macro], macro
+        rows.append(row)
     if missing:
         raise LanguageNotInURIELError("; ".join(_not_in_uriel_message(code, file.index) for code in missing))
-    return rows
+    return rows, substitutes
+
+
+def _has_data(row: np.ndarray, kind: str) -> bool:
+    # fam rows are 0/1 ancestor flags (all 0 = no ancestry known); the other files mark missing values with -1.
+    return bool((row > 0).any()) if kind == "genetic" else bool((row >= 0).any())
 
 
 def _not_in_uriel_message(code: str, index: Mapping[str, int]) -> str:
@@ -180,12 +202,18 @@ def _not_in_uriel_message(code: str, index: Mapping[str, int]) -> str:
     )
 
 
-def _macro_relatives(code: str) -> list[str]:
-    """The macrolanguage of `code` and its other members, from mfpt's ISO 639-3 table (empty if none)."""
+@functools.lru_cache(maxsize=1)
+def _iso_macrolanguages() -> dict[str, str]:
+    """{individual ISO 639-3 code: its macrolanguage} from mfpt's ISO 639-3 table."""
     text = resources.files("mfpt").joinpath("resources", "iso639-3.tsv").read_text(encoding="utf-8")
-    rows = list(csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
-    macro = next((r["macro"] for r in rows if r["code"] == code), "") or code
-    members = sorted(r["code"] for r in rows if r["macro"] == macro and r["code"] != code)
+    rows = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    return {row["code"]: row["macro"] for row in rows if row["macro"]}
+
+
+def _macro_relatives(code: str) -> list[str]:
+    """The macrolanguage of `code` and its other members (empty if it has none)."""
+    macro = _iso_macrolanguages().get(code, code)
+    members = sorted(c for c, m in _iso_macrolanguages().items() if m == macro and c != code)
     return ([macro] if macro != code else []) + members
 
 
@@ -237,6 +265,14 @@ def _geo_points() -> np.ndarray:
     return _unit(lat_lon[:, 0], lat_lon[:, 1])
 
 
+@functools.lru_cache(maxsize=1)
+def _coarse_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lats, lons, (16380, 299) great-circle distance / pi to URIEL's points) on a 2-degree grid, made once."""
+    lats, lons = (a.ravel() for a in np.meshgrid(np.arange(-90.0, 90.1, 2.0), np.arange(-180.0, 180.0, 2.0),
+                                                 indexing="ij"))
+    return lats, lons, np.arccos(np.clip(_unit(lats, lons) @ _geo_points().T, -1.0, 1.0)) / np.pi
+
+
 def fit_coordinates(geo: np.ndarray) -> tuple[float, float, float]:
     """(lat, lon, rms residual) whose great-circle distances / pi to URIEL's points best match `geo` (299,)."""
     points, known = _geo_points(), geo >= 0
@@ -251,8 +287,10 @@ def fit_coordinates(geo: np.ndarray) -> tuple[float, float, float]:
         return float(grid_lat.ravel()[i]), float(grid_lon.ravel()[i]), float(np.sqrt(err[i]))
 
     # Coarse-to-fine: the misfit is smooth with one minimum, and a full 0.01 deg grid would be 650M points.
-    lat, lon, _ = best(np.arange(-90.0, 90.1, 2.0), np.arange(-180.0, 180.0, 2.0))
-    for step, half in ((0.25, 2.5), (0.01, 0.3)):
+    grid_lat, grid_lon, grid_pred = _coarse_grid()
+    i = int(((grid_pred[:, known] - target) ** 2).mean(axis=1).argmin())
+    lat, lon = float(grid_lat[i]), float(grid_lon[i])
+    for step, half in ((0.25, 2.5), (0.01, 0.15)):
         offsets = np.arange(-half, half + step / 2, step)
         lat, lon, rms = best(np.clip(lat + offsets, -90.0, 90.0), lon + offsets)
     lon = (lon + 180.0) % 360.0 - 180.0
@@ -260,15 +298,17 @@ def fit_coordinates(geo: np.ndarray) -> tuple[float, float, float]:
 
 
 def _geographic_distances(geo: np.ndarray) -> np.ndarray:
-    coords = np.array([fit_coordinates(row)[:2] for row in geo])
+    # A row without any known value would have no coordinates: NaN distances rather than a made-up place.
+    coords = np.array([fit_coordinates(row)[:2] if (row >= 0).any() else (np.nan, np.nan) for row in geo])
     units = _unit(coords[:, 0], coords[:, 1])
     return np.arccos(np.clip(units @ units.T, -1.0, 1.0)) / np.pi
 
 
-def _compute(codes: Sequence[str], kind: str) -> np.ndarray:
-    """(n, n) distances of canonical `codes` for `kind`, straight from the URIEL files."""
+def _compute(codes: Sequence[str], kind: str) -> tuple[np.ndarray, dict[str, str]]:
+    """((n, n) distances of canonical `codes` for `kind`, substitutes) straight from the URIEL files."""
     file = _feature_file(_file_for(kind))
-    vectors = file.data[_uriel_rows(codes, kind)].astype(np.float64)
+    rows, substitutes = _uriel_rows(codes, kind)
+    vectors = file.data[rows].astype(np.float64)
     if kind in _TYPOLOGY_PREFIXES:
         mask = np.array([str(f).startswith(_TYPOLOGY_PREFIXES[kind]) for f in file.feats])
         dist = _cosine_distances(np.where(vectors[:, mask] > 0, vectors[:, mask], 0.0))
@@ -278,7 +318,7 @@ def _compute(codes: Sequence[str], kind: str) -> np.ndarray:
         dist = _geographic_distances(vectors)
     dist = (dist + dist.T) / 2.0  # exact symmetry despite float rounding in the products
     np.fill_diagonal(dist, 0.0)
-    return dist
+    return dist, substitutes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,10 +350,17 @@ def _read_cache(path: Path, codes: Sequence[str], kind: str, source: str) -> pd.
         matrix = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["matrix"]])
         if matrix.shape != (len(langs), len(langs)) or not np.all(np.isnan(matrix) | ((matrix >= 0) & (matrix <= 1))):
             raise ValueError(f"matrix of shape {matrix.shape} or values outside [0, 1]")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        substitutes = {str(k): str(v) for k, v in entry["substitutes"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("Ignoring unreadable distance cache %s (%s); rebuilding it.", path, exc)
         return None
-    return pd.DataFrame(matrix, index=langs, columns=langs)
+    return _frame(matrix, langs, substitutes)
+
+
+def _frame(matrix: np.ndarray, codes: Sequence[str], substitutes: Mapping[str, str]) -> pd.DataFrame:
+    frame = pd.DataFrame(matrix, index=list(codes), columns=list(codes))
+    frame.attrs["substitutes"] = dict(substitutes)
+    return frame
 
 
 def _write_cache(path: Path, frame: pd.DataFrame, kind: str, source: str) -> None:
@@ -322,6 +369,7 @@ def _write_cache(path: Path, frame: pd.DataFrame, kind: str, source: str) -> Non
         "source": source,
         "recipe": RECIPE_VERSION,
         "languages": list(frame.index),
+        "substitutes": frame.attrs.get("substitutes", {}),
         "matrix": [[None if math.isnan(v) else round(float(v), 12) for v in row] for row in frame.to_numpy()],
     }
     try:
@@ -335,7 +383,9 @@ def _write_cache(path: Path, frame: pd.DataFrame, kind: str, source: str) -> Non
 
 
 def distance_matrix(languages: Sequence[str], kind: str, *, use_cache: bool = True) -> pd.DataFrame:
-    """Pairwise URIEL `kind` distances in [0, 1] (NaN: no URIEL data); rows/cols = canonical codes, given order."""
+    """Pairwise URIEL `kind` distances in [0, 1] (NaN: no URIEL data); rows/cols = canonical codes, given order.
+
+    `.attrs["substitutes"]` maps a code to the macrolanguage whose URIEL data stood in for it (e.g. nob -> nor)."""
     _check_kind(kind)
     if isinstance(languages, str):
         languages = [languages]
@@ -346,10 +396,14 @@ def distance_matrix(languages: Sequence[str], kind: str, *, use_cache: bool = Tr
     path = _cache_path(codes, kind, source)
     frame = _read_cache(path, codes, kind, source) if use_cache else None
     if frame is None:
-        frame = pd.DataFrame(_compute(codes, kind), index=codes, columns=codes)
+        matrix, substitutes = _compute(codes, kind)
+        frame = _frame(matrix, codes, substitutes)
         if use_cache:
             _write_cache(path, frame, kind, source)
-    return frame.loc[codes, codes].copy()
+    result = frame.loc[codes, codes].copy()
+    # attrs: {code: macrolanguage} whose URIEL data stands in for a language URIEL lists without any
+    result.attrs["substitutes"] = {c: m for c, m in frame.attrs.get("substitutes", {}).items() if c in codes}
+    return result
 
 
 def distance_matrices(languages: Sequence[str], kinds: Sequence[str] = KINDS, *,
@@ -438,6 +492,9 @@ class DistanceAnalysis:
             "other languages of the run), against its gain in accuracy points. " + CAVEAT,
             "",
         ]
+        notes = substitution_notes(self.matrices)
+        if notes:
+            lines += [*(f"- {note}" for note in notes), ""]
         for measure, frame in (("reference", self.to_reference), ("federation", self.to_federation)):
             lines += [f"{h}# {MEASURES[measure].capitalize()}", ""]
             lines += _markdown_table(frame.join(self.gains), digits={**{k: 3 for k in self.kinds},
@@ -461,9 +518,13 @@ def distance_analysis(
     languages: Sequence[str],
     reference: Sequence[str],
     kinds: Sequence[str] = KINDS,
-    out_dir: Path | str = Path("."),
+    out_dir: Path | str | None = None,
 ) -> DistanceAnalysis:
     """Distances of each language to `reference` and to the federation vs. its gains; writes PNGs into out_dir."""
+    if out_dir is None:  # no silent default: figures dropped into the working directory get lost
+        raise TypeError("distance_analysis needs out_dir, the folder for its figures (e.g. the report's folder).")
+    if not kinds:
+        raise DistanceAnalysisError(f"No distance kinds to analyse; pass some of: {', '.join(KINDS)}.")
     for kind in kinds:
         _check_kind(kind)
     langs = normalize_languages(languages)
@@ -629,6 +690,19 @@ def _markdown_table(frame: pd.DataFrame, digits: Mapping[str, int]) -> list[str]
     return lines
 
 
+def substitution_notes(matrices: Mapping[str, pd.DataFrame]) -> list[str]:
+    """One line per language whose URIEL data came from its macrolanguage, naming the kinds affected."""
+    kinds_by_pair: dict[tuple[str, str], list[str]] = {}
+    for kind, frame in matrices.items():
+        for code, macro in frame.attrs.get("substitutes", {}).items():
+            kinds_by_pair.setdefault((code, macro), []).append(kind)
+    return [
+        f"{code}: URIEL lists {code} ({_name(code)}) without {'/'.join(kinds)} data; used that of its "
+        f"macrolanguage {macro}."
+        for (code, macro), kinds in kinds_by_pair.items()
+    ]
+
+
 def format_matrix(frame: pd.DataFrame, title: str, digits: int = 2) -> str:
     """A fixed-width text table with a title line; NaN prints as n/a."""
     width = max(digits + 3, *(len(str(c)) for c in frame.columns)) + 1
@@ -702,6 +776,8 @@ def run_cli(args: argparse.Namespace) -> int:
         out += [format_matrix(frame, f"{k} distance ({KIND_DEFINITIONS[k]})"), ""]
     if any(frame.isna().to_numpy().any() for frame in matrices.values()):
         out.append("n/a: URIEL has no data of that kind for the language.")
+    for note in substitution_notes(matrices):
+        out.append(note)
     footer = f"Source: URIEL features from {uriel_source()}, mfpt recipe v{RECIPE_VERSION}. {CAVEAT}"
     out.append(textwrap.fill(footer, width=100))
     if getattr(args, "csv", None):

@@ -150,7 +150,6 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     if num_labels < 2:
         raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
     method = cfg.peft.method
-    build_peft = PEFT_METHODS.get(method.value)
     # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
     torch.manual_seed(cfg.seed)
     model, missing = _load_backbone(cfg.model.name, num_labels)
@@ -160,10 +159,12 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
 
     extra_trainable: list[str] = []
     if any(".pooler." in key for key in missing):
-        # A freshly initialised pooler that stays frozen would be random noise in front of the head; it joins
-        # the head as trainable (and travels with it) instead.
+        # A randomly initialised pooler would put a random projection between the encoder's [CLS] state and the
+        # head (and, frozen, keep it there). It starts as the identity instead, so the head first sees the
+        # encoder's own [CLS] state (tanh keeps it bounded), and it trains with the head and travels with it.
+        _identity_pooler(model)
         extra_trainable.append("pooler")
-        notes.append("checkpoint has no pooler weights: the pooler is trained with the head")
+        notes.append("checkpoint has no pooler weights: the pooler starts as the identity and trains with the head")
 
     input_prompt = method in (PeftMethod.PROMPT, PeftMethod.PTUNING)
     positions = getattr(model.config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(model_type, 0)
@@ -180,19 +181,48 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
             _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
             notes.append("head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')")
 
-    peft_config = build_peft(cfg.peft, extra_trainable)
+    model = apply_method(model, cfg.peft, extra_trainable)
+    if cfg.peft.init_std and method in (PeftMethod.PREFIX, PeftMethod.PROMPT, PeftMethod.PTUNING):
+        _scale_prompt_init(model, cfg.peft.init_std)
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    trainable, total = count_parameters(model)
+    return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
+
+
+def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None) -> nn.Module:
+    """Wrap a sequence classifier with the configured PEFT method (or unfreeze everything for `full`)."""
+    peft_config = PEFT_METHODS.get(peft.method.value)(peft, list(extra_trainable or []))
     if peft_config is None:
         for param in model.parameters():
             param.requires_grad_(True)
-    else:
-        from peft import get_peft_model
+        return model
+    from peft import get_peft_model
 
-        model = get_peft_model(model, peft_config)
-    device = pick_device(cfg.train.device)
-    model.to(device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
+    return get_peft_model(model, peft_config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+def _identity_pooler(model: nn.Module) -> None:
+    for module in model.modules():
+        if type(module).__name__.endswith("Pooler") and isinstance(getattr(module, "dense", None), nn.Linear):
+            dense = module.dense
+            if dense.in_features == dense.out_features:
+                with torch.no_grad():
+                    dense.weight.copy_(torch.eye(dense.in_features))
+                    dense.bias.zero_()
+
+
+def _scale_prompt_init(model: nn.Module, std: float) -> None:
+    """Re-draw the virtual-token tables from N(0, std^2) (peft draws N(0, 1), large next to real keys/values)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("prompt_encoder.") and name.endswith("embedding.weight"):
+                param.normal_(0.0, std)
 
 
 def _read_after_prompt(model: nn.Module, model_type: str, num_virtual_tokens: int) -> None:

@@ -1,15 +1,25 @@
 """Paradigms: how the same model, data and training loop are combined into an experiment.
 
+Every paradigm builds its model with `mfpt.model.build_model` (through `get_runtime` here, or in the Flower apps),
+trains with `mfpt.train.train`, evaluates with `mfpt.train.evaluate`, and writes its outputs with `RunRecorder`,
+so every results.json has the same schema. `protocol(cfg)` says in one paragraph what each paradigm tunes, on
+which data and for how many steps; it is written into results.json and every report.
+
 - federated:   Flower simulation of the ServerApp and ClientApp (every language a client; only the prompt travels).
 - local:       each language trains alone on its own data, with exactly the local steps a federated client takes
-               (same rounds x steps per round, optimiser reset each round as a federated client's is); the only
-               difference from `federated` is that nothing is aggregated.
+               (same rounds x steps per round, optimiser reset each round as a federated client's is, same
+               per-round seeds); the only difference from `federated` is that nothing is aggregated.
+               results.json `local_steps` holds the budget per language (compare it with a federated run's).
+               Caveats: with federation.fraction_train < 1 a federated client trains only in the rounds it is
+               sampled, while a local learner trains every round; with clients_per_language > 1 a local learner
+               holds its whole language, i.e. the budget of all that language's federated clients together.
 - centralized: every training language's data pooled in one place (the non-private reference), same epochs.
 - zeroshot:    stage 1 only: train on the pooled source languages (transfer.sources) for transfer.source_epochs
-               epochs, then evaluate every language as is.
-- transfer:    local cross-lingual transfer: stage 1 as zeroshot, then each language fine-tunes that model on its
-               own data alone (as `local`). Both stages tune the same tensors: the prompt (or adapter) and the head;
-               the encoder stays frozen.
+               epochs, then evaluate every language as is (recorded as a single round).
+- transfer:    local cross-lingual transfer: stage 1 as zeroshot (recorded as round 0), then each language
+               fine-tunes a copy of that model on its own data alone, exactly as `local` (rounds 1..R). Both stages
+               tune the same tensors: the prompt (or adapter) and the classification head; the encoder stays
+               frozen (under peft.method = full both stages tune every weight).
 Held-out languages are evaluated with the final shared model where there is one (not under `local`, where
 every language has its own model, nor under `transfer`'s second stage: they use the stage-1 model).
 """
@@ -52,6 +62,11 @@ def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet:
     cfg = resolve(cfg)
     num_clients = len(client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language))
     verbose = logging.getLogger("mfpt").isEnabledFor(logging.DEBUG)
+    flwr_logger = logging.getLogger("flwr")
+    # Flower sets its own level and handler when imported; mfpt prints its own progress lines instead.
+    flwr_logger.propagate = False
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus},
         "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "WARNING" if not verbose else "INFO",
@@ -72,6 +87,12 @@ class Learner:
     train_rows: pd.DataFrame
     evaluates: tuple[str, ...]
     state: dict[str, torch.Tensor]
+
+
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Each learner owns its tensors: states that share storage cannot be checkpointed together (safetensors
+    # refuses aliased tensors), and a shared tensor changed in place would change every learner.
+    return {k: v.clone() for k, v in state.items()}
 
 
 def _pool(runtime: Runtime, languages: tuple[str, ...]) -> pd.DataFrame:
@@ -122,7 +143,7 @@ def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, 
         steps = cfg.transfer.source_epochs * math.ceil(len(stage1.train_rows) / cfg.train.batch_size)
         recorder.on_train(0, [_train_learner(runtime, cfg, stage1, steps, 0)], 0, 0)
         for learner in learners:
-            learner.state = dict(stage1.state)
+            learner.state = _copy(stage1.state)
         recorder.on_evaluate(0, _evaluate_learners(runtime, cfg, [stage1]))
         recorder.end_round(0, _flatten(learners + [stage1]))
         done = 0
@@ -141,8 +162,9 @@ def _setup(cfg: ExperimentConfig, quiet: bool) -> tuple[ExperimentConfig, Runtim
     model = runtime.classifier
     recorder = RunRecorder(cfg, Path(cfg.output_dir).expanduser().resolve(), model.trainable_params, model.total_params,
                            quiet=quiet)
-    # The shared starting point is the seeded initial state, exactly what a federated server would send first.
-    initial = trainable_state(model.model)
+    # The shared starting point is the seeded initial state, exactly what a federated server would send first
+    # (not the cached model's current tensors: an earlier run in this process may have trained them).
+    initial = _copy(runtime.initial_state)
     if not quiet:
         print(f"{cfg.name}: {cfg.paradigm.value}, {cfg.peft.method.value} on {cfg.model.name}: "
               f"{model.trainable_params:,} trainable of {model.total_params:,} parameters", flush=True)
@@ -154,7 +176,7 @@ def _language_learners(cfg: ExperimentConfig, runtime: Runtime, initial: dict[st
     # per-round seeds match the federated client's (with one client per language).
     layout = client_layout(cfg.data.languages, (), cfg.federation.clients_per_language)
     first_index = {c.lang: i for i, c in reversed(list(enumerate(layout)))}
-    return [Learner(lang, first_index[lang], ("train", lang), runtime.data.language_rows(lang, "train"), (lang,), dict(initial))
+    return [Learner(lang, first_index[lang], ("train", lang), runtime.data.language_rows(lang, "train"), (lang,), _copy(initial))
             for lang in cfg.data.languages]
 
 
@@ -171,7 +193,7 @@ def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = F
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     languages = tuple(cfg.data.languages)
     pooled = Learner("all", 0, ("train", "all"), _pool(runtime, languages), languages + tuple(cfg.data.heldout_languages),
-                     dict(initial))
+                     _copy(initial))
     return _run_rounds(cfg, runtime, recorder, [pooled], None, [], resume)
 
 
@@ -181,7 +203,7 @@ def _source_learner(cfg: ExperimentConfig, runtime: Runtime, initial: dict[str, 
     if missing:
         raise DataError(f"transfer.sources {missing} are not among the training languages "
                         f"{list(runtime.data.languages)}; add them to data.languages.")
-    return Learner("source", 10_000, ("train", "source"), _pool(runtime, sources), evaluates, dict(initial))
+    return Learner("source", 10_000, ("train", "source"), _pool(runtime, sources), evaluates, _copy(initial))
 
 
 @PARADIGMS.register("zeroshot")
@@ -209,6 +231,40 @@ def run_transfer(cfg: ExperimentConfig, resume: bool = False, quiet: bool = Fals
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     source = _source_learner(cfg, runtime, initial, tuple(cfg.data.heldout_languages))
     return _run_rounds(cfg, runtime, recorder, _language_learners(cfg, runtime, initial), source, [source], resume)
+
+
+_TUNED = {
+    "prefix": "the deep prefix (key/value prompts at every layer) and the classification head",
+    "prompt": "the input soft prompt and the classification head",
+    "ptuning": "the P-tuning prompt encoder and the classification head",
+    "lora": "the LoRA matrices and the classification head",
+    "full": "every weight of the model",
+}
+
+
+def protocol(cfg: ExperimentConfig) -> str:
+    """One paragraph for results.json and reports: what the paradigm tunes, on which data, for how many steps."""
+    tuned = _TUNED.get(cfg.peft.method.value, f"the {cfg.peft.method.value} parameters")
+    frozen = "" if cfg.peft.method.value == "full" else "; the encoder stays frozen"
+    rounds, epochs = cfg.federation.rounds, cfg.train.local_epochs
+    cap = f", at most {cfg.train.max_steps} steps per round" if cfg.train.max_steps else ""
+    per_round = f"{epochs} epoch(s) over its own training data per round{cap}"
+    sources = ", ".join(cfg.transfer.sources)
+    stage1 = (f"stage 1 tunes {tuned} on the pooled source language(s) {sources} for "
+              f"{cfg.transfer.source_epochs} epoch(s){frozen}")
+    text = {
+        "federated": f"Every language is a client that tunes {tuned}{frozen} for {per_round}, {rounds} rounds; "
+                     f"the server averages ({cfg.federation.strategy}) and sends back only the trainable tensors.",
+        "local": f"Every language tunes its own copy of {tuned}{frozen} alone, {per_round}, {rounds} rounds: the "
+                 "same steps and seeds as a federated client (see local_steps), nothing aggregated.",
+        "centralized": f"All training languages pooled in one place; one model tunes {tuned}{frozen} for "
+                       f"{epochs} epoch(s) over the pooled data per round{cap}, {rounds} rounds.",
+        "zeroshot": f"Only {stage1}; every language (and held-out language) is then evaluated as is.",
+        "transfer": f"Local cross-lingual transfer: {stage1} (round 0); stage 2 tunes the same tensors: every "
+                    f"language fine-tunes its own copy of the stage-1 model alone, {per_round}, {rounds} rounds, "
+                    "exactly as `local`. Held-out languages are evaluated with the stage-1 model.",
+    }
+    return text.get(cfg.paradigm.value, "")
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:

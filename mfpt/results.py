@@ -8,7 +8,8 @@ results.json schema (every paradigm writes the same):
   low_resource, labels, per_language {lang: {accuracy, macro_f1, loss, n_test}}, heldout {same},
   average {accuracy, macro_f1}, low_resource_average {...}, heldout_average {...},
   communication {bytes_up_per_round, bytes_down_per_round, total_bytes, full_model_bytes, clients_per_round},
-  local_steps {client: steps over the whole run}, wall_seconds, config, versions, created
+  local_steps {client: steps over the whole run}, protocol (what was tuned on which data, mfpt.paradigms.protocol),
+  refused_updates, wall_seconds, config, versions, created
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -93,6 +95,12 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _protocol(cfg: ExperimentConfig) -> str:
+    from mfpt.paradigms import protocol  # local import: paradigms imports this module
+
+    return protocol(cfg)
+
+
 def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
     return {"accuracy": counts.accuracy, "macro_f1": counts.macro_f1, "loss": counts.mean_loss, "n_test": counts.n}
 
@@ -129,6 +137,7 @@ class RunRecorder:
             probe.unlink()
         except OSError as err:
             raise ResumeError(f"Output directory {str(self.out_dir)!r} is not writable ({err}); set output_dir or --out.") from None
+        self._check_free_space()
         progress_file = self.out_dir / PROGRESS
         if not resume:
             if progress_file.exists() or (self.out_dir / RESULTS).exists():
@@ -154,7 +163,23 @@ class RunRecorder:
         rows = [r for r in io.read_jsonl(self.out_dir / METRICS) if int(r["round"]) <= completed]
         io.write_text(self.out_dir / METRICS, "".join(io.json_line(r) for r in rows))
         self.comm = [c for c in self.comm if c["round"] <= completed]
-        return load_checkpoint(checkpoint_path(self.out_dir, completed)) if completed > 0 else None
+        # Round 0 is transfer's stage 1, the only round 0 that is ever checkpointed.
+        last = checkpoint_path(self.out_dir, completed)
+        return load_checkpoint(last) if completed > 0 or last.exists() else None
+
+    def _check_free_space(self) -> None:
+        """Refuse to start when the disk cannot hold every round's checkpoint (found now, not at round k)."""
+        # A checkpoint holds the trainable state plus at most two server-optimiser copies (FedAdam's m_t, v_t),
+        # float32; the final adapter export is about one more state; 1 MiB covers the small files.
+        state_bytes = 4 * max(self.trainable_params, 0)
+        need = (self.cfg.federation.rounds + 1) * 3 * state_bytes + (1 << 20)
+        free = shutil.disk_usage(self.out_dir).free
+        if free < need:
+            raise ResumeError(
+                f"Output directory {str(self.out_dir)!r} has {free / 2**20:.1f} MiB free, but "
+                f"{self.cfg.federation.rounds} round checkpoints need about {need / 2**20:.1f} MiB; "
+                "free some space or set output_dir elsewhere."
+            )
 
     # ---------------------------------------------------------------------------------- per round
     def on_train(self, round_: int, rows: list[dict[str, Any]], bytes_up: int, bytes_down: int) -> None:
@@ -171,6 +196,13 @@ class RunRecorder:
         who = node.client.name(self.cfg.federation.clients_per_language) if node is not None else f"node {node_id}"
         log.warning("round %d: refused %s: %s", round_, who, reason)
         io.append_jsonl(self.out_dir / METRICS, [{"round": round_, "split": "refused", "client": who, "reason": reason}])
+
+    def on_missing(self, round_: int, node: Any, stage: str, reason: str) -> None:
+        """A sampled client that did not reply this round (dead or silent node); the round went on without it."""
+        who = node.client.name(self.cfg.federation.clients_per_language)
+        log.warning("round %d: %s missing from %s (node %d): %s", round_, who, stage, node.node_id, reason)
+        io.append_jsonl(self.out_dir / METRICS, [{"round": round_, "split": "missing", "stage": stage, "client": who,
+                                                  "lang": node.client.lang, "node": node.node_id, "reason": reason}])
 
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None:
         split = self.cfg.data.eval_split
@@ -227,6 +259,7 @@ class RunRecorder:
                 "rounds_recorded": rounds if self.comm else 0,
             },
             "local_steps": self.local_steps,
+            "protocol": _protocol(cfg),
             "refused_updates": self.refusals,
             "wall_seconds": round(time.time() - self.started, 2),
             "config": to_dict(cfg),

@@ -14,7 +14,7 @@ import torch
 
 from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, PreparedData, prepare
-from mfpt.model import ClassifierModel, build_model
+from mfpt.model import ClassifierModel, build_model, trainable_state
 from mfpt.train import Encoded, encode
 
 
@@ -23,6 +23,9 @@ class Runtime:
     cfg: ExperimentConfig
     data: PreparedData
     classifier: ClassifierModel
+    # The seeded trainable state the model was built with. In-process paradigms start every learner from it:
+    # the cached model's own tensors hold whatever the previous run in this process trained last.
+    initial_state: dict[str, torch.Tensor] = field(default_factory=dict)
     _encoded: dict[tuple, Encoded] = field(default_factory=dict)
 
     def encoded(self, client: ClientSpec, split: str) -> Encoded:
@@ -52,7 +55,8 @@ def _runtime(key: ExperimentConfig) -> Runtime:
     if key.train.threads:
         torch.set_num_threads(key.train.threads)
     data = prepare(key)
-    return Runtime(key, data, build_model(key, len(data.labels)))
+    classifier = build_model(key, len(data.labels))
+    return Runtime(key, data, classifier, trainable_state(classifier.model))
 
 
 def get_runtime(cfg: ExperimentConfig) -> Runtime:

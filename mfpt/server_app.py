@@ -43,31 +43,76 @@ def config_record(cfg: ExperimentConfig) -> ConfigRecord:
     return ConfigRecord({CONFIG_PREFIX + k: v for k, v in to_flat(cfg).items()})
 
 
-def handshake(grid: Grid, cfg: ExperimentConfig) -> dict[int, NodeInfo]:
-    """Wait for every client's node, ask each which client it is, and refuse gaps or duplicates."""
+def query_nodes(grid: Grid, cfg: ExperimentConfig, node_ids: list[int]) -> tuple[dict[int, NodeInfo], list[str]]:
+    """Ask each node which client it is; return the nodes that answered and why the others did not."""
     layout = client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language)
-    deadline = time.monotonic() + cfg.federation.round_timeout
-    while len(node_ids := sorted(grid.get_node_ids())) < len(layout):
-        if time.monotonic() > deadline:
-            raise FederationError(f"Only {len(node_ids)} of {len(layout)} client nodes connected within "
-                                  f"federation.round_timeout = {cfg.federation.round_timeout:.0f} s.")
-        time.sleep(1)
     record = RecordDict({"config": config_record(cfg)})
     messages = [Message(record, dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
     nodes: dict[int, NodeInfo] = {}
+    failures: list[str] = []
+    replied: set[int] = set()
     for reply in grid.send_and_receive(messages, timeout=cfg.federation.round_timeout):
+        node_id = reply.metadata.src_node_id
+        replied.add(node_id)
         if reply.has_error():
-            raise FederationError(f"Node {reply.metadata.src_node_id} failed to start: {reply.error.reason}")
-        metrics = reply.content["metrics"]
-        index = int(metrics[CLIENT_KEY])
-        nodes[reply.metadata.src_node_id] = NodeInfo(reply.metadata.src_node_id, index, layout[index],
-                                                     int(metrics["num-train"]), int(metrics["num-eval"]))
+            failures.append(f"node {node_id} failed to start: {reply.error.reason}")
+            continue
+        try:
+            metrics = reply.content["metrics"]
+            index = int(metrics[CLIENT_KEY])
+            nodes[node_id] = NodeInfo(node_id, index, layout[index], int(metrics["num-train"]), int(metrics["num-eval"]))
+        except (KeyError, IndexError, ValueError, TypeError) as err:
+            failures.append(f"node {node_id} sent an unusable handshake ({err!r})")
+    failures += [f"node {n} did not answer the handshake within federation.round_timeout" for n in node_ids
+                 if n not in replied]
+    return nodes, failures
+
+
+def handshake(grid: Grid, cfg: ExperimentConfig) -> dict[int, NodeInfo]:
+    """Wait for the client nodes, ask each which client it is, and refuse duplicates.
+
+    Every client is waited for up to federation.round_timeout; the federation then starts if at least
+    federation.min_clients (0 = all) of them answered, and the others may join later (MfptStrategy.rejoin).
+    """
+    layout = client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language)
+    names = [c.name(cfg.federation.clients_per_language) for c in layout]
+    required = min(cfg.federation.min_clients or len(layout), len(layout))
+    deadline = time.monotonic() + cfg.federation.round_timeout
+    while len(node_ids := sorted(grid.get_node_ids())) < len(layout):
+        if time.monotonic() > deadline:
+            if len(node_ids) >= required:
+                break
+            raise FederationError(f"Only {len(node_ids)} of {len(layout)} client nodes connected within "
+                                  f"federation.round_timeout = {cfg.federation.round_timeout:.0f} s "
+                                  f"(federation.min_clients = {cfg.federation.min_clients}).")
+        time.sleep(1)
+    nodes, failures = query_nodes(grid, cfg, node_ids)
     indices = [n.index for n in nodes.values()]
-    missing = [layout[i].name(cfg.federation.clients_per_language) for i in range(len(layout)) if i not in indices]
-    duplicated = sorted({layout[i].name(cfg.federation.clients_per_language) for i in indices if indices.count(i) > 1})
-    if missing or duplicated:
-        raise FederationError(f"Clients missing: {missing or 'none'}; claimed by several nodes: {duplicated or 'none'}.")
+    duplicated = sorted({names[i] for i in indices if indices.count(i) > 1})
+    if duplicated:
+        raise FederationError(f"Clients claimed by several nodes: {duplicated}; give each SuperNode its own "
+                              "--node-config lang (and shard).")
+    missing = [names[i] for i in range(len(layout)) if i not in indices]
+    if len(nodes) < required:
+        raise FederationError(f"Clients missing: {missing}; {len(nodes)} of {len(layout)} answered, "
+                              f"federation.min_clients = {cfg.federation.min_clients} (0 = all) needed. "
+                              + " ".join(failures))
+    if missing:
+        log.warning("starting without client(s) %s (%s); they join when their node connects", missing,
+                    "; ".join(failures) or "no node connected")
     return nodes
+
+
+def rejoin_fn(cfg: ExperimentConfig):
+    """The strategy's `rejoin`: handshake with newly seen node ids, keeping only well-formed answers."""
+
+    def rejoin(grid: Grid, node_ids: list[int]) -> dict[int, NodeInfo]:
+        nodes, failures = query_nodes(grid, cfg, node_ids)
+        for failure in failures:
+            log.warning("rejoin: %s", failure)
+        return nodes
+
+    return rejoin
 
 
 def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
@@ -91,6 +136,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
             print(f"resuming after round {offset} from {out_dir}", flush=True)
     nodes = handshake(grid, cfg)
     strategy = make_strategy(cfg, nodes, spec, recorder, round_offset=offset)
+    strategy.rejoin = rejoin_fn(cfg)
     if checkpoint is not None:
         strategy.load_server_state(checkpoint.server_state)
 

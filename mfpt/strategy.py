@@ -3,7 +3,10 @@
 `MfptStrategy` is a mixin placed before a Flower strategy in the MRO. It never re-implements `start()` or the
 aggregation maths; it only
 - samples clients deterministically by client (not by Flower's random node ids), so a seed fixes a run;
-- refuses updates whose keys, shapes, dtypes or values are wrong, logging the node and reason, and goes on;
+- refuses updates whose keys, shapes, dtypes or values are wrong, or whose distance from the global state
+  exceeds federation.max_update_norm, logging the node and reason, and goes on;
+- records every sampled client that did not reply (a dead or silent node) as "missing", and lets a node that
+  (re)connects with a new node id join at the next round after a handshake (`rejoin`);
 - weighs replies by examples or uniformly (server-side, whatever the client claims);
 - sorts replies by client before aggregating, so float sums do not depend on arrival order;
 - pools each language's evaluation counts into per-language accuracy / macro-F1;
@@ -17,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
@@ -91,6 +96,7 @@ class RoundListener:
 
     def on_train(self, round_: int, rows: list[dict[str, Any]], bytes_up: int, bytes_down: int) -> None: ...
     def on_refusal(self, round_: int, node: NodeInfo | None, node_id: int, reason: str) -> None: ...
+    def on_missing(self, round_: int, node: NodeInfo, stage: str, reason: str) -> None: ...
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
 
 
@@ -99,15 +105,24 @@ class MfptStrategy:
 
     def __init__(self, *, cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict, listener: RoundListener,
                  round_offset: int = 0, **strategy_kwargs: Any) -> None:
-        # Flower samples every node (fraction 1); the fractions are applied per client below.
-        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=len(nodes),
-                         min_evaluate_nodes=len(nodes), min_available_nodes=len(nodes),
+        # Flower samples every node (fraction 1); the fractions are applied per client below. Flower waits for
+        # min_available_nodes connected nodes before each round: only min_clients of them, so a dead node
+        # does not block the federation (min_clients = 0 keeps the old meaning: every client).
+        required = min(cfg.federation.min_clients or len(nodes), len(nodes)) or 1
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=required,
+                         min_evaluate_nodes=required, min_available_nodes=required,
                          weighted_by_key=WEIGHT_KEY, **strategy_kwargs)  # type: ignore[call-arg]
         self.cfg = cfg
         self.nodes = nodes
         self.spec = spec
         self.listener = listener
         self.round_offset = round_offset
+        # Handshake for node ids first seen after the start (a SuperNode that restarted gets a new id);
+        # set by the ServerApp. Ids whose handshake failed are not asked again.
+        self.rejoin: Callable[[Grid, list[int]], dict[int, NodeInfo]] | None = None
+        self._unusable: set[int] = set()
+        self._sampled: dict[str, set[int]] = {}
+        self._global: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------ sampling
     def _sample(self, server_round: int, fraction: float, with_heldout: bool) -> set[int]:
@@ -122,21 +137,57 @@ class MfptStrategy:
     def _keep(self, messages: Iterable[Message], chosen: set[int]) -> list[Message]:
         return [m for m in messages if m.metadata.dst_node_id in chosen]
 
+    def refresh_nodes(self, grid: Grid) -> None:
+        """Handshake with connected node ids the strategy does not know; a client's new node replaces its old one."""
+        unknown = sorted(set(grid.get_node_ids()) - set(self.nodes) - self._unusable)
+        if not unknown or self.rejoin is None:
+            return
+        joined = self.rejoin(grid, unknown)
+        self._unusable.update(set(unknown) - set(joined))
+        for node_id, info in joined.items():
+            for old in [n for n in self.nodes.values() if n.index == info.index]:
+                del self.nodes[old.node_id]
+                log.warning("client %s rejoined as node %d (was node %d)",
+                            info.client.name(self.cfg.federation.clients_per_language), node_id, old.node_id)
+            self.nodes[node_id] = info
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Flower's configure_train, restricted to a seeded sample of training clients."""
+        self.refresh_nodes(grid)
         config[ROUND_KEY] = self.round_offset + server_round
-        messages = self._keep(super().configure_train(server_round, arrays, config, grid),  # type: ignore[misc]
-                              self._sample(server_round, self.cfg.federation.fraction_train, with_heldout=False))
+        chosen = self._sample(server_round, self.cfg.federation.fraction_train, with_heldout=False)
+        self._sampled["train"] = chosen
+        self._global = arrays.to_torch_state_dict() if self.cfg.federation.max_update_norm > 0 else None
+        messages = self._keep(super().configure_train(server_round, arrays, config, grid), chosen)  # type: ignore[misc]
         self._bytes_down = arrays.count_bytes() * len(messages)
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Flower's configure_evaluate for a seeded sample of clients plus every held-out language."""
+        self.refresh_nodes(grid)
         config[ROUND_KEY] = self.round_offset + server_round
-        messages = self._keep(super().configure_evaluate(server_round, arrays, config, grid),  # type: ignore[misc]
-                              self._sample(server_round, self.cfg.federation.fraction_evaluate, with_heldout=True))
+        chosen = self._sample(server_round, self.cfg.federation.fraction_evaluate, with_heldout=True)
+        self._sampled["evaluate"] = chosen
+        messages = self._keep(super().configure_evaluate(server_round, arrays, config, grid), chosen)  # type: ignore[misc]
         self._eval_bytes_down = arrays.count_bytes() * len(messages)
         return messages
+
+    def _record_missing(self, round_: int, stage: str, replies: list[Message]) -> list[Message]:
+        """Log sampled clients without a reply (or whose node is unreachable); return the other replies."""
+        unreachable = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+        answered: set[int] = set()
+        kept = []
+        for msg in replies:
+            if msg.has_error() and msg.error.code in unreachable:
+                continue
+            answered.add(msg.metadata.src_node_id)
+            kept.append(msg)
+        for node_id in sorted(self._sampled.get(stage, set()) - answered):
+            node = self.nodes.get(node_id)
+            if node is not None:
+                self.listener.on_missing(round_, node, stage, f"no {stage} reply within federation.round_timeout "
+                                                              f"= {self.cfg.federation.round_timeout:g} s")
+        return kept
 
     # ------------------------------------------------------------------------------ training replies
     def _node(self, msg: Message) -> NodeInfo | None:
@@ -146,7 +197,7 @@ class MfptStrategy:
         """Check each update, weigh it, aggregate with the wrapped Flower strategy."""
         round_ = self.round_offset + server_round
         accepted: list[tuple[NodeInfo, Message]] = []
-        for msg in replies:
+        for msg in self._record_missing(round_, "train", list(replies)):
             node = self._node(msg)
             if msg.has_error():
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"client error: {msg.error.reason}")
@@ -170,7 +221,13 @@ class MfptStrategy:
             log.warning("round %d: %d usable update(s), fewer than federation.min_clients = %d: global state unchanged",
                         round_, len(accepted), required)
             return None, None
-        return super().aggregate_train(server_round, [msg for _, msg in accepted])  # type: ignore[misc]
+        # The absolute round: FedAdam/FedYogi's bias correction depends on it, so a resumed run must not restart at 1.
+        arrays, metrics = super().aggregate_train(round_, [msg for _, msg in accepted])  # type: ignore[misc]
+        if arrays is not None:
+            # FedAdam/FedYogi compute in float64 (numpy promotes float32 arrays by their float64 eta_norm);
+            # the global state keeps the model's dtypes, or every client would refuse it.
+            arrays = ArrayRecord({k: v.to(self.spec[k][1]) for k, v in arrays.to_torch_state_dict().items()})
+        return arrays, metrics
 
     def _problem(self, msg: Message, node: NodeInfo | None) -> str | None:
         if node is None:
@@ -184,10 +241,16 @@ class MfptStrategy:
                 return f"metric {key!r} missing"
         if int(metrics[CLIENT_KEY]) != node.index:
             return f"client-index {metrics[CLIENT_KEY]} does not match the handshake ({node.index})"
+        update = content["arrays"].to_torch_state_dict()
         try:
-            check_update(content["arrays"].to_torch_state_dict(), self.spec, origin="update")
+            check_update(update, self.spec, origin="update")
         except UpdateError as err:
             return str(err)
+        bound = self.cfg.federation.max_update_norm
+        if bound > 0 and self._global is not None:
+            norm = update_norm(update, self._global)
+            if norm > bound:
+                return f"update refused: L2 norm of (update - global) is {norm:.4g}, above federation.max_update_norm = {bound:g}"
         return None
 
     # ------------------------------------------------------------------------------ evaluation replies
@@ -196,6 +259,7 @@ class MfptStrategy:
         round_ = self.round_offset + server_round
         num_labels = len(self.cfg.data.labels)
         per_language: dict[str, EvalCounts] = {}
+        replies = self._record_missing(round_, "evaluate", list(replies))
         for msg in sorted(replies, key=lambda m: getattr(self._node(m), "index", -1)):
             node = self._node(msg)
             if msg.has_error() or node is None:
@@ -238,9 +302,23 @@ class MfptStrategy:
                 setattr(self, attr, items if current is None or isinstance(current, dict) else current)
 
 
+def update_norm(update: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
+    """L2 norm of (update - reference) over all tensors, in float64."""
+    total = sum(float((update[k].double() - reference[k].double()).pow(2).sum()) for k in reference)
+    return float(np.sqrt(total))
+
+
+def train_loss_mean(records: list, weight_key: str) -> MetricRecord:
+    """Example-weighted mean training loss (Flower's default would also average ids and counts)."""
+    weights = [float(r["metrics"][weight_key]) for r in records]
+    losses = [float(r["metrics"]["train-loss"]) for r in records]
+    return MetricRecord({"train-loss": float(np.average(losses, weights=weights)) if sum(weights) else 0.0})
+
+
 def make_strategy(cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict, listener: RoundListener,
                   round_offset: int = 0) -> MfptStrategy:
     """The configured Flower strategy with the mfpt mixin in front of it."""
     base, kwargs = STRATEGIES.get(cfg.federation.strategy)(cfg)
     cls = type(f"Mfpt{base.__name__}", (MfptStrategy, base), {})
-    return cls(cfg=cfg, nodes=nodes, spec=spec, listener=listener, round_offset=round_offset, **kwargs)
+    return cls(cfg=cfg, nodes=nodes, spec=spec, listener=listener, round_offset=round_offset,
+               train_metrics_aggr_fn=train_loss_mean, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from importlib import resources
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +71,27 @@ def test_agrees_with_reference_table(tables: dict[str, pd.DataFrame], kind: str,
 
 def test_syntactic_matches_definition_computed_from_raw_lang2vec_data() -> None:
     """Independent of mfpt's code: cosine distance of lang2vec's syntax_knn (S_* features) rows, by hand."""
-    path = resources.files("lang2vec") / "data" / "feature_predictions.npz"
-    with resources.as_file(path) as p, np.load(p) as npz:
+    with np.load(distance.uriel_data_path("feature_predictions.npz")) as npz:
         langs, feats, data = list(npz["langs"]), list(npz["feats"]), npz["data"][:, :, 0]
     cols = [i for i, f in enumerate(feats) if f.startswith("S_")]
     assert len(cols) == 103
     u, v = (data[langs.index(c), cols].astype(float) for c in ("eng", "swh"))
     expected = 1 - float(u @ v) / math.sqrt(float(u @ u) * float(v @ v))
     assert distance_matrix(["eng", "swh"], "syntactic").loc["eng", "swh"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_data_is_found_when_a_lang2vec_script_shadows_the_package(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """lang2vec's wheel puts bin/lang2vec.py first on sys.path of console scripts; it must not be imported."""
+    (tmp_path / "lang2vec.py").write_text("raise ModuleNotFoundError(\"No module named 'pkg_resources'\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lang2vec", raising=False)
+    distance._feature_file.cache_clear()
+    try:
+        assert distance_matrix(["eng", "deu"], "syntactic", use_cache=False).loc["eng", "deu"] == pytest.approx(
+            0.10, abs=0.005)
+    finally:
+        distance._feature_file.cache_clear()
 
 
 @pytest.mark.parametrize(("code", "lat", "lon"), [("eng", 53.0, -1.0), ("swh", -8.25, 37.75), ("hin", 25.0, 77.0)])
@@ -106,6 +119,21 @@ def test_language_missing_from_uriel_is_named_with_nearest_codes() -> None:
         distance_matrix(["eng", "cnr"], "genetic")
 
 
+def test_language_without_data_borrows_its_macrolanguage_and_the_cache_remembers(cache_home: Path) -> None:
+    # mfpt normalises 'no' to nob, but URIEL files Norwegian's Glottolog ancestry under the macrolanguage nor.
+    for _ in range(2):  # computed, then read from the cache
+        m = distance_matrix(["no", "dan", "fin"], "genetic")
+        assert m.attrs["substitutes"] == {"nob": "nor"}
+        assert m.loc["nob", "dan"] == pytest.approx(1 / 3) and m.loc["nob", "fin"] == 1.0
+    assert distance_matrix(["dan", "fin"], "genetic").attrs["substitutes"] == {}
+
+
+def test_isolate_has_no_genetic_distance_but_keeps_a_clean_diagonal() -> None:
+    m = distance_matrix(["eus", "spa", "fra"], "genetic")  # Basque: no Glottolog ancestors in URIEL
+    assert m.loc["eus"].isna().sum() == 2 and m.loc["eus", "eus"] == 0.0
+    assert m.equals(m.T) and m.loc["spa", "fra"] < 1.0
+
+
 def test_unknown_kind_is_refused_with_suggestion() -> None:
     with pytest.raises(ValueError, match="Did you mean 'syntactic'"):
         distance_matrix(["eng", "fra"], "syntax")
@@ -126,18 +154,19 @@ def test_cache_is_reused_for_the_same_language_set(cache_home: Path, monkeypatch
     pd.testing.assert_frame_equal(again, first.loc[["swh", "eng", "fra"], ["swh", "eng", "fra"]])
 
 
-@pytest.mark.parametrize("garbage", ["{not json", '{"kind": "geographic"}', ""])
+@pytest.mark.parametrize("garbage", ["{not json", '{"kind": "syntactic"}', ""])
 def test_corrupt_cache_is_ignored_and_rebuilt(cache_home: Path, garbage: str) -> None:
-    expected = distance_matrix(["eng", "hau", "yor"], "geographic")
-    (path,) = cache_home.glob("geographic-*.json")
+    expected = distance_matrix(["eng", "hau", "yor"], "syntactic")
+    (path,) = cache_home.glob("syntactic-*.json")
     path.write_text(garbage)
-    pd.testing.assert_frame_equal(distance_matrix(["eng", "hau", "yor"], "geographic"), expected)
+    pd.testing.assert_frame_equal(distance_matrix(["eng", "hau", "yor"], "syntactic"), expected)
     assert json.loads(path.read_text())["languages"] == ["eng", "hau", "yor"]
     assert not list(cache_home.glob(".*.tmp"))  # atomic write left no temp file behind
 
 
 def test_cache_respects_xdg_and_nothing_is_written_into_site_packages(cache_home: Path) -> None:
-    package = Path(str(resources.files("lang2vec")))
+    package = distance.uriel_data_path("x").parent.parent
+    assert (package / "data" / "features.npz").is_file()
     before = {p: p.stat().st_mtime_ns for p in package.rglob("*") if "__pycache__" not in p.parts}
     distance.distance_matrices(["eng", "swh"], KINDS)
     after = {p: p.stat().st_mtime_ns for p in package.rglob("*") if "__pycache__" not in p.parts}
@@ -178,13 +207,14 @@ GAINS = {
 
 def test_analysis_numbers_figures_and_markdown(tmp_path: Path) -> None:
     langs = ["eng", "fra", "swh", "hau", "yor", "amh"]
-    result = distance_analysis(GAINS, langs, reference=["eng", "fra"], out_dir=tmp_path / "fig")
+    kinds = ("syntactic", "genetic")  # two kinds keep the figures (most of the time) small; all six work alike
+    result = distance_analysis(GAINS, langs, reference=["eng", "fra"], kinds=kinds, out_dir=tmp_path / "fig")
     syn = distance_matrix(langs, "syntactic")
     assert result.to_reference.loc["swh", "syntactic"] == pytest.approx((syn.loc["swh", "eng"] + syn.loc["swh", "fra"]) / 2)
     assert result.to_reference.loc["eng", "syntactic"] == pytest.approx(syn.loc["eng", "fra"])  # itself excluded
     assert result.to_federation.loc["hau", "syntactic"] == pytest.approx(syn.loc["hau"].drop("hau").mean())
     frame = result.correlations_frame()
-    assert len(frame) == len(KINDS) * 2 * 2
+    assert len(frame) == len(kinds) * 2 * 2
     row = frame.query("kind == 'syntactic' and measure == 'reference' and gain == 'federated - local'").iloc[0]
     from scipy import stats
 

@@ -1,0 +1,278 @@
+"""Benchmark loaders: release-format fixtures and a faked hub both land in the universal schema."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pandas as pd
+import pytest
+
+from mfpt.benchmarks import BENCHMARKS, SIB200_CODES
+from mfpt.config import DataConfig, load_config
+from mfpt.data import DATA_SOURCES, DataError, load_source
+
+FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
+
+# name -> (languages asked for, canonical codes expected, train_pool)
+OFFLINE_CASES = {
+    "xnli": (("sw", "zh", "en"), {"swh", "cmn", "eng"}, "train"),
+    "xglue-nc": (("en", "de", "es", "fr", "ru"), {"eng", "deu", "spa", "fra", "rus"}, "validation"),
+    "masakhanews": (("hau", "swa", "orm"), {"hau", "swh", "gaz"}, "train"),
+    "sib200": (("eng_Latn", "swh_Latn", "zho_Hant"), {"eng", "swh", "cmn_Hant"}, "train"),
+}
+
+
+def load(name: str, **fields: Any) -> pd.DataFrame:
+    return DATA_SOURCES.get(name)(DataConfig(source=name, **fields))
+
+
+@pytest.mark.parametrize("name", list(OFFLINE_CASES))
+def test_release_fixture_loads_into_universal_schema(name: str) -> None:
+    asked, expected, pool = OFFLINE_CASES[name]
+    frame = load(name, path=str(FIXTURES / name), languages=asked, train_pool=pool)
+    info = BENCHMARKS[name]
+    expected_columns = ["text", "text_pair", "label", "lang", "split"] if name == "xnli" else ["text", "label", "lang", "split"]
+    assert list(frame.columns) == expected_columns
+    assert set(frame["lang"]) == expected
+    assert set(frame["label"]) <= set(info.labels)
+    assert len(set(frame["label"])) >= 3
+    want_splits = {"train", "validation", "test"} if pool == "train" else {"train", "test"}
+    for lang in expected:
+        assert set(frame.loc[frame["lang"] == lang, "split"]) == want_splits
+    assert frame["text"].str.len().min() > 0
+
+
+def test_xnli_rows_keep_premise_hypothesis_and_label_names() -> None:
+    frame = load("xnli", path=str(FIXTURES / "xnli"), languages=("sw",))
+    dev = frame[frame["split"] == "validation"]
+    assert list(dev["text"]) == [f'sw premise dev {i} with a "quote' for i in range(3)]  # quotes are text, not CSV
+    assert list(dev["text_pair"]) == [f"sw hypothesis dev {i}" for i in range(3)]
+    assert list(dev["label"]) == ["entailment", "neutral", "contradiction"]
+    train = frame[frame["split"] == "train"]
+    assert list(train["label"]) == ["entailment", "neutral", "contradiction", "neutral"]  # 'contradictory' mapped
+
+
+def test_masakhanews_text_is_headline_then_body() -> None:
+    frame = load("masakhanews", path=str(FIXTURES / "masakhanews"), languages=("hau",))
+    first = frame[frame["split"] == "validation"].iloc[0]
+    assert first["text"] == 'hau headline dev 0 hau text dev 0 "quoted"'
+    assert first["label"] == "sports"
+
+
+def test_validation_pool_becomes_train_and_no_validation_remains() -> None:
+    frame = load("xnli", path=str(FIXTURES / "xnli"), languages=("ur",), train_pool="validation")
+    assert set(frame["split"]) == {"train", "test"}
+    assert set(frame.loc[frame["split"] == "train", "text"]) == {f'ur premise dev {i} with a "quote' for i in range(3)}
+
+
+def test_xglue_nc_refuses_non_english_training_from_the_train_pool() -> None:
+    with pytest.raises(DataError, match=r"English-only training data.*data.train_pool = 'validation'") as err:
+        load("xglue-nc", path=str(FIXTURES / "xglue-nc"), languages=("en", "de"))
+    assert "deu" in str(err.value)
+
+
+def test_xglue_nc_english_trains_on_the_english_train_file() -> None:
+    frame = load("xglue-nc", path=str(FIXTURES / "xglue-nc"), languages=("en",))
+    train = frame[frame["split"] == "train"]
+    assert len(train) == 5 and train.iloc[0]["text"] == "en title train 0 en body train 0"
+    assert {"autos", "video"} <= set(train["label"])
+
+
+def test_empty_language_list_reads_every_language_present() -> None:
+    frame = load("xnli", path=str(FIXTURES / "xnli"), train_pool="validation")
+    assert set(frame["lang"]) == set(BENCHMARKS["xnli"].languages)
+
+
+def test_heldout_languages_are_read_too() -> None:
+    frame = load("sib200", path=str(FIXTURES / "sib200"), languages=("eng_Latn",), heldout_languages=("swh",))
+    assert set(frame["lang"]) == {"eng", "swh"}
+
+
+@pytest.mark.parametrize(
+    ("name", "languages", "pool", "expected_file"),
+    [
+        ("xnli", ("ur",), "train", "XNLI-MT-1.0/multinli/multinli.train.ur.tsv"),
+        ("xglue-nc", ("en",), "train", "NC/xglue.nc.en.train"),
+        ("masakhanews", ("hau",), "train", "hau/test.tsv"),
+        ("sib200", ("swh",), "train", "swh_Latn/dev.tsv"),
+    ],
+)
+def test_missing_file_error_names_the_file(tmp_path: Path, name: str, languages: tuple[str, ...], pool: str,
+                                           expected_file: str) -> None:
+    root = tmp_path / name
+    shutil.copytree(FIXTURES / name, root)
+    (root / expected_file).unlink(missing_ok=True)  # the fixture has no Urdu XNLI-MT file in the first place
+    with pytest.raises(DataError) as err:
+        load(name, path=str(root), languages=languages, train_pool=pool)
+    assert str(root / expected_file) in str(err.value)
+    assert "Missing file" in str(err.value)
+
+
+def test_missing_xnli_test_file_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "xnli"
+    shutil.copytree(FIXTURES / "xnli", root)
+    (root / "XNLI-1.0" / "xnli.test.tsv").unlink()
+    with pytest.raises(DataError, match=r"xnli\.test\.tsv.*XNLI 1\.0 test set"):
+        load("xnli", path=str(root), languages=("en",), train_pool="validation")
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_unknown_language_error_lists_the_benchmark_languages(name: str) -> None:
+    with pytest.raises(DataError) as err:
+        load(name, path=str(FIXTURES / name), languages=("nav",))  # Navajo: in ISO 639-3, in no benchmark
+    message = str(err.value)
+    assert "'nav'" in message and "It has:" in message
+    for canonical in BENCHMARKS[name].languages[:5]:
+        assert canonical in message
+
+
+def test_unparseable_language_code_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="Unknown language code 'swz'"):
+        load("sib200", path=str(FIXTURES / "sib200"), languages=("swz",))
+
+
+def test_label_outside_the_benchmark_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "sib200"
+    shutil.copytree(FIXTURES / "sib200", root)
+    test = root / "eng_Latn" / "test.tsv"
+    test.write_text(test.read_text(encoding="utf-8").replace("geography", "weather"), encoding="utf-8")
+    with pytest.raises(DataError, match=r"'weather'"):
+        load("sib200", path=str(root), languages=("eng",))
+
+
+def test_registry_and_info_agree() -> None:
+    for name, info in BENCHMARKS.items():
+        assert name in DATA_SOURCES
+        assert info.name == name
+        assert len(set(info.labels)) == len(info.labels)
+    assert list(BENCHMARKS["xnli"].labels) == ["entailment", "neutral", "contradiction"]
+    assert len(SIB200_CODES) == 205
+
+
+def test_load_source_reaches_the_benchmark_loaders() -> None:
+    frame = load_source(DataConfig(source="masakhanews", path=str(FIXTURES / "masakhanews"), languages=("orm",)))
+    assert set(frame["lang"]) == {"gaz"}
+
+
+# --------------------------------------------------------------------------------------------- hub path
+
+
+class FakeHub:
+    """Stands in for datasets.load_dataset: serves rows in the hub's schema and records what was asked."""
+
+    def __init__(self, features: datasets.Features, rows: dict[str, list[Any]], script_based: bool = False) -> None:
+        self.features, self.rows, self.script_based = features, rows, script_based
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> datasets.Dataset:
+        self.calls.append((args, kwargs))
+        if self.script_based and args[0] != "parquet":
+            raise RuntimeError(f"Dataset scripts are no longer supported, but found {args[0].split('/')[-1]}.py")
+        return datasets.Dataset.from_dict(self.rows, features=self.features)
+
+
+HUB_CASES: dict[str, tuple[datasets.Features, dict[str, list[Any]], tuple[str, ...], dict[str, str]]] = {
+    "xnli": (
+        datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                           "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])}),
+        {"premise": ["p0", "p1", "p2"], "hypothesis": ["h0", "h1", "h2"], "label": [2, 0, 1]},
+        ("sw",),
+        {"p0": "contradiction", "p1": "entailment", "p2": "neutral"},
+    ),
+    "xglue-nc": (
+        datasets.Features({"news_title": datasets.Value("string"), "news_body": datasets.Value("string"),
+                           "news_category": datasets.ClassLabel(names=[
+                               "foodanddrink", "sports", "travel", "finance", "lifestyle", "news", "entertainment",
+                               "health", "video", "autos"])}),
+        {"news_title": ["t0", "t1"], "news_body": ["b0", "b1"], "news_category": [0, 9]},
+        ("de",),
+        {"t0 b0": "foodanddrink", "t1 b1": "autos"},
+    ),
+    "masakhanews": (
+        datasets.Features({"label": datasets.ClassLabel(names=list(BENCHMARKS["masakhanews"].labels)),
+                           "headline": datasets.Value("string"), "text": datasets.Value("string"),
+                           "headline_text": datasets.Value("string"), "url": datasets.Value("string")}),
+        {"label": [4, 6], "headline": ["H0", "H1"], "text": ["T0", "T1"], "headline_text": ["H0 T0", "H1 T1"],
+         "url": ["u0", "u1"]},
+        ("yo",),
+        {"H0 T0": "religion", "H1 T1": "technology"},
+    ),
+    "sib200": (
+        datasets.Features({"index_id": datasets.Value("int64"), "category": datasets.Value("string"),
+                           "text": datasets.Value("string")}),
+        {"index_id": [1, 2], "category": ["travel", "science/technology"], "text": ["s0", "s1"]},
+        ("zh-Hant",),
+        {"s0": "travel", "s1": "science/technology"},
+    ),
+}
+
+HUB_LANG = {"xnli": "swh", "xglue-nc": "deu", "masakhanews": "yor", "sib200": "cmn_Hant"}
+
+# name -> the (config, split) pairs the loader must ask the hub for, with train_pool = "validation"
+HUB_REQUESTS = {
+    "xnli": [("sw", "validation"), ("sw", "test")],
+    "xglue-nc": [("nc", "validation.de"), ("nc", "test.de")],
+    "masakhanews": [("yor", "validation"), ("yor", "test")],
+    "sib200": [("zho_Hant", "validation"), ("zho_Hant", "test")],
+}
+
+
+@pytest.mark.parametrize("name", list(HUB_CASES))
+def test_hub_rows_map_to_universal_schema(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    features, rows, languages, expected = HUB_CASES[name]
+    fake = FakeHub(features, rows)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    frame = load(name, languages=languages, train_pool="validation")
+    assert [(a[0], a[1], k["split"]) for a, k in fake.calls] == [
+        (BENCHMARKS[name].hub_id, config, split) for config, split in HUB_REQUESTS[name]
+    ]
+    train = frame[frame["split"] == "train"]
+    assert dict(zip(train["text"], train["label"])) == expected
+    assert set(frame["split"]) == {"train", "test"}
+    assert set(frame["lang"]) == {HUB_LANG[name]}
+
+
+def test_hub_train_split_is_read_when_the_pool_is_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    features, rows, _, _ = HUB_CASES["xnli"]
+    fake = FakeHub(features, rows)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    frame = load("xnli", languages=("ur",))
+    assert [k["split"] for _, k in fake.calls] == ["train", "validation", "test"]
+    assert set(frame["split"]) == {"train", "validation", "test"} and set(frame["lang"]) == {"urd"}
+
+
+def test_script_based_hub_repo_falls_back_to_the_parquet_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    features, rows, _, expected = HUB_CASES["masakhanews"]
+    fake = FakeHub(features, rows, script_based=True)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    frame = load("masakhanews", languages=("swa",), train_pool="validation")
+    parquet_calls = [(a, k) for a, k in fake.calls if a[0] == "parquet"]
+    assert len(parquet_calls) == 2
+    files = parquet_calls[0][1]["data_files"]["validation"]
+    assert files == "hf://datasets/masakhane/masakhanews@refs%2Fconvert%2Fparquet/swa/validation/*.parquet"
+    assert dict(zip(frame["text"], frame["label"])) == expected and set(frame["lang"]) == {"swh"}
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_paper_presets_validate(path: Path) -> None:
+    cfg = load_config(path)
+    info = BENCHMARKS[cfg.data.source]
+    assert path.stem == cfg.data.source
+    from mfpt.languages import normalize_languages
+
+    languages = normalize_languages(cfg.data.languages) or info.languages
+    assert set(languages) <= set(info.languages)
+    assert set(normalize_languages(cfg.data.low_resource)) <= set(languages)
+    assert cfg.model.name == "xlm-roberta-base" and cfg.peft.method.value == "prefix"
+    assert cfg.peft.num_virtual_tokens == 32
+
+
+def test_every_benchmark_has_a_preset() -> None:
+    assert {p.stem for p in CONFIGS.glob("*.toml")} == set(BENCHMARKS)

@@ -1,0 +1,87 @@
+"""The experiment config: typed, validated, overridable, and the same through TOML, CLI and run_config."""
+
+from __future__ import annotations
+
+import pytest
+
+from mfpt.config import ConfigError, ExperimentConfig, PeftMethod, from_flat, load_config, to_flat, to_toml
+
+
+def test_defaults_match_the_paper_setting():
+    cfg = load_config()
+    assert cfg.model.name == "xlm-roberta-base"
+    assert cfg.peft.method is PeftMethod.PREFIX and cfg.peft.num_virtual_tokens == 32
+    assert cfg.federation.strategy == "fedavg"
+
+
+def test_toml_file_and_set_overrides(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('name = "x"\nseed = 3\n[train]\nlr = 0.5\n[data]\nlanguages = ["sw", "en"]\n', encoding="utf-8")
+    cfg = load_config(path, ["train.lr=0.25", "federation.rounds=7", "data.languages=yo,ha", "peft.method=lora"])
+    assert (cfg.name, cfg.seed, cfg.train.lr, cfg.federation.rounds) == ("x", 3, 0.25, 7)
+    assert cfg.data.languages == ("yo", "ha")
+    assert cfg.peft.method is PeftMethod.LORA
+
+
+@pytest.mark.parametrize(
+    "overrides, must_say",
+    [
+        ({"train.lrr": 0.1}, ["train.lrr", "Did you mean", "lr"]),
+        ({"trian.lr": 0.1}, ["trian", "train"]),
+        ({"federation.rounds": -1}, ["federation.rounds", ">= 1"]),
+        ({"federation.rounds": "many"}, ["federation.rounds", "integer"]),
+        ({"train.lr": 0}, ["train.lr", "> 0"]),
+        ({"federation.fraction_train": 1.5}, ["federation.fraction_train", "(0, 1]"]),
+        ({"federation.fraction_train": 0.0}, ["federation.fraction_train", "(0, 1]"]),
+        ({"peft.method": "adapterz"}, ["peft.method", "'prefix'", "'lora'", "'full'"]),
+        ({"federation.strategy": "fedavgg"}, ["fedavgg", "Did you mean", "fedavg"]),
+        ({"paradigm": "pooled"}, ["paradigm", "'centralized'"]),
+        ({"peft.prefix_projection": "maybe"}, ["peft.prefix_projection", "true or false"]),
+        ({"data.labels": ["a", "a"]}, ["data.labels", "repeats"]),
+    ],
+)
+def test_bad_values_are_refused_naming_key_and_allowed_values(overrides, must_say):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    for text in must_say:
+        assert text in str(err.value)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_set_needs_key_value_form():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_flat_run_config_round_trip_and_unknown_keys():
+    cfg = load_config(None, {"data.languages": ["eng", "swh"], "train.lr": 0.02, "peft.method": "ptuning"})
+    flat = to_flat(cfg)
+    assert flat["data.languages"] == "eng,swh" and flat["peft.method"] == "ptuning"
+    assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
+    assert from_flat(flat) == cfg
+    with pytest.raises(ConfigError, match="Unknown config key 'model.nme'"):
+        from_flat({**flat, "model.nme": "x"})
+
+
+def test_resolved_toml_reloads_to_the_same_config(tmp_path):
+    cfg = load_config(None, {"data.low_resource": ["swh"], "federation.weighting": "uniform", "model.text_prefix": 'q: "x"'})
+    path = tmp_path / "resolved.toml"
+    path.write_text(to_toml(cfg), encoding="utf-8")
+    assert load_config(path) == cfg
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = ExperimentConfig()
+    with pytest.raises(Exception):
+        cfg.seed = 5  # type: ignore[misc]
+    assert cfg.replace(**{"train.lr": 0.3}).train.lr == 0.3
+    with pytest.raises(ConfigError):
+        cfg.replace(**{"train.lr": -1})

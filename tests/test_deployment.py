@@ -1,0 +1,193 @@
+"""Real deployment on loopback: `flower-superlink` + one `flower-supernode` per language, each reading only its own
+language's file, the unchanged ServerApp/ClientApp submitted with `flwr run`.
+
+Every process is started by the test through scripts/local_federation.py and stopped by PID (process group),
+also when a test fails. Ports are picked free at run time. These tests are slow by nature (Flower starts one
+ClientApp process per message, ~5-8 s each on 2 cores), so each federation is kept to the minimum that proves
+its point.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from mfpt.results import load_checkpoint  # noqa: E402
+
+from conftest import TINY_DATA  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LANGS = ["eng", "swh", "hau"]
+LABELS = ["health", "politics", "sport"]
+RUN_TIMEOUT = 300
+
+_spec = importlib.util.spec_from_file_location("local_federation", ROOT / "scripts" / "local_federation.py")
+lf = importlib.util.module_from_spec(_spec)
+sys.modules["local_federation"] = lf
+_spec.loader.exec_module(lf)
+
+
+def write_experiment(path: Path, model: Path, out_dir: Path, languages: list[str], **federation) -> Path:
+    """An experiment TOML as an operator writes it: absolute paths, languages and labels spelled out, so the
+    server never needs the data (it has none)."""
+    fed = {"rounds": 2, "round_timeout": 60.0, **federation}
+    lines = [f'name = "deploy-test"', "seed = 0", f'output_dir = "{out_dir}"', "", "[model]", f'name = "{model}"',
+             "max_seq_length = 32", "", "[peft]", "num_virtual_tokens = 4", "", "[data]", 'source = "files"',
+             f'path = "{TINY_DATA}"', f"languages = {json.dumps(languages)}", f"labels = {json.dumps(LABELS)}", "",
+             "[federation]", *[f"{k} = {json.dumps(v)}" for k, v in fed.items()], "", "[train]", "batch_size = 8",
+             "lr = 0.01", "threads = 1", 'device = "cpu"', ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def start_nodes(fed, files: dict[str, Path]) -> None:
+    for lang, path in files.items():
+        fed.start_supernode(lang, {"lang": lang, "data-path": str(path)})
+
+
+def final_state(out_dir: Path, rounds: int = 2) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out_dir / "checkpoints" / f"round-{rounds:04d}.safetensors").state
+
+
+def wait_for(path: Path, timeout: float, fed) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout:.0f} s; logs in {fed.logs}")
+        if fed.procs["superlink"].poll() is not None:
+            raise AssertionError(f"the SuperLink exited; logs in {fed.logs}")
+        time.sleep(0.3)
+
+
+def metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def node_files(tmp_path_factory) -> dict[str, Path]:
+    return lf.split_by_language(TINY_DATA, tmp_path_factory.mktemp("node-data"), LANGS)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, tiny_xlmr, node_files):
+    """One uninterrupted 2-round run: SuperLink + 3 SuperNodes (eng, swh, hau)."""
+    work = tmp_path_factory.mktemp("deployed")
+    out = work / "out"
+    experiment = write_experiment(work / "experiment.toml", tiny_xlmr, out, LANGS)
+    with lf.LocalFederation(work / "fed") as fed:
+        fed.start_superlink()
+        start_nodes(fed, node_files)
+        run_id = fed.submit({"experiment": str(experiment)})
+        status = fed.wait(run_id, RUN_TIMEOUT)
+        logs = {lang: (fed.logs / f"supernode-{lang}.log").read_text(errors="replace") for lang in LANGS}
+    return {"status": status, "out": out, "experiment": experiment, "logs": logs, "work": work}
+
+
+def test_deployment_matches_simulation_and_nodes_send_only_tensors_and_scalars(deployed, tiny_xlmr, tmp_path):
+    from mfpt.config import load_config
+    from mfpt.paradigms import run_federated_simulation
+
+    assert deployed["status"] == "finished:completed"
+    cfg = load_config(deployed["experiment"], {"output_dir": str(tmp_path / "sim")})
+    run_federated_simulation(cfg, quiet=True)
+    simulated, real = final_state(tmp_path / "sim"), final_state(deployed["out"])
+    assert simulated.keys() == real.keys()
+    for key in simulated:
+        torch.testing.assert_close(real[key], simulated[key], rtol=0, atol=0)
+    # Every reply each node sent is in its own log: 1 query + 2 train + 2 evaluate, nothing refused.
+    for lang, log in deployed["logs"].items():
+        audit = [line for line in log.splitlines() if "mfpt-audit:" in line]
+        assert len(audit) == 5, (lang, audit)
+        assert not any("REFUSED" in line for line in audit)
+        trains = [line for line in audit if "reply to train" in line]
+        assert all("arrays=ArrayRecord[" in line and "metrics=MetricRecord[" in line for line in trains)
+        assert all("ArrayRecord" not in line for line in audit if "reply to train" not in line)
+
+
+def test_killed_supernode_is_logged_missing_and_the_run_completes(tmp_path, tiny_xlmr, node_files):
+    out = tmp_path / "out"
+    # Two sites; one dies after round 1. min_clients = 1 lets the survivor carry round 2; the dead node's
+    # replies are awaited for round_timeout, then it is recorded as missing.
+    experiment = write_experiment(tmp_path / "experiment.toml", tiny_xlmr, out, ["eng", "swh"],
+                                  min_clients=1, round_timeout=25.0)
+    with lf.LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        start_nodes(fed, {lang: node_files[lang] for lang in ("eng", "swh")})
+        run_id = fed.submit({"experiment": str(experiment)})
+        wait_for(out / "checkpoints" / "round-0001.safetensors", RUN_TIMEOUT, fed)
+        fed.kill_process("supernode-swh")
+        status = fed.wait(run_id, RUN_TIMEOUT)
+    assert status == "finished:completed"
+    rows = metrics(out)
+    missing = [r for r in rows if r["split"] == "missing"]
+    assert missing and {r["client"] for r in missing} == {"swh"} and {r["round"] for r in missing} == {2}
+    assert {r["client"] for r in rows if r["split"] == "train" and r["round"] == 2} == {"eng"}
+    assert (out / "checkpoints" / "round-0002.safetensors").exists()
+
+
+def test_killed_server_resumes_to_the_uninterrupted_state(deployed, tmp_path, tiny_xlmr, node_files):
+    out = tmp_path / "out"
+    experiment = write_experiment(tmp_path / "experiment.toml", tiny_xlmr, out, LANGS)
+    with lf.LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        start_nodes(fed, node_files)
+        fed.submit({"experiment": str(experiment)})
+        wait_for(out / "checkpoints" / "round-0001.safetensors", RUN_TIMEOUT, fed)
+        fed.kill_process("superlink")  # SuperLink and its ServerApp process die at once (SIGKILL)
+        for lang in LANGS:
+            fed.stop_process(f"supernode-{lang}")
+    assert not (out / "results.json").exists()
+    assert json.loads((out / "progress.json").read_text())["completed_round"] == 1
+    # A new SuperLink (state in memory was lost), the sites reconnect, the operator resumes the run.
+    with lf.LocalFederation(tmp_path / "fed2") as fed:
+        fed.start_superlink()
+        start_nodes(fed, node_files)
+        run_id = fed.submit({"experiment": str(experiment), "resume": True})
+        assert fed.wait(run_id, RUN_TIMEOUT) == "finished:completed"
+    resumed, uninterrupted = final_state(out), final_state(deployed["out"])
+    for key in uninterrupted:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=0)
+    assert sorted({r["round"] for r in metrics(out) if r["split"] == "train"}) == [1, 2]
+
+
+def test_tls_and_supernode_authentication(tmp_path, node_files):
+    with lf.LocalFederation(tmp_path / "fed", tls=True, auth=True) as fed:
+        fed.start_superlink()
+        registered_key, registered_pub = lf.make_node_key(tmp_path / "keys", "eng")
+        stranger_key, _ = lf.make_node_key(tmp_path / "keys", "stranger")
+        node_id = fed.register(registered_pub)  # over TLS: the CLI verifies the server with the test CA
+        fed.start_supernode("eng", {"lang": "eng", "data-path": str(node_files["eng"])}, private_key=registered_key)
+        intruder = fed.start_supernode("stranger", {"lang": "swh", "data-path": str(node_files["swh"])},
+                                       private_key=stranger_key, max_retries=0)
+        deadline = time.monotonic() + 60
+        online = []
+        while time.monotonic() < deadline:
+            online = [n["node-id"] for n in fed.nodes() if n["status"] == "online"]
+            if node_id in online and intruder.poll() is not None:
+                break
+            time.sleep(1)
+        assert node_id in online, fed.nodes()
+        assert intruder.wait(timeout=30) != 0
+        assert len(online) == 1
+        log = (fed.logs / "supernode-stranger.log").read_text(errors="replace")
+        assert "Failed to initialize the connection" in log
+
+
+def test_insecure_off_loopback_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="not a loopback address"):
+        lf.LocalFederation(tmp_path / "fed", host="10.1.2.3")
+    lf.check_insecure("10.1.2.3", insecure=True, force=True)  # explicitly forced: allowed
+    lf.check_insecure("127.0.0.1", insecure=True)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "local_federation.py"), "--data", str(TINY_DATA),
+                           "--experiment", "x.toml", "--host", "192.168.1.5", "--workdir", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "not a loopback address" in done.stderr

@@ -1,0 +1,148 @@
+"""Paradigms: one results schema, the data every training call sees, step budgets, and transfer's resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from mfpt import io, paradigms
+from mfpt.data import ClientSpec
+from mfpt.paradigms import PARADIGMS, run_experiment
+from mfpt.runtime import Runtime, get_runtime
+from mfpt.train import steps_per_round
+
+SCHEMA = {"name", "paradigm", "method", "model", "seed", "trainable_params", "total_params", "rounds", "languages",
+          "heldout_languages", "low_resource", "labels", "per_language", "heldout", "average", "low_resource_average",
+          "heldout_average", "communication", "local_steps", "protocol", "refused_updates", "wall_seconds", "config",
+          "versions", "created"}
+LANGS = ["eng", "swh", "hau"]
+IN_PROCESS = [name for name in PARADIGMS.names() if name != "federated"]
+
+
+@pytest.fixture
+def config(make_config):
+    def make(paradigm: str, **overrides):
+        base = {"paradigm": paradigm, "data.languages": LANGS, "data.heldout_languages": ["yor"],
+                "data.low_resource": ["hau"], "transfer.source_epochs": 1}
+        return make_config(**(base | overrides))
+
+    return make
+
+
+@pytest.fixture
+def trained_on(monkeypatch):
+    """Every call of train(): (Counter of the languages of the rows it trained on, steps taken)."""
+    langs_of: dict[int, Counter] = {}
+    calls: list[tuple[Counter, int]] = []
+    encode_rows, train = Runtime.encode_rows, paradigms.train
+
+    def recording_encode_rows(self, key, rows):
+        data = encode_rows(self, key, rows)
+        langs_of[id(data)] = Counter(rows["lang"])
+        return data
+
+    def recording_train(model, data, *args, **kwargs):
+        stats = train(model, data, *args, **kwargs)
+        calls.append((langs_of[id(data)], stats.steps))
+        return stats
+
+    monkeypatch.setattr(Runtime, "encode_rows", recording_encode_rows)
+    monkeypatch.setattr(paradigms, "train", recording_train)
+    return calls
+
+
+def _train_counts(cfg, lang: str) -> int:
+    return len(get_runtime(cfg).data.language_rows(lang, "train"))
+
+
+@pytest.mark.parametrize("paradigm", IN_PROCESS)
+def test_every_paradigm_writes_the_shared_schema(config, paradigm: str) -> None:
+    cfg = config(paradigm)
+    results = run_experiment(cfg, quiet=True)
+    assert set(results) == SCHEMA
+    assert io.read_json(f"{cfg.output_dir}/results.json") == results
+    assert results["paradigm"] == paradigm and list(results["per_language"]) == LANGS
+    assert results["protocol"] and results["low_resource_average"]["accuracy"] == results["per_language"]["hau"]["accuracy"]
+    # Held-out languages are evaluated by the one shared model; `local` has one model per language, so none.
+    assert list(results["heldout"]) == ([] if paradigm == "local" else ["yor"])
+
+
+def test_local_trains_each_language_on_its_own_data_only(config, trained_on) -> None:
+    cfg = config("local", **{"federation.rounds": 3})
+    results = run_experiment(cfg, quiet=True)
+    assert len(trained_on) == 3 * len(LANGS)
+    for lang in LANGS:
+        own = [(langs, steps) for langs, steps in trained_on if lang in langs]
+        assert len(own) == 3  # one call per round
+        for langs, steps in own:
+            assert langs == Counter({lang: _train_counts(cfg, lang)})  # all of its rows, nobody else's
+            assert steps == steps_per_round(_train_counts(cfg, lang), cfg.train)
+        assert results["local_steps"][lang] == sum(steps for _, steps in own)
+
+
+def test_centralized_sees_every_training_language_pooled(config, trained_on) -> None:
+    cfg = config("centralized")
+    run_experiment(cfg, quiet=True)
+    everything = Counter({lang: _train_counts(cfg, lang) for lang in LANGS})  # held-out yor never trains
+    assert [langs for langs, _ in trained_on] == [everything] * cfg.federation.rounds
+
+
+@pytest.mark.parametrize("paradigm", ["transfer", "zeroshot"])
+def test_transfer_stage_one_sees_sources_then_each_language_its_own(config, trained_on, paradigm: str) -> None:
+    cfg = config(paradigm, **{"transfer.sources": ["eng", "swh"]})
+    results = run_experiment(cfg, quiet=True)
+    stage1, *stage2 = trained_on
+    assert stage1[0] == Counter({"eng": _train_counts(cfg, "eng"), "swh": _train_counts(cfg, "swh")})
+    assert results["local_steps"]["source"] == stage1[1]
+    if paradigm == "zeroshot":
+        assert stage2 == []
+    else:
+        assert sorted(next(iter(langs)) for langs, _ in stage2) == sorted(LANGS * cfg.federation.rounds)
+        assert all(len(langs) == 1 for langs, _ in stage2)
+
+
+@pytest.mark.parametrize("max_steps", [0, 2])
+def test_local_step_budget_equals_a_federated_clients(config, max_steps: int) -> None:
+    cfg = config("local", **{"federation.rounds": 3, "train.max_steps": max_steps, "train.batch_size": 4})
+    results = run_experiment(cfg, quiet=True)
+    runtime = get_runtime(cfg)
+    for lang in LANGS:  # what the ClientApp trains on, and its steps per round (client_app.train_round)
+        client_data = runtime.encoded(ClientSpec(lang), "train")
+        assert results["local_steps"][lang] == 3 * steps_per_round(len(client_data), cfg.train)
+
+
+def test_federated_and_local_share_schema_and_step_budget(config, tmp_path) -> None:
+    """The one Ray test: a real Flower simulation against `local` on the same config."""
+    fed = run_experiment(config("federated", output_dir=str(tmp_path / "fed")), quiet=True)
+    local = run_experiment(config("local", output_dir=str(tmp_path / "local")), quiet=True)
+    assert set(fed) == set(local) == SCHEMA
+    assert fed["local_steps"] == local["local_steps"] and set(fed["local_steps"]) == set(LANGS)
+    assert fed["communication"]["total_bytes"] > 0 and local["communication"]["total_bytes"] == 0
+    assert list(fed["heldout"]) == ["yor"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path, monkeypatch) -> None:
+    whole = run_experiment(config("transfer", output_dir=str(tmp_path / "whole")), quiet=True)
+    cfg = config("transfer", output_dir=str(tmp_path / "cut"))
+    train_learner = paradigms._train_learner
+
+    def killed_in_round_one(runtime, cfg_, learner, steps, round_):
+        if round_ == 1:
+            raise Killed
+        return train_learner(runtime, cfg_, learner, steps, round_)
+
+    monkeypatch.setattr(paradigms, "_train_learner", killed_in_round_one)
+    with pytest.raises(Killed):
+        run_experiment(cfg, quiet=True)
+    assert io.read_json(tmp_path / "cut" / "progress.json")["completed_round"] == 0
+    monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+    resumed = run_experiment(cfg, resume=True, quiet=True)
+    rows = io.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert sum(1 for r in rows if r["round"] == 0 and r["split"] == "train") == 1  # stage 1 recorded once
+    assert resumed["local_steps"] == whole["local_steps"]
+    assert resumed["per_language"] == whole["per_language"] and resumed["heldout"] == whole["heldout"]

@@ -1,0 +1,173 @@
+"""Reports over many runs: every number equals what the results files say (recomputed here), plus figures,
+held-out blocks, gains, the distance section and the `mfpt report` command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mfpt import io
+from mfpt.report import ReportError, load_runs, render_comparison, render_report
+from mfpt.results import mean_block
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldout: dict[str, float] | None = None,
+             size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3) -> Path:
+    """A results.json + metrics.jsonl with chosen numbers (the report reads nothing else)."""
+    languages, heldout = list(accs), heldout or {}
+    per = {lang: {"accuracy": a, "macro_f1": a / 2, "loss": 1.0, "n_test": 9} for lang, a in accs.items()}
+    held = {lang: {"accuracy": a, "macro_f1": a / 2, "loss": 1.0, "n_test": 9} for lang, a in heldout.items()}
+    config = {"name": "t", "seed": seed, "output_dir": "x", "paradigm": paradigm, "peft": {"method": "prefix"},
+              "federation": {"rounds": rounds}, "data": {"train_per_language": size, "eval_split": "test"},
+              "transfer": {"sources": ["eng"]}}
+    results = {"name": "t", "paradigm": paradigm, "method": "prefix", "seed": seed, "trainable_params": 1000,
+               "total_params": 10_000, "rounds": rounds, "languages": languages, "heldout_languages": list(heldout),
+               "low_resource": list(low), "per_language": per, "heldout": held,
+               "average": mean_block(per, languages), "low_resource_average": mean_block(per, list(low)),
+               "heldout_average": mean_block(held, list(heldout)),
+               "communication": {"total_bytes": 4000 * rounds if paradigm == "federated" else 0,
+                                 "bytes_up_per_round": 0, "bytes_down_per_round": 0, "full_model_bytes": 40_000,
+                                 "clients_per_round": len(languages)},
+               "local_steps": {lang: 6 for lang in languages}, "protocol": f"{paradigm} protocol", "config": config}
+    folder = root / f"{paradigm}-{size}-{seed}"
+    io.write_json(folder / "results.json", results)
+    curves = [{"round": r, "split": "test", "lang": lang, "accuracy": a * r / rounds}
+              for r in range(1, rounds + 1) for lang, a in accs.items()]
+    curves += [{"round": 1, "split": "train", "lang": lang, "n": 27 if size == 0 else size, "loss": 1.0, "steps": 2}
+               for lang in languages]
+    io.write_text(folder / "metrics.jsonl", "".join(io.json_line(row) for row in curves))
+    return folder
+
+
+def table_rows(markdown: str, after: str) -> dict[str, list[str]]:
+    """The first Markdown table after the line `after`: first cell -> the other cells."""
+    lines = markdown[markdown.index(after):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def expected(values: list[float], signed: bool = False) -> str:
+    """mean ± sample std (x100, one decimal), computed independently of mfpt.report."""
+    arr = 100 * np.array(values)
+    mean = f"{arr.mean():+.1f}" if signed else f"{arr.mean():.1f}"
+    return mean if len(arr) == 1 else f"{mean} ± {arr.std(ddof=1):.1f}"
+
+
+ACC = {  # paradigm -> seed -> language accuracies (eng, swh, hau trained; yor held out)
+    "federated": {0: [0.60, 0.50, 0.40, 0.30], 1: [0.70, 0.55, 0.45, 0.35]},
+    "local": {0: [0.50, 0.40, 0.20, None], 1: [0.55, 0.35, 0.25, None]},
+    "transfer": {0: [0.55, 0.45, 0.30, 0.25], 1: [0.50, 0.40, 0.35, 0.20]},
+}
+TRAINED, HELD = ["eng", "swh", "hau"], "yor"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, Path, str]:
+    """12 fake runs (3 paradigms x 2 sizes x 2 seeds), rendered once: (runs folder, report folder, Markdown)."""
+    root = tmp_path_factory.mktemp("report")
+    for paradigm, seeds in ACC.items():
+        for seed, accs in seeds.items():
+            for size in (8, 0):
+                shift = 0.0 if size == 0 else -0.1
+                fake_run(root / "runs", paradigm, seed, {l: a + shift for l, a in zip(TRAINED, accs)},
+                         {HELD: accs[3] + shift} if accs[3] is not None else {}, size=size)
+    runs = load_runs([root / "runs"])
+    assert len(runs) == 12
+    return root / "runs", root / "out", render_report(runs, root / "out")
+
+
+@pytest.fixture
+def runs_dir(rendered) -> Path:
+    return rendered[0]
+
+
+def test_tables_equal_the_results_recomputed(rendered) -> None:
+    runs_dir, _, md = rendered
+    for size, heading in ((8, "## Results: data.train_per_language = 8"), (0, "## Results: data.train_per_language = all")):
+        table = table_rows(md, heading)
+        for paradigm in ACC:
+            results = [io.read_json(runs_dir / f"{paradigm}-{size}-{seed}" / "results.json") for seed in (0, 1)]
+            row = table[f"{paradigm} / prefix"]
+            for i, lang in enumerate(TRAINED):
+                assert row[i] == expected([r["per_language"][lang]["accuracy"] for r in results])
+            means = [np.mean([r["per_language"][lang]["accuracy"] for lang in TRAINED]) for r in results]
+            assert row[3] == expected(means)
+            assert row[4] == expected([r["per_language"]["hau"]["accuracy"] for r in results])  # low-resource
+            held = [r["heldout"][HELD]["accuracy"] for r in results if HELD in r["heldout"]]
+            assert row[5] == (expected(held) if held else "-")
+            assert row[6:] == ["1,000", "12.0 KB" if paradigm == "federated" else "0 B", "6 each", "0,1"]
+        held_table = table_rows(md[md.index(heading):], "Held-out languages")
+        assert held_table["local / prefix"][0] == "-" and "not evaluated" in held_table["local / prefix"][-1]
+
+
+def test_gains_are_paired_differences_per_language(rendered) -> None:
+    md = rendered[2]
+    section = md[md.index("## Results: data.train_per_language = all"):]
+    gains = table_rows(section, "Gain of federated over each baseline")
+    for other in ("local", "transfer"):
+        row = gains[f"{other} / prefix"]
+        for i, lang in enumerate(TRAINED):
+            assert row[i] == expected([ACC["federated"][s][i] - ACC[other][s][i] for s in (0, 1)], signed=True)
+        assert row[-1] == "2"  # paired seeds
+    assert gains["transfer / prefix"][5] == expected([ACC["federated"][s][3] - ACC["transfer"][s][3] for s in (0, 1)],
+                                                     signed=True)  # held-out yor
+
+
+def test_figures_curves_and_data_efficiency(rendered) -> None:
+    runs_dir, out, md = rendered
+    for name in ("data_efficiency.png", "curves_train_per_language-8.png", "curves_train_per_language-all.png"):
+        assert f"]({name})" in md and (out / name).read_bytes()[:8] == PNG
+    efficiency = table_rows(md, "## Data efficiency")
+    fed = [io.read_json(runs_dir / f"federated-8-{s}" / "results.json")["average"]["accuracy"] for s in (0, 1)]
+    assert efficiency["federated / prefix"][0] == expected(fed)
+    curve = table_rows(md[md.index("train_per_language = all"):], "Mean accuracy by round")["federated / prefix"]
+    last = [np.mean(ACC["federated"][s][:3]) for s in (0, 1)]  # fake curves reach the final accuracy at round 3
+    assert curve[-1] == expected(last)
+
+
+def test_distance_section_when_gains_over_local_and_transfer_exist(rendered) -> None:
+    _, out, md = rendered
+    assert "### Language distance and federated gains" in md
+    assert "](distance_train_per_language-all/distance_heatmaps.png)" in md
+    assert (out / "distance_train_per_language-all" / "distance_heatmaps.png").read_bytes()[:8] == PNG
+
+
+def test_distance_error_is_printed_not_raised(tmp_path: Path) -> None:
+    for paradigm, accs in (("federated", {"eng": 0.6, "swh": 0.5}), ("local", {"eng": 0.5, "swh": 0.4})):
+        fake_run(tmp_path / "runs", paradigm, 0, accs, low=())
+    md = render_report(load_runs([tmp_path / "runs"]), tmp_path / "out")
+    assert "Distance analysis not shown: The distance analysis needs gains for at least 3 languages" in md
+
+
+def test_same_setting_and_seed_twice_is_refused(tmp_path: Path) -> None:
+    fake_run(tmp_path / "a", "local", 0, {"eng": 0.5})
+    fake_run(tmp_path / "b", "local", 0, {"eng": 0.5})
+    with pytest.raises(ReportError, match="same setting and seed 0"):
+        render_report(load_runs([tmp_path / "a", tmp_path / "b"]), tmp_path / "out")
+
+
+def test_report_command(runs_dir: Path, tmp_path: Path, capsys) -> None:
+    from mfpt.cli import main
+
+    assert main(["report", str(runs_dir / "local-0-0"), str(runs_dir / "federated-0-0"), "--out", str(tmp_path / "r")]) == 0
+    assert re.search(r"\| federated / prefix \| 60\.0 \|", (tmp_path / "r" / "report.md").read_text(encoding="utf-8"))
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
+
+
+def test_render_comparison_still_works(runs_dir: Path, tmp_path: Path) -> None:
+    runs = [io.read_json(runs_dir / f"{p}-0-0" / "results.json") for p in ACC]
+    md = render_comparison(runs, tmp_path)
+    assert "Gain of federated over local / prefix" in md and (tmp_path / "accuracy_by_language.png").exists()
