@@ -203,7 +203,11 @@ class TrainConfig:
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     grad_clip: float = _help("Max gradient norm (0 = off).", default=1.0)
     device: str = _help("auto, cpu, cuda or cuda:N.", default="auto")
-    threads: int = _help("torch CPU threads per process (0 = torch's default).", default=0)
+    threads: int = _help(
+        "torch CPU threads per process; 0 = automatic: federation.client_cpus per simulated client, all cores for "
+        "in-process paradigms.",
+        default=0,
+    )
 
 
 @dataclass(frozen=True)

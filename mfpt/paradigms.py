@@ -60,6 +60,9 @@ def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet:
     from mfpt.server_app import build_server_app
 
     cfg = resolve(cfg)
+    if cfg.train.threads == 0:
+        # Each simulated client gets the cores Ray reserves for it; torch's default would oversubscribe them.
+        cfg = cfg.replace(**{"train.threads": max(1, int(cfg.federation.client_cpus))})
     num_clients = len(client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language))
     verbose = logging.getLogger("mfpt").isEnabledFor(logging.DEBUG)
     flwr_logger = logging.getLogger("flwr")
@@ -69,7 +72,7 @@ def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet:
         flwr_logger.setLevel(logging.WARNING)
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "WARNING" if not verbose else "INFO",
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "logging_level": "WARNING" if not verbose else "INFO",
                       "log_to_driver": verbose},
     }
     run_simulation(server_app=build_server_app(cfg, resume=resume, quiet=quiet), client_app=client_app,

@@ -33,37 +33,34 @@ def _texts() -> list[str]:
     return [json.loads(line)["text"] for line in TINY_DATA.read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.fixture(scope="session")
-def tiny_xlmr(tmp_path_factory) -> Path:
-    """A 2-layer, hidden-32 XLM-R checkpoint with a tokenizer trained on the fixture texts."""
+def _save_tiny_encoder(out: Path, config_cls, model_cls, **shape) -> Path:
+    """Save a 2-layer, hidden-32 random encoder (no pooler weights) with a tokenizer trained on the fixture texts."""
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    out = tmp_path_factory.mktemp("tiny-xlmr")
     tokenizer = _tiny_tokenizer(_texts())
     torch.manual_seed(0)
-    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
-                              eos_token_id=2, type_vocab_size=1)
-    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(out)
+    config = config_cls(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, pad_token_id=1, **shape)
+    model_cls(config, add_pooling_layer=False).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr(tmp_path_factory) -> Path:
+    """A tiny XLM-R checkpoint (RoBERTa classification head, 130 positions)."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny-xlmr"), XLMRobertaConfig, XLMRobertaModel,
+                              max_position_embeddings=130, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny BERT checkpoint saved WITHOUT pooler weights (like multilingual-e5)."""
-    import torch
     from transformers import BertConfig, BertModel
 
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = _tiny_tokenizer(_texts())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, pad_token_id=1)
-    BertModel(config, add_pooling_layer=False).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), BertConfig, BertModel, max_position_embeddings=128)
 
 
 @pytest.fixture
