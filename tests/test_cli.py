@@ -1,0 +1,77 @@
+"""The mfpt command: bad input gives one clear line and exit 2 (never a traceback); good input runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY_DATA
+from mfpt.cli import main
+
+
+@pytest.fixture
+def base_args(tmp_path, tiny_xlmr):
+    return ["--set", f'model.name="{tiny_xlmr}"', "--set", f'data.path="{TINY_DATA}"', "--set", "model.max_seq_length=32",
+            "--set", "peft.num_virtual_tokens=4", "--set", "federation.rounds=2", "--set", "train.batch_size=8",
+            "--out", str(tmp_path / "run")]
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--set", 'data.path="/nonexistent/data.jsonl"'], "/nonexistent/data.jsonl"),
+        (["--set", "data.languages=eng,amh"], "['amh'] are not in the data"),
+        (["--set", "peft.method=adapters"], "peft.method = 'adapters' is not allowed"),
+        (["--set", "train.learning_rate=0.1"], "Unknown config key 'train.learning_rate'"),
+        (["--set", "federation.rounds=-2"], "federation.rounds = -2"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(capsys, base_args, extra, expected):
+    assert main(["run", *base_args, *extra, "--set", "paradigm=local"]) == 2
+    err = _error(capsys)
+    assert err.startswith("error: ") and expected in err
+
+
+def test_missing_column_and_empty_client(capsys, tmp_path, base_args):
+    no_label = tmp_path / "no_label.jsonl"
+    no_label.write_text(json.dumps({"text": "a", "lang": "en"}) + "\n")
+    assert main(["run", *base_args, "--set", f'data.path="{no_label}"']) == 2
+    assert "lacks column(s) 'label'" in _error(capsys)
+    one_sided = tmp_path / "one_sided.jsonl"
+    rows = [{"text": f"t{i}", "label": "ab"[i % 2], "lang": "en", "split": "train"} for i in range(6)]
+    rows += [{"text": "x", "label": "a", "lang": "en", "split": "test"}, {"text": "y", "label": "a", "lang": "sw", "split": "test"}]
+    one_sided.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["run", *base_args, "--set", f'data.path="{one_sided}"']) == 2
+    assert "'swh' has no 'train' examples" in _error(capsys)
+
+
+def test_missing_config_file(capsys):
+    assert main(["validate", "/nonexistent/exp.toml"]) == 2
+    assert "does not exist" in _error(capsys)
+
+
+def test_run_writes_outputs_and_prints_the_table(capsys, tmp_path, base_args):
+    assert main(["run", *base_args, "--set", "paradigm=local"]) == 0
+    out = capsys.readouterr().out
+    assert "| eng | hau | swh | yor |" in out.replace("|  |", "|")
+    for name in ("results.json", "metrics.jsonl", "report.md", "config.toml"):
+        assert (tmp_path / "run" / name).is_file()
+    assert main(["run", *base_args, "--set", "paradigm=local"]) == 2  # a second run never overwrites the first
+    assert "--resume" in _error(capsys)
+
+
+def test_validate_data_and_keys(capsys, base_args):
+    assert main(["validate", *base_args[:-2]]) == 0
+    assert "[peft]" in capsys.readouterr().out
+    assert main(["data", *base_args[:-2]]) == 0
+    out = capsys.readouterr().out
+    assert "4 training client(s)" in out and "health, politics, sport" in out
+    assert main(["keys"]) == 0
+    assert "peft.init_std" in capsys.readouterr().out

@@ -1,0 +1,38 @@
+"""The demo: its config validates against the shipped data, and a shortened demo runs end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from conftest import TINY_DATA
+from mfpt.config import load_config
+from mfpt.data import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_config_validates_and_its_languages_exist_in_udhr_topics():
+    cfg = load_config(ROOT / "configs" / "demo.toml")
+    assert cfg.data.source == "udhr-topics" and len(cfg.data.languages) >= 12
+    assert len(cfg.data.low_resource) >= 6 and set(cfg.data.low_resource) <= set(cfg.data.languages)
+    prepared = prepare(cfg.replace(**{"model.name": "unused"}))
+    assert prepared.labels == ("civil_society", "economic_social_cultural", "person", "political")
+    for lang in cfg.data.languages:
+        assert len(prepared.language_rows(lang, "train")) > 30 and len(prepared.language_rows(lang, "test")) >= 10
+
+
+def test_shortened_demo_runs_and_writes_the_report(tmp_path, tiny_xlmr):
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    overrides = [f'model.name="{tiny_xlmr}"', "data.source=files", f'data.path="{TINY_DATA}"', "data.languages=eng,swh",
+                 "data.low_resource=swh", "federation.rounds=1", "model.max_seq_length=32", "peft.num_virtual_tokens=4",
+                 'model.text_prefix=""']
+    assert demo.main(["--out", str(tmp_path / "demo"), *sum((["--set", o] for o in overrides), [])]) == 0
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| federated / prefix |" in report and "| local / prefix |" in report
+    assert "Gain of federated over local" in report and "low-res mean" in report
+    assert "less)" in report  # bytes per round compared with federated full fine-tuning
+    assert (tmp_path / "demo" / "accuracy_by_language.png").stat().st_size > 1000
+    assert demo.main(["--out", str(tmp_path / "demo"), *sum((["--set", o] for o in overrides), [])]) == 0  # reuses runs
