@@ -124,10 +124,11 @@ def render_comparison(runs: Sequence[Mapping[str, Any]], out_dir: Path, title: s
         sent = c["bytes_up_per_round"] + c["bytes_down_per_round"]
         # Full fine-tuning makes the same transfers (train down and up, evaluation down) with the whole model.
         full = sent * federated["total_params"] / federated["trainable_params"]
-        parts += ["", f"Federated prompt tuning sends {human_bytes(sent)} per round for {c['clients_per_round']:g} clients "
-                      "(the trainable tensors down and up for training, down again for evaluation); federated full "
-                      f"fine-tuning of the same model would make the same transfers with the whole model, about "
-                      f"{human_bytes(full)} ({100 * (1 - sent / full):.2f}% less)."]
+        if sent:
+            parts += ["", f"Federated prompt tuning sends {human_bytes(sent)} per round for {c['clients_per_round']:g} "
+                          "clients (the trainable tensors down and up for training, down again for evaluation); federated "
+                          "full fine-tuning of the same model would make the same transfers with the whole model, about "
+                          f"{human_bytes(full)} ({100 * (1 - sent / full):.2f}% less)."]
     chart = plot_language_bars(labelled, languages, out_dir / "accuracy_by_language.png")
     parts += ["", f"![accuracy by language]({chart.name})"]
     return "\n".join(parts) + "\n"
