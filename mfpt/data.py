@@ -309,12 +309,21 @@ def client_layout(languages: tuple[str, ...], heldout: tuple[str, ...], shards: 
 
 
 def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The config with data.languages and data.labels filled in from the data, so every party agrees on them."""
+    """The config with canonical language codes, and data.languages / data.labels filled in from the data when
+    empty, so every party (server, clients, reports) agrees on them."""
     if cfg.data.languages and cfg.data.labels:
-        return cfg
-    prepared = prepare(cfg)
-    return cfg.replace(**{"data.languages": list(prepared.languages), "data.labels": list(prepared.labels),
-                          "data.heldout_languages": list(prepared.heldout)})
+        languages, heldout, labels = (normalize_all(cfg.data.languages), normalize_all(cfg.data.heldout_languages),
+                                      cfg.data.labels)
+    else:
+        prepared = prepare(cfg)
+        languages, heldout, labels = prepared.languages, prepared.heldout, prepared.labels
+    low_resource = normalize_all(cfg.data.low_resource)
+    stray = [lang for lang in low_resource if lang not in languages + heldout]
+    if stray:
+        raise DataError(f"data.low_resource lists {stray}, which are not languages of this run "
+                        f"({', '.join(languages + heldout)}); drop them or add them to data.languages.")
+    return cfg.replace(**{"data.languages": list(languages), "data.labels": list(labels),
+                          "data.heldout_languages": list(heldout), "data.low_resource": list(low_resource)})
 
 
 def normalize_all(codes: tuple[str, ...]) -> tuple[str, ...]:

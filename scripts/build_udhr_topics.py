@@ -112,6 +112,7 @@ reached 31-34 % mean accuracy against a 25 % majority class, and a linear probe 
 paragraphs and stayed at chance. Six themes of about four training articles each ask a classifier to
 generalise from too few concepts. The four portico columns reach 54-58 % against a 33 % majority class with
 the same probe, so they make a task on which learning can be measured. The held-out articles did not change.
+Repeat the measurement with `python benchmarks/probe_udhr_labels.py` (needs the offline encoder, `make encoder`).
 
 | label | articles | held-out (test) articles | English paragraphs train / test |
 |---|---|---|---|

@@ -158,3 +158,15 @@ def test_bad_split_value(tmp_path):
 def test_labels_outside_the_declared_set(tmp_path):
     with pytest.raises(DataError, match=r"\['sport'\].*data.labels"):
         prepare(_cfg(TINY_DATA, **{"data.labels": ["health", "politics"]}))
+
+
+def test_resolve_normalises_every_language_list_and_checks_low_resource():
+    from mfpt.data import resolve
+
+    cfg = resolve(_cfg(TINY_DATA, **{"data.languages": ["en", "sw", "ha"], "data.heldout_languages": ["yo"],
+                                     "data.low_resource": ["sw", "yo"]}))
+    assert cfg.data.languages == ("eng", "swh", "hau") and cfg.data.heldout_languages == ("yor",)
+    assert cfg.data.low_resource == ("swh", "yor") and cfg.data.labels == ("health", "politics", "sport")
+    assert resolve(cfg) == cfg  # already resolved: unchanged
+    with pytest.raises(DataError, match=r"data.low_resource lists \['amh'\]"):
+        resolve(_cfg(TINY_DATA, **{"data.low_resource": ["am"]}))
