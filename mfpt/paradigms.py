@@ -98,6 +98,11 @@ def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in state.items()}
 
 
+def _source_steps(cfg: ExperimentConfig, source: Learner) -> int:
+    """Stage-1 steps: transfer.source_epochs passes over the pooled source data."""
+    return cfg.transfer.source_epochs * math.ceil(len(source.train_rows) / cfg.train.batch_size)
+
+
 def _pool(runtime: Runtime, languages: tuple[str, ...]) -> pd.DataFrame:
     return pd.concat([runtime.data.language_rows(lang, "train") for lang in languages], ignore_index=True)
 
@@ -143,8 +148,7 @@ def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, 
         _restore(learners + ([stage1] if stage1 else []), checkpoint.state)
         done = checkpoint.round
     if stage1 is not None and done < 0:
-        steps = cfg.transfer.source_epochs * math.ceil(len(stage1.train_rows) / cfg.train.batch_size)
-        recorder.on_train(0, [_train_learner(runtime, cfg, stage1, steps, 0)], 0, 0)
+        recorder.on_train(0, [_train_learner(runtime, cfg, stage1, _source_steps(cfg, stage1), 0)], 0, 0)
         for learner in learners:
             learner.state = _copy(stage1.state)
         recorder.on_evaluate(0, _evaluate_learners(runtime, cfg, [stage1]))
@@ -221,8 +225,7 @@ def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = Fals
     if checkpoint is not None:
         _restore([source], checkpoint.state)
     else:
-        steps = cfg.transfer.source_epochs * math.ceil(len(source.train_rows) / cfg.train.batch_size)
-        recorder.on_train(1, [_train_learner(runtime, cfg, source, steps, 0)], 0, 0)
+        recorder.on_train(1, [_train_learner(runtime, cfg, source, _source_steps(cfg, source), 0)], 0, 0)
         recorder.on_evaluate(1, _evaluate_learners(runtime, cfg, [source]))
         recorder.end_round(1, _flatten([source]))
     return recorder.finish()

@@ -168,12 +168,18 @@ def clear_run_folder(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
-def subprocess_runner(run: PlannedRun, config: str | None, resume: bool, log: Path) -> None:
-    """Run one experiment as `python -m mfpt.cli run` in a fresh process; raise RuntimeError if it fails."""
+def run_command(run: PlannedRun, config: str | None, resume: bool, quiet: bool = True) -> list[str]:
+    """The `python -m mfpt.cli run ...` command line of one planned run."""
     command = [sys.executable, "-m", "mfpt.cli", "run", *([str(config)] if config else [])]
     for item in run.overrides:
         command += ["--set", item]
-    command += ["--out", str(run.folder), "--quiet"] + (["--resume", str(run.folder)] if resume else [])
+    command += ["--out", str(run.folder)] + (["--quiet"] if quiet else [])
+    return command + (["--resume", str(run.folder)] if resume else [])
+
+
+def subprocess_runner(run: PlannedRun, config: str | None, resume: bool, log: Path) -> None:
+    """Run one experiment as `python -m mfpt.cli run` in a fresh process; raise RuntimeError if it fails."""
+    command = run_command(run, config, resume)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w", encoding="utf-8") as handle:
         handle.write("$ " + " ".join(command) + "\n\n")
@@ -182,6 +188,13 @@ def subprocess_runner(run: PlannedRun, config: str | None, resume: bool, log: Pa
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"exit status {code}: {' / '.join(tail)} (full log: {log})")
+
+
+def streaming_runner(run: PlannedRun, config: str | None, resume: bool, log: Path) -> None:
+    """As subprocess_runner, but the run prints its live progress to this terminal instead of a log (the demo)."""
+    code = subprocess.run(run_command(run, config, resume, quiet=False)).returncode
+    if code != 0:
+        raise RuntimeError(f"exit status {code} (its output is above)")
 
 
 def inprocess_runner(run: PlannedRun, config: str | None, resume: bool, log: Path) -> None:
