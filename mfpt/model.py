@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from mfpt.compat import ensure_supported_stack, expose_past_key_values
 from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
 from mfpt.registry import Registry
 
@@ -149,6 +150,7 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
 
     if num_labels < 2:
         raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
+    ensure_supported_stack()
     method = cfg.peft.method
     # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
     torch.manual_seed(cfg.seed)
@@ -199,6 +201,9 @@ def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] 
         return model
     from peft import get_peft_model
 
+    ensure_supported_stack()
+    if peft.method == PeftMethod.PREFIX and expose_past_key_values(model):
+        log.debug("encoder's `cache` argument exposed to peft as `past_key_values` (transformers >= 5.24)")
     return get_peft_model(model, peft_config)
 
 
@@ -287,6 +292,15 @@ def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor], or
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name].to(param.device))
+
+
+def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Load an exported adapter onto its base model with peft, on every transformers version mfpt supports."""
+    from peft import PeftModel
+
+    # Prefix adapters need the encoder's cache argument under its old name (transformers >= 5.24, see compat).
+    expose_past_key_values(base_model)
+    return PeftModel.from_pretrained(base_model, str(adapter_dir))
 
 
 def export_adapter(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:

@@ -20,6 +20,8 @@ import pytest
 import torch
 
 pytest.importorskip("flwr")
+# Real SuperLink/SuperNode processes: about six minutes on 2 cores; `make test-latest` leaves them out.
+pytestmark = pytest.mark.slow
 
 from mfpt.results import load_checkpoint  # noqa: E402
 

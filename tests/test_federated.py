@@ -80,11 +80,12 @@ def test_metrics_checkpoints_report_and_adapter(federated_run):
     report = (out / "report.md").read_text()
     assert all(lang in report for lang in LANGS) and "Trainable parameters" in report
 
-    from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from mfpt.model import load_adapter
+
     base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, num_labels=3)
-    exported = PeftModel.from_pretrained(base, str(out / "adapter"))
+    exported = load_adapter(base, out / "adapter")
     ours = build_model(cfg.replace(**{"data.languages": LANGS, "data.labels": ["health", "politics", "sport"]}), 3)
     from mfpt.model import load_trainable_state
 
