@@ -13,30 +13,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mfpt.errors import UserError
+
 # Tests and air-gapped sites must never reach a model hub by accident; a user who wants the hub sets these to 0.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from mfpt.config import ConfigError
-    from mfpt.data import DataError
-    from mfpt.languages import UnknownLanguageError
-    from mfpt.model import UpdateError
-    from mfpt.registry import UnknownNameError
-    from mfpt.results import ResumeError
-
-    errors: list[type[BaseException]] = [ConfigError, DataError, UnknownLanguageError, UpdateError, UnknownNameError,
-                                         ResumeError]
-    try:
-        from mfpt.server_app import FederationError
-
-        errors.append(FederationError)
-    except ImportError:  # pragma: no cover - flwr missing is reported by the import itself
-        pass
-    return tuple(errors)
 
 
 def _load(args: argparse.Namespace):
@@ -167,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ensure_supported_stack()
         return int(args.func(args) or 0)
-    except _user_errors() as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

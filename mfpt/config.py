@@ -7,7 +7,6 @@ The same schema feeds the CLI (a TOML file plus `--set section.key=value`) and F
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import tomllib
 import typing
@@ -15,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mfpt.registry import unknown_name_message
+from mfpt.errors import UserError
+from mfpt.registry import did_you_mean, unknown_name_message
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that is missing, unknown, of the wrong type or impossible; the message names the key."""
 
 
@@ -360,8 +360,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     if unknown:
         where = f"section [{prefix.rstrip('.')}]" if prefix else "the top level"
         key = unknown[0]
-        close = difflib.get_close_matches(key, names, n=1)
-        hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+        hint = did_you_mean(key, names, n=1, cutoff=0.6, prefix=prefix)
         raise ConfigError(f"Unknown config key '{prefix}{key}' in {where}.{hint} Allowed keys: {', '.join(names)}.")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):

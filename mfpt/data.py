@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from mfpt.errors import UserError
 from mfpt.config import DataConfig, ExperimentConfig, Partition
 from mfpt.registry import Registry
 
@@ -24,7 +25,7 @@ DataSource = Callable[[DataConfig], pd.DataFrame]
 DATA_SOURCES: Registry[DataSource] = Registry("data source")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot serve the experiment; the message names the file, column or language and the fix."""
 
 

@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from mfpt.errors import UserError
 from mfpt.io import atomic_write, write_json
 from mfpt.languages import base_language, language_name, normalize_languages
 
@@ -90,15 +91,15 @@ _NOT_INSTALLED = (
 )
 
 
-class LanguageNotInURIELError(ValueError):
+class LanguageNotInURIELError(UserError, ValueError):
     """A language that mfpt knows but URIEL has no entry for; the message suggests codes URIEL has."""
 
 
-class URIELDataError(RuntimeError):
+class URIELDataError(UserError, RuntimeError):
     """The URIEL data package is missing or unreadable; the message says what to install."""
 
 
-class DistanceAnalysisError(ValueError):
+class DistanceAnalysisError(UserError, ValueError):
     """The distance analysis cannot run on these results (e.g. fewer than 3 languages have gains)."""
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable
 
+from mfpt.errors import UserError
+
 __all__ = [
     "UnknownLanguageError",
     "normalize_language",
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 
-class UnknownLanguageError(ValueError):
+class UnknownLanguageError(UserError, ValueError):
     """A language code that is malformed or absent from the ISO 639-3 table; the message suggests close codes."""
 
 

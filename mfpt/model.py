@@ -12,20 +12,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from mfpt.errors import UserError
 from mfpt.compat import ensure_supported_stack, expose_past_key_values
 from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
-from mfpt.registry import Registry
+from mfpt.specs import METHODS
 
 log = logging.getLogger("mfpt")
-
-# peft builds its config from the method's settings; `full` has none (every weight trains).
-PeftConfigBuilder = Callable[[PeftConfig, list[str]], Any]
-PEFT_METHODS: Registry[PeftConfigBuilder] = Registry("peft.method")
 
 # Model types whose classification head reads position 0 through a module we can re-point at <s>/[CLS].
 _POSITION0_READERS = {
@@ -38,65 +35,8 @@ _POSITION0_READERS = {
 _POSITION_OFFSET = {"xlm-roberta": 2, "roberta": 2, "camembert": 2}
 
 
-class UpdateError(ValueError):
+class UpdateError(UserError, ValueError):
     """A trainable-state update whose keys, shapes, dtypes or values do not match the model."""
-
-
-@PEFT_METHODS.register(PeftMethod.PREFIX.value)
-def _prefix(p: PeftConfig, extra_trainable: list[str]) -> Any:
-    from peft import PrefixTuningConfig, TaskType
-
-    return PrefixTuningConfig(
-        task_type=TaskType.SEQ_CLS,
-        num_virtual_tokens=p.num_virtual_tokens,
-        prefix_projection=p.prefix_projection,
-        encoder_hidden_size=p.encoder_hidden_size,
-        modules_to_save=extra_trainable or None,
-    )
-
-
-@PEFT_METHODS.register(PeftMethod.PROMPT.value)
-def _prompt(p: PeftConfig, extra_trainable: list[str]) -> Any:
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType
-
-    return PromptTuningConfig(
-        task_type=TaskType.SEQ_CLS,
-        num_virtual_tokens=p.num_virtual_tokens,
-        prompt_tuning_init=PromptTuningInit.RANDOM,
-        modules_to_save=extra_trainable or None,
-    )
-
-
-@PEFT_METHODS.register(PeftMethod.PTUNING.value)
-def _ptuning(p: PeftConfig, extra_trainable: list[str]) -> Any:
-    from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType
-
-    return PromptEncoderConfig(
-        task_type=TaskType.SEQ_CLS,
-        num_virtual_tokens=p.num_virtual_tokens,
-        encoder_hidden_size=p.encoder_hidden_size,
-        encoder_reparameterization_type=PromptEncoderReparameterizationType.MLP,
-        modules_to_save=extra_trainable or None,
-    )
-
-
-@PEFT_METHODS.register(PeftMethod.LORA.value)
-def _lora(p: PeftConfig, extra_trainable: list[str]) -> Any:
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=p.lora_r,
-        lora_alpha=p.lora_alpha,
-        lora_dropout=p.lora_dropout,
-        target_modules=list(p.lora_target_modules),
-        modules_to_save=extra_trainable or None,
-    )
-
-
-@PEFT_METHODS.register(PeftMethod.FULL.value)
-def _full(p: PeftConfig, extra_trainable: list[str]) -> None:
-    return None
 
 
 @dataclass
@@ -168,7 +108,8 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
         extra_trainable.append("pooler")
         notes.append("checkpoint has no pooler weights: the pooler starts as the identity and trains with the head")
 
-    input_prompt = method in (PeftMethod.PROMPT, PeftMethod.PTUNING)
+    spec = METHODS.get(method.value)
+    input_prompt = spec.input_prompt
     positions = getattr(model.config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(model_type, 0)
     max_length = min(cfg.model.max_seq_length, positions)
     if input_prompt:
@@ -184,7 +125,7 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
             notes.append("head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')")
 
     model = apply_method(model, cfg.peft, extra_trainable)
-    if cfg.peft.init_std and method in (PeftMethod.PREFIX, PeftMethod.PROMPT, PeftMethod.PTUNING):
+    if cfg.peft.init_std and spec.prompt_table:
         _scale_prompt_init(model, cfg.peft.init_std)
     device = pick_device(cfg.train.device)
     model.to(device)
@@ -194,7 +135,7 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
 
 def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None) -> nn.Module:
     """Wrap a sequence classifier with the configured PEFT method (or unfreeze everything for `full`)."""
-    peft_config = PEFT_METHODS.get(peft.method.value)(peft, list(extra_trainable or []))
+    peft_config = METHODS.get(peft.method.value).build(peft, list(extra_trainable or []))
     if peft_config is None:
         for param in model.parameters():
             param.requires_grad_(True)

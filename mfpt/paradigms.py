@@ -2,8 +2,8 @@
 
 Every paradigm builds its model with `mfpt.model.build_model` (through `get_runtime` here, or in the Flower apps),
 trains with `mfpt.train.train`, evaluates with `mfpt.train.evaluate`, and writes its outputs with `RunRecorder`,
-so every results.json has the same schema. `protocol(cfg)` says in one paragraph what each paradigm tunes, on
-which data and for how many steps; it is written into results.json and every report.
+so every results.json has the same schema. Each paradigm's spec (mfpt.specs) names its runner here and says in
+one paragraph what it tunes, on which data and for how many steps (results.json's `protocol`).
 
 - federated:   Flower simulation of the ServerApp and ClientApp (every language a client; only the prompt travels).
 - local:       each language trains alone on its own data, with exactly the local steps a federated client takes
@@ -31,7 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -39,18 +39,13 @@ import torch
 from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, DataError, client_layout, normalize_all, resolve
 from mfpt.model import load_trainable_state, trainable_state
-from mfpt.registry import Registry
 from mfpt.results import RunRecorder
 from mfpt.runtime import Runtime, get_runtime
+from mfpt.specs import PARADIGMS
 from mfpt.train import EvalCounts, derive_seed, evaluate, steps_per_round, train
 
 log = logging.getLogger("mfpt")
 
-ParadigmRunner = Callable[[ExperimentConfig, bool, bool], dict[str, Any]]
-PARADIGMS: Registry[ParadigmRunner] = Registry("paradigm")
-
-
-@PARADIGMS.register("federated")
 def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Flower simulation on this machine: one virtual SuperNode per client."""
     from flwr.simulation import run_simulation
@@ -187,14 +182,12 @@ def _language_learners(cfg: ExperimentConfig, runtime: Runtime, initial: dict[st
             for lang in cfg.data.languages]
 
 
-@PARADIGMS.register("local")
 def run_local(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Every language trains its own prompt on its own data only."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     return _run_rounds(cfg, runtime, recorder, _language_learners(cfg, runtime, initial), None, [], resume)
 
 
-@PARADIGMS.register("centralized")
 def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """All training languages pooled in one place; one model evaluated on every language."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
@@ -213,7 +206,6 @@ def _source_learner(cfg: ExperimentConfig, runtime: Runtime, initial: dict[str, 
     return Learner("source", 10_000, ("train", "source"), _pool(runtime, sources), evaluates, _copy(initial))
 
 
-@PARADIGMS.register("zeroshot")
 def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train on the source languages only; evaluate every language with that model."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
@@ -231,7 +223,6 @@ def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = Fals
     return recorder.finish()
 
 
-@PARADIGMS.register("transfer")
 def run_transfer(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Stage 1 on the source languages, then each language fine-tunes that model alone."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
@@ -239,40 +230,6 @@ def run_transfer(cfg: ExperimentConfig, resume: bool = False, quiet: bool = Fals
     return _run_rounds(cfg, runtime, recorder, _language_learners(cfg, runtime, initial), source, [source], resume)
 
 
-_TUNED = {
-    "prefix": "the deep prefix (key/value prompts at every layer) and the classification head",
-    "prompt": "the input soft prompt and the classification head",
-    "ptuning": "the P-tuning prompt encoder and the classification head",
-    "lora": "the LoRA matrices and the classification head",
-    "full": "every weight of the model",
-}
-
-
-def protocol(cfg: ExperimentConfig) -> str:
-    """One paragraph for results.json and reports: what the paradigm tunes, on which data, for how many steps."""
-    tuned = _TUNED.get(cfg.peft.method.value, f"the {cfg.peft.method.value} parameters")
-    frozen = "" if cfg.peft.method.value == "full" else "; the encoder stays frozen"
-    rounds, epochs = cfg.federation.rounds, cfg.train.local_epochs
-    cap = f", at most {cfg.train.max_steps} steps per round" if cfg.train.max_steps else ""
-    per_round = f"{epochs} epoch(s) over its own training data per round{cap}"
-    sources = ", ".join(cfg.transfer.sources)
-    stage1 = (f"stage 1 tunes {tuned} on the pooled source language(s) {sources} for "
-              f"{cfg.transfer.source_epochs} epoch(s){frozen}")
-    text = {
-        "federated": f"Every language is a client that tunes {tuned}{frozen} for {per_round}, {rounds} rounds; "
-                     f"the server averages ({cfg.federation.strategy}) and sends back only the trainable tensors.",
-        "local": f"Every language tunes its own copy of {tuned}{frozen} alone, {per_round}, {rounds} rounds: the "
-                 "same steps and seeds as a federated client (see local_steps), nothing aggregated.",
-        "centralized": f"All training languages pooled in one place; one model tunes {tuned}{frozen} for "
-                       f"{epochs} epoch(s) over the pooled data per round{cap}, {rounds} rounds.",
-        "zeroshot": f"Only {stage1}; every language (and held-out language) is then evaluated as is.",
-        "transfer": f"Local cross-lingual transfer: {stage1} (round 0); stage 2 tunes the same tensors: every "
-                    f"language fine-tunes its own copy of the stage-1 model alone, {per_round}, {rounds} rounds, "
-                    "exactly as `local`. Held-out languages are evaluated with the stage-1 model.",
-    }
-    return text.get(cfg.paradigm.value, "")
-
-
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run `cfg` under its paradigm and return its results (also written to output_dir)."""
-    return PARADIGMS.get(cfg.paradigm.value)(cfg, resume, quiet)
+    return PARADIGMS.get(cfg.paradigm.value).runner()(cfg, resume, quiet)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
+
+from mfpt.errors import UserError
 
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError, ValueError):
     """A name that no registry entry has; the message lists what exists."""
 
 
@@ -48,8 +50,17 @@ class Registry(Generic[T]):
         return iter(self._entries)
 
 
+def close_names(name: object, available: Iterable[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The names in `available` closest to `name` (difflib ratio >= cutoff), best first: the one suggestion rule."""
+    return difflib.get_close_matches(str(name), list(available), n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: object, available: Iterable[str], n: int = 3, cutoff: float = 0.5, prefix: str = "") -> str:
+    """" Did you mean 'a', 'b'?" for the closest names (with `prefix` before each), or "" when none is close."""
+    close = close_names(name, available, n=n, cutoff=cutoff)
+    return f" Did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
 def unknown_name_message(kind: str, name: object, available: list[str]) -> str:
     """'Unknown X 'y'. Did you mean ...? Available: ...' (the lm-eval-harness form)."""
-    close = difflib.get_close_matches(str(name), available, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"Unknown {kind} {name!r}.{hint} Available: {', '.join(available)}."
+    return f"Unknown {kind} {name!r}.{did_you_mean(name, available)} Available: {', '.join(available)}."

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mfpt.errors import UserError
+
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
@@ -179,7 +181,7 @@ DATA_AXIS = "data.train_per_language"
 REPORT_DISTANCE_KINDS = ("syntactic", "genetic", "geographic")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Folders that hold no finished runs, or runs that cannot be reported together; the message says which."""
 
 

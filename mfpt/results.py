@@ -27,8 +27,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from mfpt.errors import UserError
 from mfpt import io
 from mfpt.config import ExperimentConfig, to_dict, to_toml
+from mfpt.specs import protocol
 from mfpt.train import EvalCounts
 
 log = logging.getLogger("mfpt")
@@ -40,7 +42,7 @@ PROGRESS = "progress.json"
 CHECKPOINTS = "checkpoints"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """A run directory that cannot be resumed; the message says why and what to do."""
 
 
@@ -93,12 +95,6 @@ def versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         found["git"] = "unknown"
     return found
-
-
-def _protocol(cfg: ExperimentConfig) -> str:
-    from mfpt.paradigms import protocol  # local import: paradigms imports this module
-
-    return protocol(cfg)
 
 
 def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
@@ -259,7 +255,7 @@ class RunRecorder:
                 "rounds_recorded": rounds if self.comm else 0,
             },
             "local_steps": self.local_steps,
-            "protocol": _protocol(cfg),
+            "protocol": protocol(cfg),
             "refused_updates": self.refusals,
             "wall_seconds": round(time.time() - self.started, 2),
             "config": to_dict(cfg),

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from mfpt.errors import UserError
 from mfpt.client_app import CONFIG_PREFIX
 from mfpt.config import ExperimentConfig, load_config, to_flat
 from mfpt.data import DataError, client_layout, resolve
@@ -26,7 +27,7 @@ from mfpt.strategy import CLIENT_KEY, NodeInfo, make_strategy
 log = logging.getLogger("mfpt")
 
 
-class FederationError(RuntimeError):
+class FederationError(UserError, RuntimeError):
     """The federation cannot run (a client failed its handshake, a client is missing, ...)."""
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mfpt.errors import UserError
 from mfpt import io
 from mfpt.config import ConfigError, ExperimentConfig, load_config, parse_override
 
@@ -49,7 +50,7 @@ RESERVED = ("seed", "output_dir")
 RUN_OUTPUTS = ("config.toml", "metrics.jsonl", "progress.json", "results.json", "report.md", "checkpoints", "adapter")
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep that cannot be planned or continued; the message names the argument or folder and the fix."""
 
 

