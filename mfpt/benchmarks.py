@@ -1,47 +1,109 @@
-"""Benchmark loaders (XNLI, XGLUE NC, MasakhaNEWS, SIB-200): the hub or the authors' release -> universal schema.
+"""Benchmark sources (XNLI, XGLUE NC, MasakhaNEWS, SIB-200): the hub or the authors' release -> universal schema.
 
-Each loader returns columns text, [text_pair], label (the label name), lang (canonical code) and split
+Each source returns columns text, [text_pair], label (the label name), lang (canonical code) and split
 (train/validation/test). `data.train_pool` picks where training rows come from: 'train' keeps the benchmark's
 splits; 'validation' relabels the validation split as train (then no validation split remains).
 Only the languages in data.languages + data.heldout_languages are read (empty = all of the benchmark's).
+
+A benchmark is data: where its tables lie on the hub and in the release, and a ColumnMap per table saying which
+columns become text, text_pair and label. One reader, `read_benchmark`, turns any of them into rows.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
 from mfpt.config import DataConfig
-from mfpt.data import DATA_SOURCES, LABEL, LANG, SPLIT, TEXT, TEXT_PAIR, DataError
 from mfpt.languages import UnknownLanguageError, language_name, normalize_language
-
-log = logging.getLogger(__name__)
+from mfpt.sources import DATA_SOURCES, LABEL, LANG, SPLIT, TEXT, TEXT_PAIR, DataError, DataSource
 
 # The benchmark's own split names; the hub calls dev "validation", the releases call it "dev".
 OWN_SPLITS = ("train", "validation", "test")
+RELEASE_SPLITS = {"train": "train", "validation": "dev", "test": "test"}
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which columns of a source table become text, text_pair and label; several text columns join with a space."""
+
+    text: tuple[str, ...]
+    label: str
+    text_pair: str = ""
+    label_names: Mapping[str, str] = field(default_factory=dict)  # the table's label spellings -> the benchmark's
+
+    @property
+    def schema_columns(self) -> tuple[str, ...]:
+        """The universal-schema text and label columns this map fills, in schema order."""
+        return (TEXT, TEXT_PAIR, LABEL) if self.text_pair else (TEXT, LABEL)
+
+    def rows(self, table: Mapping[str, Sequence[str]], lang: str, split: str) -> pd.DataFrame:
+        """`table`'s rows in the universal schema, all tagged with one language and split."""
+        texts = [table[column] for column in self.text]
+        columns: dict[str, Any] = {
+            TEXT: texts[0] if len(texts) == 1 else [" ".join(parts).strip() for parts in zip(*texts)]
+        }
+        if self.text_pair:
+            columns[TEXT_PAIR] = table[self.text_pair]
+        labels = table[self.label]
+        columns[LABEL] = [self.label_names.get(v, v) for v in labels] if self.label_names else labels
+        return pd.DataFrame(columns).assign(**{LANG: lang, SPLIT: split})
+
+
+@dataclass(frozen=True)
+class HubTable:
+    """Where a language's split lies in the benchmark's hub repository, and how its columns map to the schema."""
+
+    columns: ColumnMap
+    config: str = "{code}"  # {code} = the benchmark's own language code
+    splits: Mapping[str, str] = field(default_factory=lambda: {split: split for split in OWN_SPLITS})  # ours -> hub's
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """A TSV of the authors' release: one per language and split, unless `language_column` picks out languages."""
+
+    path: str  # under data.path; {code} = the benchmark's own language code, {release_split} = train, dev or test
+    what: str  # the file in words, for error messages; {split} = our split name, {code} = the benchmark's code
+    columns: ColumnMap
+    file_columns: tuple[str, ...]  # the columns relied on (checked against the header), or all of a headerless file's
+    quoted: bool  # pandas' default quoting (files written by pandas), else raw tab splitting
+    header: bool = True
+    language_column: str = ""  # set when one file holds every language
+    checkout_folder: str = ""  # where the language folders lie when data.path is the authors' repository checkout
 
 
 @dataclass(frozen=True)
 class BenchmarkInfo:
-    """A benchmark's fixed facts: where it lives, its languages (canonical -> its own code) and its label order."""
+    """A benchmark's fixed facts: where it lives, its languages (canonical -> its own code), its label order, and
+    how its hub and release tables map to the universal schema."""
 
     name: str
+    title: str  # the benchmark's name in prose
     hub_id: str
     native_codes: tuple[str, ...]  # the codes the benchmark itself uses (hub configs, release folder names)
     labels: tuple[str, ...]
     train_splits_note: str
     offline_layout: str
-    text_columns: tuple[str, ...] = (TEXT, LABEL)
+    hub: HubTable
+    release: ReleaseFile
+    train_release: ReleaseFile | None = None  # when the training split is a release of its own
+    train_languages: tuple[str, ...] = ()  # canonical codes of the only languages with a training split (empty: all)
 
     @property
     def languages(self) -> tuple[str, ...]:
         """Canonical codes, in the benchmark's order."""
         return tuple(normalize_language(code) for code in self.native_codes)
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The universal-schema text and label columns the benchmark fills."""
+        return self.hub.columns.schema_columns
 
     def native(self) -> dict[str, str]:
         """Canonical code -> the benchmark's own code."""
@@ -70,11 +132,16 @@ SIB200_CODES = (
     "zul_Latn"
 ).split()
 
+# News title and body (XGLUE NC), headline and body (MasakhaNEWS) join into one text: the universal schema's
+# text_pair is for sentence-pair tasks, and MasakhaNEWS's own baselines classify headline + body ('headline_text').
+_NEWS_TEXT = ("headline", "text")
+
 BENCHMARKS: dict[str, BenchmarkInfo] = {
     info.name: info
     for info in (
         BenchmarkInfo(
             name="xnli",
+            title="XNLI",
             hub_id="facebook/xnli",  # one parquet config per ISO 639-1 code; premise, hypothesis, label (ClassLabel)
             native_codes=tuple("en fr es de el bg ru tr ar vi th zh hi sw ur".split()),
             labels=("entailment", "neutral", "contradiction"),  # the hub's ClassLabel order
@@ -82,10 +149,29 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
             "validation 2,490 and test 5,010 human-translated pairs per language.",
             offline_layout="XNLI-1.0/xnli.{dev,test}.tsv (all languages, column 'language') and, for "
             "train_pool = 'train', XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv",
-            text_columns=(TEXT, TEXT_PAIR, LABEL),
+            hub=HubTable(ColumnMap(text=("premise",), text_pair="hypothesis", label="label")),
+            release=ReleaseFile(
+                path="XNLI-1.0/xnli.{release_split}.tsv",
+                what="XNLI 1.0 {split} set (all languages) from XNLI-1.0.zip",
+                columns=ColumnMap(text=("sentence1",), text_pair="sentence2", label="gold_label"),
+                file_columns=("language", "gold_label", "sentence1", "sentence2"),
+                quoted=False,
+                language_column="language",
+            ),
+            train_release=ReleaseFile(
+                path="XNLI-MT-1.0/multinli/multinli.train.{code}.tsv",
+                what="XNLI-MT 1.0 machine-translated MultiNLI training set for {code!r} from XNLI-MT-1.0.zip "
+                "(or set data.train_pool = 'validation')",
+                # XNLI-MT spells the third class 'contradictory'; the test sets and the hub say 'contradiction'.
+                columns=ColumnMap(text=("premise",), text_pair="hypo", label="label",
+                                  label_names={"contradictory": "contradiction"}),
+                file_columns=("premise", "hypo", "label"),
+                quoted=False,
+            ),
         ),
         BenchmarkInfo(
             name="xglue-nc",
+            title="XGLUE NC",
             hub_id="microsoft/xglue",  # config 'nc'; splits train, validation.{lang}, test.{lang}
             native_codes=tuple("en de es fr ru".split()),
             labels=("autos", "entertainment", "finance", "foodanddrink", "health", "lifestyle", "news", "sports",
@@ -94,18 +180,43 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
             "clients must train on their validation split (data.train_pool = 'validation').",
             offline_layout="NC/xglue.nc.{lang}.{dev,test} and NC/xglue.nc.en.train from xglue_full_dataset.tar.gz "
             "(tab-separated title, body, category; no header)",
+            hub=HubTable(
+                ColumnMap(text=("news_title", "news_body"), label="news_category"),
+                config="nc",
+                splits={"train": "train", "validation": "validation.{code}", "test": "test.{code}"},
+            ),
+            release=ReleaseFile(
+                path="NC/xglue.nc.{code}.{release_split}",
+                what="XGLUE NC {split} set for {code!r} from xglue_full_dataset.tar.gz",
+                columns=ColumnMap(text=("title", "body"), label="category"),
+                file_columns=("title", "body", "category"),
+                quoted=False,
+                header=False,
+            ),
+            train_languages=("eng",),
         ),
         BenchmarkInfo(
             name="masakhanews",
+            title="MasakhaNEWS",
             hub_id="masakhane/masakhanews",  # one config per language code; headline, text, label (ClassLabel)
             native_codes=tuple("amh eng fra hau ibo lin lug orm pcm run sna som swa tir xho yor".split()),
             labels=("business", "entertainment", "health", "politics", "religion", "sports", "technology"),
             train_splits_note="train/dev/test per language (about 70/10/20); not every language has all 7 topics.",
             offline_layout="{lang}/{train,dev,test}.tsv as in the repository's data/ folder "
             "(columns category, headline, text, url)",
+            hub=HubTable(ColumnMap(text=_NEWS_TEXT, label="label")),
+            release=ReleaseFile(
+                path="{code}/{release_split}.tsv",
+                what="MasakhaNEWS {split} set for {code!r}",
+                columns=ColumnMap(text=_NEWS_TEXT, label="category"),
+                file_columns=("category", "headline", "text"),
+                quoted=True,
+                checkout_folder="data",
+            ),
         ),
         BenchmarkInfo(
             name="sib200",
+            title="SIB-200",
             hub_id="Davlan/sib200",  # one config per FLORES-200 code; index_id, category, text
             native_codes=tuple(SIB200_CODES),
             labels=("entertainment", "geography", "health", "politics", "science/technology", "sports", "travel"),
@@ -113,6 +224,15 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
             "parallel across languages).",
             offline_layout="{flores_code}/{train,dev,test}.tsv as in the repository's data/annotated/ folder "
             "(columns index_id, category, text)",
+            hub=HubTable(ColumnMap(text=("text",), label="category")),
+            release=ReleaseFile(
+                path="{code}/{release_split}.tsv",
+                what="SIB-200 {split} set for {code!r}",
+                columns=ColumnMap(text=("text",), label="category"),
+                file_columns=("index_id", "category", "text"),
+                quoted=True,
+                checkout_folder="data/annotated",
+            ),
         ),
     )
 }
@@ -143,6 +263,19 @@ def wanted_languages(info: BenchmarkInfo, data: DataConfig) -> dict[str, str]:
     return out
 
 
+def check_train_pool(info: BenchmarkInfo, langs: dict[str, str], data: DataConfig) -> None:
+    """Refuse languages without a training split of their own when data.train_pool = 'train'."""
+    # Refuse rather than silently switch pools: a result trained on validation must say so in its config.
+    untrainable = [c for c in langs if info.train_languages and c not in info.train_languages]
+    if data.train_pool == "train" and untrainable:
+        only = "/".join(language_name(c) for c in info.train_languages)
+        raise DataError(
+            f"{info.title} has {only}-only training data, but data.train_pool = 'train' and language(s) "
+            f"{', '.join(untrainable)} are asked for. Set data.train_pool = 'validation' so each language trains "
+            "on its own validation split (its test split stays held out)."
+        )
+
+
 def own_splits(data: DataConfig) -> tuple[str, ...]:
     """The benchmark splits to read for the chosen train pool."""
     return ("train", "validation", "test") if data.train_pool == "train" else ("validation", "test")
@@ -160,39 +293,7 @@ def finish(info: BenchmarkInfo, frame: pd.DataFrame, data: DataConfig, origin: s
     return frame[columns].reset_index(drop=True)
 
 
-def _frame(rows: Iterable[dict[str, Any]] | pd.DataFrame, **constant: str) -> pd.DataFrame:
-    frame = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows.copy()
-    for column, value in constant.items():
-        frame[column] = value
-    return frame
-
-
-def _require(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise DataError(f"Missing file {str(path)!r}: {what}.")
-    return path
-
-
-def _read_tsv(path: Path, what: str, *, quoted: bool, header: bool = True, names: list[str] | None = None,
-              required: Iterable[str] = ()) -> pd.DataFrame:
-    """A TSV as strings; `quoted` = pandas' default quoting (files written by pandas), else raw tab splitting."""
-    _require(path, what)
-    try:
-        frame = pd.read_csv(
-            path, sep="\t", dtype=str, keep_default_na=False, header=0 if header else None, names=names,
-            quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, encoding="utf-8",
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"File {str(path)!r} ({what}) could not be parsed as TSV: {err}") from None
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"File {str(path)!r} ({what}) lacks column(s) {missing}; it has {list(frame.columns)}."
-        )
-    return frame
-
-
-# --------------------------------------------------------------------------------------------- hub access
+# --------------------------------------------------------------------------------------------- hub tables
 
 
 def hub_split(hub_id: str, config: str, split: str) -> Any:
@@ -218,182 +319,105 @@ def _column_as_names(dataset: Any, column: str) -> list[str]:
     return [str(v) for v in values]
 
 
-# --------------------------------------------------------------------------------------------- XNLI
+def hub_table(info: BenchmarkInfo, code: str, split: str) -> tuple[dict[str, Any], ColumnMap]:
+    """One language's split from the hub, as the columns its ColumnMap reads (labels as names), and that map."""
+    hub = info.hub
+    dataset = hub_split(info.hub_id, hub.config.format(code=code), hub.splits[split].format(code=code))
+    columns = hub.columns
+    table = {column: dataset[column] for column in columns.text + ((columns.text_pair,) if columns.text_pair else ())}
+    table[columns.label] = _column_as_names(dataset, columns.label)
+    return table, columns
 
 
-def _xnli_offline(root: Path, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
-    frames = []
-    for split, file in (("validation", "xnli.dev.tsv"), ("test", "xnli.test.tsv")):
-        if split not in splits:
-            continue
-        path = root / "XNLI-1.0" / file
-        table = _read_tsv(path, f"XNLI 1.0 {split} set (all languages) from XNLI-1.0.zip", quoted=False,
-                          required=("language", "gold_label", "sentence1", "sentence2"))
-        for canonical, code in langs.items():
-            part = table[table["language"] == code]
-            if part.empty:
-                raise DataError(f"File {str(path)!r} has no rows with language {code!r}.")
-            frames.append(_frame({TEXT: part["sentence1"], TEXT_PAIR: part["sentence2"], LABEL: part["gold_label"]},
-                                 **{LANG: canonical, SPLIT: split}))
-    if "train" in splits:
-        for canonical, code in langs.items():
-            path = root / "XNLI-MT-1.0" / "multinli" / f"multinli.train.{code}.tsv"
-            table = _read_tsv(path, f"XNLI-MT 1.0 machine-translated MultiNLI training set for {code!r} "
-                              "from XNLI-MT-1.0.zip (or set data.train_pool = 'validation')", quoted=False,
-                              required=("premise", "hypo", "label"))
-            # XNLI-MT spells the third class 'contradictory'; the test sets and the hub say 'contradiction'.
-            labels = table["label"].replace({"contradictory": "contradiction"})
-            frames.append(_frame({TEXT: table["premise"], TEXT_PAIR: table["hypo"], LABEL: labels},
-                                 **{LANG: canonical, SPLIT: "train"}))
-    return pd.concat(frames, ignore_index=True)
+# --------------------------------------------------------------------------------------------- release files
 
 
-def _xnli_hub(info: BenchmarkInfo, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
-    frames = []
-    for canonical, code in langs.items():
-        for split in splits:
-            ds = hub_split(info.hub_id, code, split)
-            frames.append(_frame({TEXT: ds["premise"], TEXT_PAIR: ds["hypothesis"],
-                                  LABEL: _column_as_names(ds, "label")}, **{LANG: canonical, SPLIT: split}))
-    return pd.concat(frames, ignore_index=True)
+def release_table(info: BenchmarkInfo, root: Path, read: dict[Path, pd.DataFrame], code: str,
+                  split: str) -> tuple[pd.DataFrame, ColumnMap]:
+    """One language's split from the release under `root`, and its ColumnMap; `read` keeps files read already
+    (XNLI keeps every language in one file)."""
+    release = info.train_release if split == "train" and info.train_release else info.release
+    if release.checkout_folder and not (root / code).is_dir() and (root / release.checkout_folder / code).is_dir():
+        root = root / release.checkout_folder
+    path = root / release.path.format(code=code, release_split=RELEASE_SPLITS[split])
+    if path not in read:
+        read[path] = _read_tsv(path, release, release.what.format(code=code, split=split))
+    table = read[path]
+    if release.language_column:
+        table = table[table[release.language_column] == code].reset_index(drop=True)
+        if table.empty:
+            raise DataError(f"File {str(path)!r} has no rows with language {code!r}.")
+    return table, release.columns
 
 
-# --------------------------------------------------------------------------------------------- XGLUE NC
-
-_NC_FILE = {"train": "train", "validation": "dev", "test": "test"}
-
-
-def _nc_check_pool(langs: dict[str, str], data: DataConfig) -> None:
-    # Refuse rather than silently switch pools: a result trained on validation must say so in its config.
-    non_english = [c for c in langs if c != "eng"]
-    if data.train_pool == "train" and non_english:
-        raise DataError(
-            f"XGLUE NC has English-only training data, but data.train_pool = 'train' and language(s) "
-            f"{', '.join(non_english)} are asked for. Set data.train_pool = 'validation' so each language trains "
-            "on its own validation split (its test split stays held out)."
+def _read_tsv(path: Path, release: ReleaseFile, what: str) -> pd.DataFrame:
+    """A release TSV as strings, refused when missing, unparseable, short of a column or holding unlabelled rows."""
+    if not path.is_file():
+        raise DataError(f"Missing file {str(path)!r}: {what}.")
+    try:
+        frame = pd.read_csv(
+            path, sep="\t", dtype=str, keep_default_na=False, header=0 if release.header else None,
+            names=None if release.header else list(release.file_columns),
+            quoting=csv.QUOTE_MINIMAL if release.quoted else csv.QUOTE_NONE, encoding="utf-8",
         )
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"File {str(path)!r} ({what}) could not be parsed as TSV: {err}") from None
+    missing = [c for c in release.file_columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"File {str(path)!r} ({what}) lacks column(s) {missing}; it has {list(frame.columns)}.")
+    label = release.columns.label
+    if (frame[label] == "").any():
+        raise DataError(f"File {str(path)!r} has rows without a {label} (unlabelled copy of the set?).")
+    return frame
 
 
-def _nc_rows(title: Iterable[str], body: Iterable[str]) -> list[str]:
-    # Title and body are one text: the universal schema's text_pair is for sentence-pair tasks.
-    return [f"{t} {b}".strip() for t, b in zip(title, body)]
+# --------------------------------------------------------------------------------------------- the reader
+
+# (benchmark's language code, our split name) -> that table's columns, and the ColumnMap that reads them
+TableFetcher = Callable[[str, str], tuple[Mapping[str, Sequence[str]], ColumnMap]]
 
 
-def _nc_offline(root: Path, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
+def read_benchmark(langs: dict[str, str], splits: tuple[str, ...], fetch_table: TableFetcher) -> pd.DataFrame:
+    """Every asked language (canonical -> benchmark code) and split, in the universal schema."""
     frames = []
     for canonical, code in langs.items():
         for split in splits:
-            path = root / "NC" / f"xglue.nc.{code}.{_NC_FILE[split]}"
-            table = _read_tsv(path, f"XGLUE NC {split} set for {code!r} from xglue_full_dataset.tar.gz",
-                              quoted=False, header=False, names=["title", "body", "category"])
-            if (table["category"] == "").any():
-                raise DataError(f"File {str(path)!r} has rows without a category (unlabelled copy of the set?).")
-            frames.append(_frame({TEXT: _nc_rows(table["title"], table["body"]), LABEL: table["category"]},
-                                 **{LANG: canonical, SPLIT: split}))
+            table, columns = fetch_table(code, split)
+            frames.append(columns.rows(table, canonical, split))
     return pd.concat(frames, ignore_index=True)
 
 
-def _nc_hub(info: BenchmarkInfo, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
-    frames = []
-    for canonical, code in langs.items():
-        for split in splits:
-            ds = hub_split(info.hub_id, "nc", "train" if split == "train" else f"{split}.{code}")
-            frames.append(_frame({TEXT: _nc_rows(ds["news_title"], ds["news_body"]),
-                                  LABEL: _column_as_names(ds, "news_category")}, **{LANG: canonical, SPLIT: split}))
-    return pd.concat(frames, ignore_index=True)
-
-
-# --------------------------------------------------------------------------------------------- MasakhaNEWS, SIB-200
-
-_RELEASE_FILE = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
-
-
-def _language_dir(root: Path, code: str, nested: str) -> Path:
-    """root/{code}, or root/{nested}/{code} when root is the repository checkout itself."""
-    if not (root / code).is_dir() and (root / nested / code).is_dir():
-        return root / nested / code
-    return root / code
-
-
-def _news_text(headline: Iterable[str], text: Iterable[str]) -> list[str]:
-    # Headline + body, as MasakhaNEWS's own baselines classify (its 'headline_text' field).
-    return [f"{h} {t}".strip() for h, t in zip(headline, text)]
-
-
-def _masakhanews_offline(root: Path, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
-    frames = []
-    for canonical, code in langs.items():
-        folder = _language_dir(root, code, "data")
-        for split in splits:
-            path = folder / _RELEASE_FILE[split]
-            table = _read_tsv(path, f"MasakhaNEWS {split} set for {code!r}", quoted=True,
-                              required=("category", "headline", "text"))
-            frames.append(_frame({TEXT: _news_text(table["headline"], table["text"]), LABEL: table["category"]},
-                                 **{LANG: canonical, SPLIT: split}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _masakhanews_hub(info: BenchmarkInfo, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
-    frames = []
-    for canonical, code in langs.items():
-        for split in splits:
-            ds = hub_split(info.hub_id, code, split)
-            frames.append(_frame({TEXT: _news_text(ds["headline"], ds["text"]), LABEL: _column_as_names(ds, "label")},
-                                 **{LANG: canonical, SPLIT: split}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _sib200_offline(root: Path, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
-    frames = []
-    for canonical, code in langs.items():
-        folder = _language_dir(root, code, "data/annotated")
-        for split in splits:
-            path = folder / _RELEASE_FILE[split]
-            table = _read_tsv(path, f"SIB-200 {split} set for {code!r}", quoted=True,
-                              required=("index_id", "category", "text"))
-            frames.append(_frame({TEXT: table["text"], LABEL: table["category"]}, **{LANG: canonical, SPLIT: split}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _sib200_hub(info: BenchmarkInfo, langs: dict[str, str], splits: tuple[str, ...]) -> pd.DataFrame:
-    frames = []
-    for canonical, code in langs.items():
-        for split in splits:
-            ds = hub_split(info.hub_id, code, split)
-            frames.append(_frame({TEXT: ds["text"], LABEL: _column_as_names(ds, "category")},
-                                 **{LANG: canonical, SPLIT: split}))
-    return pd.concat(frames, ignore_index=True)
+def load_benchmark(info: BenchmarkInfo, data: DataConfig) -> pd.DataFrame:
+    """A benchmark's asked languages and splits: from the release under data.path, else from the hub."""
+    langs = wanted_languages(info, data)
+    check_train_pool(info, langs, data)
+    splits = own_splits(data)
+    if data.path:
+        root = Path(data.path).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data.path {data.path!r} is not a directory; {info.name} expects {info.offline_layout}.")
+        fetch_table: TableFetcher = functools.partial(release_table, info, root, {})
+        origin = f"{info.name} files under {data.path!r}"
+    else:
+        fetch_table, origin = functools.partial(hub_table, info), f"{info.name} from the hub ({info.hub_id})"
+    return finish(info, read_benchmark(langs, splits, fetch_table), data, origin)
 
 
 # --------------------------------------------------------------------------------------------- registration
 
-Offline = Callable[[Path, dict[str, str], tuple[str, ...]], pd.DataFrame]
-Hub = Callable[[BenchmarkInfo, dict[str, str], tuple[str, ...]], pd.DataFrame]
 
-
-def _loader(name: str, offline: Offline, hub: Hub, check: Callable[[dict[str, str], DataConfig], None] | None = None):
+def _register(name: str) -> DataSource:
     info = BENCHMARKS[name]
 
     def load(data: DataConfig) -> pd.DataFrame:
-        langs = wanted_languages(info, data)
-        if check is not None:
-            check(langs, data)
-        splits = own_splits(data)
-        if data.path:
-            root = Path(data.path).expanduser()
-            if not root.is_dir():
-                raise DataError(f"data.path {data.path!r} is not a directory; {info.name} expects {info.offline_layout}.")
-            frame, origin = offline(root, langs, splits), f"{info.name} files under {data.path!r}"
-        else:
-            frame, origin = hub(info, langs, splits), f"{info.name} from the hub ({info.hub_id})"
-        return finish(info, frame, data, origin)
+        return load_benchmark(info, data)
 
     load.__name__ = f"load_{name.replace('-', '_')}"
     load.__doc__ = f"Load {name} ({info.hub_id} on the hub, or a local copy laid out as {info.offline_layout})."
     return DATA_SOURCES.register(name)(load)
 
 
-load_xnli = _loader("xnli", _xnli_offline, _xnli_hub)
-load_xglue_nc = _loader("xglue-nc", _nc_offline, _nc_hub, _nc_check_pool)
-load_masakhanews = _loader("masakhanews", _masakhanews_offline, _masakhanews_hub)
-load_sib200 = _loader("sib200", _sib200_offline, _sib200_hub)
+load_xnli = _register("xnli")
+load_xglue_nc = _register("xglue-nc")
+load_masakhanews = _register("masakhanews")
+load_sib200 = _register("sib200")

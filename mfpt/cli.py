@@ -11,20 +11,22 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
+from mfpt import distance, sweep  # each adds its subcommands (add_cli)
+from mfpt.config import ExperimentConfig, describe, load_config, to_toml
 from mfpt.errors import UserError
+from mfpt.report import render_run_summary
 
 # Tests and air-gapped sites must never reach a model hub by accident; a user who wants the hub sets these to 0.
+# (The modules above import no hub, tokenizer or Flower library: those load with the commands that use them.)
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def _load(args: argparse.Namespace):
-    from mfpt.config import load_config
-
+def _load(args: argparse.Namespace) -> ExperimentConfig:
     overrides = list(args.set or [])
     if getattr(args, "out", None):
         overrides.append(f"output_dir={args.out!r}".replace("'", '"'))
@@ -33,34 +35,27 @@ def _load(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one experiment."""
-    from mfpt.paradigms import run_experiment
-    from mfpt.report import pct
+    from mfpt.paradigms import run_experiment  # torch, transformers and Flower: seconds the other commands never need
 
     cfg = _load(args)
     if args.resume:
         cfg = cfg.replace(output_dir=str(args.resume))
-    results = run_experiment(cfg, resume=bool(args.resume), quiet=args.quiet)
+    result = run_experiment(cfg, resume=bool(args.resume), quiet=args.quiet)
     out = Path(cfg.output_dir).expanduser().resolve()
-    avg = results.get("average") or {}
-    low = results.get("low_resource_average") or {}
-    print(f"\n{results['paradigm']} / {results['method']}: mean accuracy {pct(avg.get('accuracy'))}"
-          + (f", low-resource mean {pct(low.get('accuracy'))}" if low else ""))
-    print((out / "report.md").read_text(encoding="utf-8").split("\n## Cost")[0])
+    print(render_run_summary(result))
     print(f"outputs in {out} (report.md, results.json, metrics.jsonl, checkpoints/)")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a config without running it and print it fully resolved."""
-    from mfpt.config import to_toml
-
     print(to_toml(_load(args)), end="")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Print the clients, their example counts per split and label, and the label set."""
-    from mfpt.data import prepare, summary_table
+    from mfpt.data import prepare, summary_table  # the data sources and their libraries load only for this command
 
     cfg = _load(args)
     prepared = prepare(cfg)
@@ -73,16 +68,17 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """List every config key with its default and meaning."""
-    from mfpt.config import describe
-
     print(describe())
     return 0
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+def _config_args() -> argparse.ArgumentParser:
+    """The CONFIG and --set arguments of every command that reads a config, as an argparse parent parser."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("config", nargs="?", help="experiment TOML file (omit for the defaults)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=0.01 --set data.languages=eng,swh (repeatable)")
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,46 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and mfpt's debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_args = _config_args()
 
     run = sub.add_parser("run", help="run an experiment (federated in Flower simulation, or a baseline paradigm)",
                          description="Run the experiment of CONFIG on this machine and write results, checkpoints "
-                                     "and report.md to output_dir.")
-    _add_config_args(run)
+                                     "and report.md to output_dir.", parents=[config_args])
     run.add_argument("--out", help="output directory (overrides output_dir)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed round")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a config and print it resolved",
-                              description="Validate CONFIG (and --set overrides) without running anything.")
-    _add_config_args(validate)
+                              description="Validate CONFIG (and --set overrides) without running anything.",
+                              parents=[config_args])
     validate.set_defaults(func=cmd_validate)
 
     data = sub.add_parser("data", help="show the clients and their data without training",
                           description="Load the data of CONFIG and print every client's example counts per split "
-                                      "and label; fails early on anything training would fail on.")
-    _add_config_args(data)
+                                      "and label; fails early on anything training would fail on.",
+                          parents=[config_args])
     data.set_defaults(func=cmd_data)
 
     keys = sub.add_parser("keys", help="list every config key with its default and meaning")
     keys.set_defaults(func=cmd_keys)
 
-    for extension in _extensions():
-        extension(sub)
+    # Subcommands that live in their own modules (each module owns its arguments and help).
+    distance.add_cli(sub)
+    sweep.add_cli(sub, config_args)
     return parser
-
-
-def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands that live in their own modules (each module owns its arguments and help)."""
-    found = []
-    for module_name in ("mfpt.distance", "mfpt.sweep"):
-        try:
-            module = __import__(module_name, fromlist=["add_cli"])
-        except ImportError:
-            continue
-        if hasattr(module, "add_cli"):
-            found.append(module.add_cli)
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,11 +10,12 @@ import functools
 import inspect
 import os
 from importlib import metadata
-from typing import Mapping
-
-from torch import nn
+from typing import TYPE_CHECKING, Mapping
 
 from mfpt.config import ConfigError
+
+if TYPE_CHECKING:  # annotations only: the start-up check must not pay for importing torch
+    from torch import nn
 
 # The pair that must move together: peft inspects transformers' forward signatures (see `expose_past_key_values`).
 GUARDED = ("transformers", "peft")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mfpt.errors import UserError
+from mfpt.languages import normalize_languages
 from mfpt.registry import did_you_mean, unknown_name_message
 
 
@@ -36,6 +37,16 @@ class PeftMethod(str, enum.Enum):
     PTUNING = "ptuning"
     LORA = "lora"
     FULL = "full"
+
+
+class StrategyName(str, enum.Enum):
+    """Flower's server strategies mfpt wraps (mfpt.strategy.STRATEGIES has one entry per member)."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDAVGM = "fedavgm"
 
 
 class PoolAt(str, enum.Enum):
@@ -158,7 +169,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     rounds: int = _help("Federated rounds.", default=10)
-    strategy: str = _help("Server strategy: fedavg, fedprox, fedadam, fedyogi, fedavgm.", default="fedavg")
+    strategy: StrategyName = _help("Server strategy: fedavg, fedprox, fedadam, fedyogi, fedavgm.",
+                                   default=StrategyName.FEDAVG)
     weighting: Weighting = _help(
         "FedAvg weights: 'examples' (n_k / n, the FedAvg paper) or 'uniform' (every client counts the same).",
         default=Weighting.EXAMPLES,
@@ -295,11 +307,6 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(
         cfg.transfer.source_epochs >= 1, "transfer.source_epochs", "an integer >= 1", cfg.transfer.source_epochs
     )
-    # A strategy name is checked here, not at round 1, so a typo fails before any model is loaded.
-    from mfpt.strategy import STRATEGIES  # local import: strategy imports flwr, config must stay light
-
-    if f.strategy not in STRATEGIES:
-        raise ConfigError("federation.strategy: " + unknown_name_message("strategy", f.strategy, STRATEGIES.names()))
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -319,7 +326,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return annotation(value)
         if isinstance(value, annotation):
             return value
-        raise ConfigError(f"{key} = {value!r} is not allowed: must be one of {', '.join(map(repr, allowed))}.")
+        raise ConfigError(f"{key} = {value!r} is not allowed: must be one of {', '.join(map(repr, allowed))}."
+                          + did_you_mean(value, allowed))
     if origin is tuple:
         (item_type, _) = typing.get_args(annotation)
         if isinstance(value, str):  # run_config and --set carry lists as "a,b,c"
@@ -378,8 +386,31 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 
 def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
-    """Validate a nested dict (as read from TOML) into an ExperimentConfig."""
-    return _build(ExperimentConfig, raw, "")
+    """Validate a nested dict (as read from TOML) into an ExperimentConfig, language codes made canonical."""
+    cfg = _build(ExperimentConfig, raw, "")
+    canonical = _canonical_languages(cfg)
+    if all(getattr(getattr(cfg, s), k) == v for (s, k), v in canonical.items()):
+        return cfg
+    return _build(ExperimentConfig, set_dotted(to_dict(cfg), {f"{s}.{k}": list(v) for (s, k), v in canonical.items()}), "")
+
+
+# Every config key that lists languages; each is made canonical (ISO 639-3, script where it differs) once, here.
+LANGUAGE_KEYS = (("data", "languages"), ("data", "heldout_languages"), ("data", "low_resource"), ("transfer", "sources"))
+
+
+def _canonical_languages(cfg: ExperimentConfig) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The canonical form of every language list, refusing unknown codes, repeats and a trained held-out language."""
+    canonical = {}
+    for section, key in LANGUAGE_KEYS:
+        try:
+            canonical[(section, key)] = normalize_languages(getattr(getattr(cfg, section), key))
+        except ValueError as err:  # UnknownLanguageError, or two codes of one language
+            raise ConfigError(f"{section}.{key}: {err}") from None
+    both = [lang for lang in canonical[("data", "heldout_languages")] if lang in canonical[("data", "languages")]]
+    if both:
+        raise ConfigError(f"data.heldout_languages lists {both}, which data.languages also trains on; a held-out "
+                          "language must never train: remove it from one of the two lists.")
+    return canonical
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

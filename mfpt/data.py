@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from mfpt.errors import UserError
+from mfpt.benchmarks import BENCHMARKS  # importing it also registers the benchmark sources in DATA_SOURCES
 from mfpt.config import DataConfig, ExperimentConfig, Partition
-from mfpt.registry import Registry
 
-# Universal schema. Every source ends in a DataFrame with these columns, so nothing downstream knows its origin.
-TEXT, TEXT_PAIR, LABEL, LANG, SPLIT = "text", "text_pair", "label", "lang", "split"
-SPLITS = ("train", "validation", "test")
-
-# A source turns the data section of the config into a universal-schema DataFrame (label as str, lang canonical,
-# split filled in). Sources may read only the languages asked for; selection, caps and splits happen here after.
-DataSource = Callable[[DataConfig], pd.DataFrame]
-DATA_SOURCES: Registry[DataSource] = Registry("data source")
-
-
-class DataError(UserError, ValueError):
-    """Data that cannot serve the experiment; the message names the file, column or language and the fix."""
+# The schema, the registry and read_table are defined in mfpt.sources; callers keep importing them from here.
+from mfpt.sources import (  # noqa: F401
+    DATA_SOURCES,
+    LABEL,
+    LANG,
+    SPLIT,
+    SPLITS,
+    TEXT,
+    TEXT_PAIR,
+    DataError,
+    read_table,
+)
 
 
 @dataclass(frozen=True)
@@ -76,127 +72,16 @@ class PreparedData:
         return rows.iloc[parts[client.shard]].reset_index(drop=True)
 
 
-# ------------------------------------------------------------------------------------------ reading
-
-_READERS = {
-    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
-    ".json": lambda p: pd.read_json(p, lines=True, dtype=False),
-    ".csv": lambda p: pd.read_csv(p, dtype={LABEL: str, LANG: str, SPLIT: str}, keep_default_na=False),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t", dtype={LABEL: str, LANG: str, SPLIT: str}, keep_default_na=False),
-    ".parquet": pd.read_parquet,
-}
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a JSONL, CSV, TSV or Parquet file, or every such file in a directory, into one DataFrame."""
-    path = Path(path).expanduser()
-    if not str(path) or not path.exists():
-        raise DataError(
-            f"Data file {str(path)!r} does not exist; set data.path to a JSONL, CSV or Parquet file "
-            "(or a directory of them) in the universal schema."
-        )
-    files = sorted(p for p in path.iterdir() if p.suffix in _READERS) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"Directory {str(path)!r} holds no {', '.join(_READERS)} files.")
-    frames = []
-    for file in files:
-        reader = _READERS.get(file.suffix.lower())
-        if reader is None:
-            raise DataError(f"Data file {str(file)!r} has an unknown extension; use one of {', '.join(_READERS)}.")
-        try:
-            frame = reader(file)
-        except ValueError as err:
-            raise DataError(f"Data file {str(file)!r} could not be parsed as {file.suffix}: {err}") from None
-        frames.append(check_schema(frame, str(file)))
-    return pd.concat(frames, ignore_index=True)
-
-
-def check_schema(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
-    """Refuse missing columns and empty cells; return text/label/lang as clean strings, languages normalised."""
-    missing = [c for c in (TEXT, LABEL, LANG) if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{origin} lacks column(s) {', '.join(map(repr, missing))}; the universal schema needs text, label, "
-            f"lang (optional: text_pair, split). Columns found: {', '.join(map(str, frame.columns))}."
-        )
-    frame = frame.copy()
-    for column in (TEXT, LABEL, LANG) + ((TEXT_PAIR,) if TEXT_PAIR in frame.columns else ()):
-        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
-        if empty.any():
-            row = int(empty.to_numpy().nonzero()[0][0])
-            raise DataError(f"{origin}: column {column!r} is empty in {int(empty.sum())} row(s), first at row {row}.")
-        frame[column] = frame[column].astype(str) if column != LABEL else frame[column].map(_label_str)
-    frame[LANG] = [_normalize(code, origin) for code in frame[LANG]]
-    if SPLIT in frame.columns:
-        frame[SPLIT] = frame[SPLIT].astype(str).str.strip().str.lower().replace({"dev": "validation", "valid": "validation"})
-        bad = sorted(set(frame[SPLIT]) - set(SPLITS))
-        if bad:
-            raise DataError(f"{origin}: column 'split' has value(s) {bad}; allowed: {', '.join(SPLITS)}.")
-    return frame
-
-
-def _label_str(value: object) -> str:
-    # Integer labels (possibly read as floats, e.g. 1.0) become "1", so ints and their strings mean the same label.
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def _normalize(code: object, origin: str) -> str:
-    from mfpt.languages import UnknownLanguageError
-
-    try:
-        return _normalize_cached(str(code))
-    except UnknownLanguageError as err:
-        raise DataError(f"{origin}: {err}") from None
-
-
-@functools.lru_cache(maxsize=4096)
-def _normalize_cached(code: str) -> str:
-    # Datasets repeat a handful of codes thousands of times; normalising each distinct code once is enough.
-    from mfpt.languages import normalize_language
-
-    return normalize_language(code)
-
-
-@DATA_SOURCES.register("files")
-def load_files(data: DataConfig) -> pd.DataFrame:
-    """Local files in the universal schema (data.path)."""
-    if not data.path:
-        raise DataError("data.source = 'files' needs data.path: a JSONL, CSV or Parquet file in the universal schema.")
-    return read_table(data.path)
-
-
-UDHR_TOPICS_PATH = Path(__file__).resolve().parent.parent / "data" / "udhr-topics" / "udhr-topics.jsonl"
-
-
-@DATA_SOURCES.register("udhr-topics")
-def load_udhr_topics(data: DataConfig) -> pd.DataFrame:
-    """The shipped UDHR topic-classification dataset (data/udhr-topics; data.path overrides its location)."""
-    path = Path(data.path) if data.path else UDHR_TOPICS_PATH
-    if not path.exists():
-        raise DataError(
-            f"udhr-topics file {str(path)!r} is missing; rebuild it with `python scripts/build_udhr_topics.py`."
-        )
-    return read_table(path)
-
-
 # ------------------------------------------------------------------------------------------ preparing
 
 
 def load_source(data: DataConfig) -> pd.DataFrame:
     """The configured source's rows, in the universal schema."""
-    if data.source not in DATA_SOURCES:
-        import mfpt.benchmarks  # noqa: F401  (registers the benchmark loaders on first use)
     return DATA_SOURCES.get(data.source)(data)
 
 
 def source_labels(data: DataConfig) -> tuple[str, ...]:
     """The label order a benchmark declares, if the source is one (else empty)."""
-    try:
-        from mfpt.benchmarks import BENCHMARKS
-    except ImportError:
-        return ()
     info = BENCHMARKS.get(data.source)
     return tuple(info.labels) if info is not None else ()
 
@@ -261,11 +146,9 @@ def prepare(cfg: ExperimentConfig) -> PreparedData:
     data = cfg.data
     frame = split_missing(load_source(data), data.test_fraction, cfg.seed)
     available = sorted(set(frame[LANG]))
-    languages = normalize_all(data.languages) or tuple(available)
-    heldout = normalize_all(data.heldout_languages)
-    overlap = sorted(set(languages) & set(heldout))
-    if overlap:
-        raise DataError(f"Language(s) {overlap} are both in data.languages and data.heldout_languages; pick one.")
+    # The config made every language list canonical (and refused overlaps) when it was parsed.
+    languages = tuple(data.languages) or tuple(available)
+    heldout = tuple(data.heldout_languages)
     absent = [lang for lang in languages + heldout if lang not in available]
     if absent:
         raise DataError(
@@ -310,31 +193,20 @@ def client_layout(languages: tuple[str, ...], heldout: tuple[str, ...], shards: 
 
 
 def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The config with canonical language codes, and data.languages / data.labels filled in from the data when
-    empty, so every party (server, clients, reports) agrees on them."""
+    """The config with data.languages / data.labels filled in from the data when empty, so every party (server,
+    clients, reports) agrees on them."""
     if cfg.data.languages and cfg.data.labels:
-        languages, heldout, labels = (normalize_all(cfg.data.languages), normalize_all(cfg.data.heldout_languages),
-                                      cfg.data.labels)
+        languages, heldout, labels = cfg.data.languages, cfg.data.heldout_languages, cfg.data.labels
     else:
         prepared = prepare(cfg)
         languages, heldout, labels = prepared.languages, prepared.heldout, prepared.labels
-    low_resource = normalize_all(cfg.data.low_resource)
+    low_resource = cfg.data.low_resource
     stray = [lang for lang in low_resource if lang not in languages + heldout]
     if stray:
         raise DataError(f"data.low_resource lists {stray}, which are not languages of this run "
                         f"({', '.join(languages + heldout)}); drop them or add them to data.languages.")
     return cfg.replace(**{"data.languages": list(languages), "data.labels": list(labels),
                           "data.heldout_languages": list(heldout), "data.low_resource": list(low_resource)})
-
-
-def normalize_all(codes: tuple[str, ...]) -> tuple[str, ...]:
-    """Canonical codes for a config list, refusing unknown codes and duplicates."""
-    from mfpt.languages import UnknownLanguageError, normalize_languages
-
-    try:
-        return tuple(normalize_languages(codes))
-    except UnknownLanguageError as err:
-        raise DataError(str(err)) from None
 
 
 def derive_data_seed(seed: int, lang: str, split: str) -> int:

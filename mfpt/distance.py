@@ -1,4 +1,5 @@
-"""URIEL language distances (pairwise matrices, cached) and the distance-vs-gain analysis behind `mfpt report`.
+"""URIEL language distances (pairwise matrices, cached), the distance-vs-gain analysis behind `mfpt report` (its
+figures are drawn by mfpt.figures) and `mfpt distance`.
 
 Source choice: the URIEL feature files shipped in the `lang2vec==1.1.2` wheel, located through
 importlib.metadata and read with numpy; no lang2vec code is ever imported. Why not the alternatives:
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -51,6 +51,8 @@ import pandas as pd
 from mfpt.errors import UserError
 from mfpt.io import atomic_write, write_json
 from mfpt.languages import base_language, language_name, normalize_languages
+from mfpt.registry import UnknownNameError, unknown_name_message
+from mfpt.stats import mean
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +159,7 @@ def uriel_source() -> str:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), KINDS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown distance kind {kind!r}.{hint} Available: {', '.join(KINDS)}.")
+        raise UnknownNameError(unknown_name_message("distance kind", kind, list(KINDS)))
 
 
 def _uriel_rows(codes: Sequence[str], kind: str) -> tuple[list[int], dict[str, str]]:
@@ -464,7 +464,7 @@ MEASURES: dict[str, str] = {
 
 @dataclass(frozen=True, eq=False)
 class DistanceAnalysis:
-    """Per-language distances, their correlations with the gains, and the figures written for the report."""
+    """Per-language distances and their correlations with the gains (mfpt.figures draws them, to_markdown reports them)."""
 
     languages: tuple[str, ...]  # the run's languages, canonical
     reference: tuple[str, ...]
@@ -474,15 +474,23 @@ class DistanceAnalysis:
     to_federation: pd.DataFrame
     matrices: dict[str, pd.DataFrame]  # kind -> pairwise matrix of the run's languages
     correlations: tuple[Correlation, ...]
-    figures: dict[str, Path]  # "reference" / "federation" / "heatmap" -> PNG path
     source: str
+
+    def distances(self, measure: str) -> pd.DataFrame:
+        """Per-language distances for a measure of MEASURES: to the reference set or to the rest of the federation."""
+        return {"reference": self.to_reference, "federation": self.to_federation}[measure]
+
+    def correlation(self, kind: str, measure: str, gain: str) -> Correlation:
+        """The correlation of one distance kind and measure with one gain."""
+        return next(c for c in self.correlations if (c.kind, c.measure, c.gain) == (kind, measure, gain))
 
     def correlations_frame(self) -> pd.DataFrame:
         """One row per (kind, measure, gain) with n, r, rho and p-values."""
         return pd.DataFrame([dataclasses.asdict(c) for c in self.correlations])
 
-    def to_markdown(self, rel_dir: str | os.PathLike = ".", level: int = 2) -> str:
-        """A Markdown section (tables + image links relative to `rel_dir`) for the report to embed."""
+    def to_markdown(self, figures: Mapping[str, Path], rel_dir: str | os.PathLike = ".", level: int = 2) -> str:
+        """A Markdown section for the report to embed: tables, and links (relative to `rel_dir`) to `figures`
+        ("reference" / "federation" / "heatmap" -> PNG, as mfpt.figures.plot_distance_analysis names them)."""
         h = "#" * level
         ref = ", ".join(self.reference)
         lines = [
@@ -496,21 +504,21 @@ class DistanceAnalysis:
         notes = substitution_notes(self.matrices)
         if notes:
             lines += [*(f"- {note}" for note in notes), ""]
-        for measure, frame in (("reference", self.to_reference), ("federation", self.to_federation)):
+        for measure in MEASURES:
             lines += [f"{h}# {MEASURES[measure].capitalize()}", ""]
-            lines += _markdown_table(frame.join(self.gains), digits={**{k: 3 for k in self.kinds},
+            lines += _markdown_table(self.distances(measure).join(self.gains), digits={**{k: 3 for k in self.kinds},
                                                                      **{g: 1 for g in self.gains.columns}})
-            lines += ["", f"![{MEASURES[measure]} vs. gain]({_link(rel_dir, self.figures[measure])})", ""]
+            lines += ["", f"![{MEASURES[measure]} vs. gain]({_link(rel_dir, figures[measure])})", ""]
         lines += [f"{h}# Correlations", "",
                   "| distance kind | distance to | gain | n | Pearson r | p | Spearman ρ | p | note |",
                   "|---|---|---|---:|---:|---:|---:|---:|---|"]
         for c in self.correlations:
             lines.append(
-                f"| {c.kind} | {c.measure} | {c.gain} | {c.n} | {_fmt(c.pearson_r, 2)} | {_fmt_p(c.pearson_p)} | "
-                f"{_fmt(c.spearman_rho, 2)} | {_fmt_p(c.spearman_p)} | {c.note} |"
+                f"| {c.kind} | {c.measure} | {c.gain} | {c.n} | {format_number(c.pearson_r, 2)} | {format_p(c.pearson_p)} | "
+                f"{format_number(c.spearman_rho, 2)} | {format_p(c.spearman_p)} | {c.note} |"
             )
         lines += ["", f"{h}# Pairwise distances of the run's languages", "",
-                  f"![pairwise distance heatmaps]({_link(rel_dir, self.figures['heatmap'])})", ""]
+                  f"![pairwise distance heatmaps]({_link(rel_dir, figures['heatmap'])})", ""]
         return "\n".join(lines)
 
 
@@ -519,11 +527,8 @@ def distance_analysis(
     languages: Sequence[str],
     reference: Sequence[str],
     kinds: Sequence[str] = KINDS,
-    out_dir: Path | str | None = None,
 ) -> DistanceAnalysis:
-    """Distances of each language to `reference` and to the federation vs. its gains; writes PNGs into out_dir."""
-    if out_dir is None:  # no silent default: figures dropped into the working directory get lost
-        raise TypeError("distance_analysis needs out_dir, the folder for its figures (e.g. the report's folder).")
+    """Distances of each language to `reference` and to the federation, and their correlations with its gains."""
     if not kinds:
         raise DistanceAnalysisError(f"No distance kinds to analyse; pass some of: {', '.join(KINDS)}.")
     for kind in kinds:
@@ -554,16 +559,8 @@ def distance_analysis(
         for kind in kinds
     )
     matrices = {kind: full[kind].loc[list(langs), list(langs)] for kind in kinds}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    by_key = {(c.kind, c.measure, c.gain): c for c in correlations}
-    figures = {
-        measure: _scatter_figure(frame, gain_frame, by_key, measure, out / f"distance_vs_gain_{measure}.png")
-        for measure, frame in (("reference", to_ref), ("federation", to_fed))
-    }
-    figures["heatmap"] = _heatmap_figure(matrices, out / "distance_heatmaps.png")
     return DistanceAnalysis(tuple(langs), tuple(ref), tuple(kinds), gain_frame, to_ref, to_fed, matrices,
-                            correlations, figures, uriel_source())
+                            correlations, uriel_source())
 
 
 def _gain_frame(gains: Mapping[str, Mapping[str, float]], langs: Sequence[str]) -> pd.DataFrame:
@@ -583,95 +580,23 @@ def _gain_frame(gains: Mapping[str, Mapping[str, float]], langs: Sequence[str]) 
 
 
 def _mean_to(matrix: pd.DataFrame, lang: str, others: Sequence[str]) -> float:
+    """Mean distance of `lang` to `others` over the pairs URIEL defines (NaN when none)."""
     values = matrix.loc[lang, list(others)].to_numpy(dtype=float) if others else np.array([])
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else float("nan")
-
-
-# --------------------------------------------------------------------------------------------------
-# Figures (matplotlib's object API with the Agg canvas: no pyplot, no global backend switch, no display)
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    return path
-
-
-def _scatter_figure(distances: pd.DataFrame, gains: pd.DataFrame, correlations: Mapping[tuple[str, str, str], Correlation],
-                    measure: str, path: Path) -> Path:
-    kinds, names = list(distances.columns), list(gains.columns)
-    fig = _new_figure(3.1 * len(kinds), 2.9 * max(len(names), 1))
-    axes = np.atleast_2d(fig.subplots(max(len(names), 1), len(kinds), squeeze=False))
-    for row, gain in enumerate(names):
-        for col, kind in enumerate(kinds):
-            ax = axes[row, col]
-            x, y = distances[kind].to_numpy(float), gains[gain].to_numpy(float)
-            keep = np.isfinite(x) & np.isfinite(y)
-            ax.scatter(x[keep], y[keep], s=22, color="tab:blue")
-            for lang, xi, yi in zip(distances.index[keep], x[keep], y[keep]):
-                ax.annotate(lang, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=8)
-            if keep.sum() >= 2 and np.ptp(x[keep]) > 0:
-                slope, intercept = np.polyfit(x[keep], y[keep], 1)
-                xs = np.linspace(x[keep].min(), x[keep].max(), 2)
-                ax.plot(xs, slope * xs + intercept, color="tab:red", linewidth=1)
-            c = correlations[(kind, measure, gain)]
-            ax.set_title(f"{kind}\nr={_fmt(c.pearson_r, 2)} (p={_fmt_p(c.pearson_p)}), "
-                         f"ρ={_fmt(c.spearman_rho, 2)} (p={_fmt_p(c.spearman_p)})", fontsize=8)
-            ax.axhline(0, color="grey", linewidth=0.5)
-            ax.tick_params(labelsize=7)
-            if row == len(names) - 1:
-                ax.set_xlabel(MEASURES[measure], fontsize=8)
-            if col == 0:
-                ax.set_ylabel(f"{gain}\n(accuracy points)", fontsize=8)
-    return _save(fig, path)
-
-
-def _heatmap_figure(matrices: Mapping[str, pd.DataFrame], path: Path) -> Path:
-    kinds = list(matrices)
-    cols = min(3, len(kinds))
-    rows = math.ceil(len(kinds) / cols)
-    n = len(next(iter(matrices.values())))
-    side = max(3.0, 0.45 * n + 1.5)
-    fig = _new_figure(side * cols, side * rows)
-    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    image = None
-    for ax, kind in zip(axes, kinds):
-        m = matrices[kind]
-        image = ax.imshow(m.to_numpy(float), vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_xticks(range(n), list(m.columns), rotation=90, fontsize=7)
-        ax.set_yticks(range(n), list(m.index), fontsize=7)
-        ax.set_title(kind, fontsize=9)
-        if n <= 15:  # beyond that the numbers overlap; the colour still reads
-            for i in range(n):
-                for j in range(n):
-                    v = m.iat[i, j]
-                    ax.text(j, i, "–" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if (math.isnan(v) or v < 0.6) else "black")
-    for ax in axes[len(kinds):]:
-        ax.set_visible(False)
-    if image is not None:
-        fig.colorbar(image, ax=list(axes[: len(kinds)]), shrink=0.6, label="URIEL distance")
-    return _save(fig, path)
+    found = mean(values[np.isfinite(values)])
+    return float("nan") if found is None else found
 
 
 # --------------------------------------------------------------------------------------------------
 # Formatting
 
 
-def _fmt(value: float, digits: int) -> str:
+def format_number(value: float | None, digits: int) -> str:
+    """`value` with `digits` decimals, or 'n/a' when it is undefined (None or NaN)."""
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _fmt_p(p: float) -> str:
+def format_p(p: float | None) -> str:
+    """A p-value with three decimals ('<0.001' below that), or 'n/a' when it is undefined."""
     if p is None or not math.isfinite(p):
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -686,7 +611,7 @@ def _markdown_table(frame: pd.DataFrame, digits: Mapping[str, int]) -> list[str]
     header = ["language", *map(str, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(frame.columns)]
     for lang, row in frame.iterrows():
-        cells = [f"{lang} ({_name(str(lang))})"] + [_fmt(row[c], digits.get(c, 3)) for c in frame.columns]
+        cells = [f"{lang} ({_name(str(lang))})"] + [format_number(row[c], digits.get(c, 3)) for c in frame.columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -710,7 +635,7 @@ def format_matrix(frame: pd.DataFrame, title: str, digits: int = 2) -> str:
     label = max(len(str(i)) for i in frame.index) + 1
     lines = [title, " " * label + "".join(f"{c:>{width}}" for c in frame.columns)]
     for lang, row in frame.iterrows():
-        lines.append(f"{lang:<{label}}" + "".join(f"{_fmt(v, digits):>{width}}" for v in row))
+        lines.append(f"{lang:<{label}}" + "".join(f"{format_number(v, digits):>{width}}" for v in row))
     return "\n".join(lines)
 
 

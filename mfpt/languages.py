@@ -22,6 +22,7 @@ from importlib import resources
 from typing import Iterable
 
 from mfpt.errors import UserError
+from mfpt.registry import close_names
 
 __all__ = [
     "UnknownLanguageError",
@@ -218,6 +219,9 @@ def _unknown_message(code: str, subtag: str) -> str:
     # Prefer well-known languages (those with a 639-1 code or a FLORES stand-in); 8,000 codes match anything.
     known = {MACRO_DOMINANT.get(lang.code, lang.code) for lang in table.by_code.values() if lang.part1}
     known |= set(MACRO_DOMINANT.values()) | set(DEFAULT_SCRIPT)
+    # Codes differ on purpose from the project's close-name rule (mfpt.registry.close_names): a stricter cutoff,
+    # since any two three-letter codes share letters, and a ranking by shared prefix before similarity, since a
+    # typo usually keeps a code's first letters ('swz' -> 'swe', 'swh' before 'ssw'); ties go alphabetically.
     pool = sorted(known) if len(subtag) <= 3 else []
     ranked = sorted(
         (c for c in pool if difflib.SequenceMatcher(None, subtag, c).ratio() >= 0.6),
@@ -227,7 +231,7 @@ def _unknown_message(code: str, subtag: str) -> str:
     # A language name typed where a code belongs ("Swahili") gets its code suggested.
     names = {lang.name.lower(): MACRO_DOMINANT.get(lang.code, lang.code) for lang in table.by_code.values()
              if lang.scope in ("I", "M") and not lang.replaced_by}
-    for name in difflib.get_close_matches(code.strip().lower(), list(names), n=2, cutoff=0.8):
+    for name in close_names(code.strip().lower(), names, n=2, cutoff=0.8):
         if names[name] not in close:
             close.insert(0, names[name])
     hint = ", ".join(f"{c!r} ({table.by_code[c].name})" for c in close)

@@ -35,25 +35,23 @@ from typing import Any
 
 import pandas as pd
 import torch
+from flwr.simulation import run_simulation
 
+from mfpt.client_app import app as client_app
 from mfpt.config import ExperimentConfig
-from mfpt.data import ClientSpec, DataError, client_layout, normalize_all, resolve
+from mfpt.data import ClientSpec, DataError, client_layout, resolve
 from mfpt.model import load_trainable_state, trainable_state
 from mfpt.results import RunRecorder
+from mfpt.run_result import RunResult, read_result
 from mfpt.runtime import Runtime, get_runtime
+from mfpt.server_app import build_server_app
 from mfpt.specs import PARADIGMS
 from mfpt.train import EvalCounts, derive_seed, evaluate, steps_per_round, train
 
 log = logging.getLogger("mfpt")
 
-def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:
     """Flower simulation on this machine: one virtual SuperNode per client."""
-    from flwr.simulation import run_simulation
-
-    from mfpt.client_app import app as client_app
-    from mfpt.io import read_json
-    from mfpt.server_app import build_server_app
-
     cfg = resolve(cfg)
     if cfg.train.threads == 0:
         # Each simulated client gets the cores Ray reserves for it; torch's default would oversubscribe them.
@@ -72,7 +70,7 @@ def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet:
     }
     run_simulation(server_app=build_server_app(cfg, resume=resume, quiet=quiet), client_app=client_app,
                    num_supernodes=num_clients, backend_config=backend_config)  # type: ignore[arg-type]
-    return read_json(Path(cfg.output_dir).expanduser().resolve() / "results.json")
+    return read_result(Path(cfg.output_dir).expanduser().resolve())
 
 
 @dataclass
@@ -135,7 +133,7 @@ def _restore(learners: list[Learner], state: dict[str, torch.Tensor]) -> None:
 
 
 def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, learners: list[Learner],
-                stage1: Learner | None, heldout_by: list[Learner], resume: bool) -> dict[str, Any]:
+                stage1: Learner | None, heldout_by: list[Learner], resume: bool) -> RunResult:
     """Optional stage 1 (pooled sources, round 0), then `rounds` rounds of local steps for every learner."""
     checkpoint = recorder.begin(resume)
     done = -1
@@ -182,13 +180,13 @@ def _language_learners(cfg: ExperimentConfig, runtime: Runtime, initial: dict[st
             for lang in cfg.data.languages]
 
 
-def run_local(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_local(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:
     """Every language trains its own prompt on its own data only."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     return _run_rounds(cfg, runtime, recorder, _language_learners(cfg, runtime, initial), None, [], resume)
 
 
-def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:
     """All training languages pooled in one place; one model evaluated on every language."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     languages = tuple(cfg.data.languages)
@@ -198,7 +196,7 @@ def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = F
 
 
 def _source_learner(cfg: ExperimentConfig, runtime: Runtime, initial: dict[str, torch.Tensor], evaluates: tuple[str, ...]) -> Learner:
-    sources = normalize_all(cfg.transfer.sources)
+    sources = cfg.transfer.sources
     missing = [lang for lang in sources if lang not in runtime.data.languages]
     if missing:
         raise DataError(f"transfer.sources {missing} are not among the training languages "
@@ -206,7 +204,7 @@ def _source_learner(cfg: ExperimentConfig, runtime: Runtime, initial: dict[str, 
     return Learner("source", 10_000, ("train", "source"), _pool(runtime, sources), evaluates, _copy(initial))
 
 
-def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:
     """Train on the source languages only; evaluate every language with that model."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     everything = tuple(cfg.data.languages) + tuple(cfg.data.heldout_languages)
@@ -223,13 +221,13 @@ def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = Fals
     return recorder.finish()
 
 
-def run_transfer(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_transfer(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:
     """Stage 1 on the source languages, then each language fine-tunes that model alone."""
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     source = _source_learner(cfg, runtime, initial, tuple(cfg.data.heldout_languages))
     return _run_rounds(cfg, runtime, recorder, _language_learners(cfg, runtime, initial), source, [source], resume)
 
 
-def run_experiment(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:
     """Run `cfg` under its paradigm and return its results (also written to output_dir)."""
     return PARADIGMS.get(cfg.paradigm.value).runner()(cfg, resume, quiet)

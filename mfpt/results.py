@@ -2,14 +2,7 @@
 
 Every file is written atomically (temp file + rename), and a checkpoint is written last in a round, so the
 newest checkpoint always marks a fully recorded round: `--resume` continues from it and loses nothing.
-
-results.json schema (every paradigm writes the same):
-  name, paradigm, method, model, seed, trainable_params, total_params, rounds, languages, heldout_languages,
-  low_resource, labels, per_language {lang: {accuracy, macro_f1, loss, n_test}}, heldout {same},
-  average {accuracy, macro_f1}, low_resource_average {...}, heldout_average {...},
-  communication {bytes_up_per_round, bytes_down_per_round, total_bytes, full_model_bytes, clients_per_round},
-  local_steps {client: steps over the whole run}, protocol (what was tuned on which data, mfpt.paradigms.protocol),
-  refused_updates, wall_seconds, config, versions, created
+results.json is a `mfpt.run_result.RunResult` (typed and versioned; every paradigm writes the same schema).
 """
 
 from __future__ import annotations
@@ -30,12 +23,15 @@ import torch
 from mfpt.errors import UserError
 from mfpt import io
 from mfpt.config import ExperimentConfig, to_dict, to_toml
+from mfpt.report import render_run_report
+from mfpt.run_result import RESULTS_FILE, Communication, LanguageScore, MeanScore, RunResult, write_result
 from mfpt.specs import protocol
+from mfpt.stats import mean
 from mfpt.train import EvalCounts
 
 log = logging.getLogger("mfpt")
 
-RESULTS = "results.json"
+RESULTS = RESULTS_FILE
 METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
 PROGRESS = "progress.json"
@@ -98,15 +94,16 @@ def versions() -> dict[str, str]:
 
 
 def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
+    """One language's evaluation as a metrics.jsonl row (the fields of a LanguageScore)."""
     return {"accuracy": counts.accuracy, "macro_f1": counts.macro_f1, "loss": counts.mean_loss, "n_test": counts.n}
 
 
-def mean_block(per_language: Mapping[str, Mapping[str, float]], languages: list[str]) -> dict[str, float] | None:
+def mean_block(per_language: Mapping[str, LanguageScore], languages: list[str]) -> MeanScore | None:
     """Unweighted mean over `languages` (the XTREME convention), or None when none has results."""
     present = [per_language[lang] for lang in languages if lang in per_language]
     if not present:
         return None
-    return {key: float(np.mean([m[key] for m in present])) for key in ("accuracy", "macro_f1")}
+    return MeanScore(mean([s.accuracy for s in present]), mean([s.macro_f1 for s in present]))
 
 
 @dataclass
@@ -210,8 +207,8 @@ class RunRecorder:
         if not self.quiet:
             trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
             accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
-            mean = f"{100 * float(np.mean(trained)):.1f}" if trained else "-"
-            print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {mean} | {accs}", flush=True)
+            shown = f"{100 * mean(trained):.1f}" if trained else "-"
+            print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {shown} | {accs}", flush=True)
 
     def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None) -> None:
         """Checkpoint the global state, then mark the round complete (in that order)."""
@@ -221,47 +218,40 @@ class RunRecorder:
                                                 "wall_seconds": time.time() - self.started})
 
     # ---------------------------------------------------------------------------------- final
-    def finish(self) -> dict[str, Any]:
-        """Write results.json and report.md from the last evaluated round in metrics.jsonl; return the results."""
-        from mfpt.report import render_run_report
-
+    def finish(self) -> RunResult:
+        """Write results.json and report.md from the last evaluated round in metrics.jsonl; return the result."""
         cfg = self.cfg
         curves = io.read_jsonl(self.out_dir / METRICS)
         evaluated = [r for r in curves if r["split"] == cfg.data.eval_split]
         last = max((int(r["round"]) for r in evaluated), default=0)
-        final = {r["lang"]: {k: r[k] for k in ("accuracy", "macro_f1", "loss", "n_test")}
+        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"])
                  for r in evaluated if int(r["round"]) == last}
         languages, heldout = list(cfg.data.languages), list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}
         held = {lang: final[lang] for lang in heldout if lang in final}
-        rounds = len(self.comm) or 1
         up = [c["bytes_up"] for c in self.comm]
         down = [c["bytes_down"] for c in self.comm]
-        results = {
-            "name": cfg.name, "paradigm": cfg.paradigm.value, "method": cfg.peft.method.value, "model": cfg.model.name,
-            "seed": cfg.seed, "trainable_params": self.trainable_params, "total_params": self.total_params,
-            "rounds": cfg.federation.rounds, "languages": languages, "heldout_languages": heldout,
-            "low_resource": [lang for lang in cfg.data.low_resource], "labels": list(cfg.data.labels),
-            "per_language": per_language, "heldout": held,
-            "average": mean_block(per_language, languages),
-            "low_resource_average": mean_block(per_language, list(cfg.data.low_resource)),
-            "heldout_average": mean_block(held, heldout),
-            "communication": {
-                "bytes_up_per_round": int(np.mean(up)) if up else 0,
-                "bytes_down_per_round": int(np.mean(down)) if down else 0,
-                "total_bytes": int(sum(up) + sum(down)),
-                "full_model_bytes": self.total_params * 4,
-                "clients_per_round": round(float(np.mean([c["clients"] for c in self.comm])), 2) if self.comm else 0,
-                "rounds_recorded": rounds if self.comm else 0,
-            },
-            "local_steps": self.local_steps,
-            "protocol": protocol(cfg),
-            "refused_updates": self.refusals,
-            "wall_seconds": round(time.time() - self.started, 2),
-            "config": to_dict(cfg),
-            "versions": versions(),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        io.write_json(self.out_dir / RESULTS, results)
-        io.write_text(self.out_dir / "report.md", render_run_report(results, curves))
-        return results
+        communication = Communication(
+            bytes_up_per_round=int(np.mean(up)) if up else 0,
+            bytes_down_per_round=int(np.mean(down)) if down else 0,
+            total_bytes=int(sum(up) + sum(down)),
+            full_model_bytes=self.total_params * 4,
+            clients_per_round=round(float(np.mean([c["clients"] for c in self.comm])), 2) if self.comm else 0,
+            rounds_recorded=len(self.comm),
+        )
+        result = RunResult(
+            name=cfg.name, paradigm=cfg.paradigm.value, method=cfg.peft.method.value, model=cfg.model.name,
+            seed=cfg.seed, trainable_params=self.trainable_params, total_params=self.total_params,
+            rounds=cfg.federation.rounds, languages=languages, heldout_languages=heldout,
+            low_resource=list(cfg.data.low_resource), labels=list(cfg.data.labels),
+            per_language=per_language, heldout=held,
+            average=mean_block(per_language, languages),
+            low_resource_average=mean_block(per_language, list(cfg.data.low_resource)),
+            heldout_average=mean_block(held, heldout),
+            communication=communication, local_steps=self.local_steps, protocol=protocol(cfg),
+            refused_updates=self.refusals, wall_seconds=round(time.time() - self.started, 2), config=to_dict(cfg),
+            versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        write_result(self.out_dir, result)
+        io.write_text(self.out_dir / "report.md", render_run_report(result, curves))
+        return result

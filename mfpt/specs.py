@@ -139,7 +139,7 @@ def _stage1(cfg: ExperimentConfig) -> str:
 def _federated(cfg: ExperimentConfig) -> str:
     tuned, frozen, per_round = _steps(cfg)
     return (f"Every language is a client that tunes {tuned}{frozen} for {per_round}, {cfg.federation.rounds} rounds; "
-            f"the server averages ({cfg.federation.strategy}) and sends back only the trainable tensors.")
+            f"the server averages ({cfg.federation.strategy.value}) and sends back only the trainable tensors.")
 
 
 def _local(cfg: ExperimentConfig) -> str:

@@ -29,21 +29,13 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 from mfpt.config import ExperimentConfig, Weighting
 from mfpt.data import ClientSpec
 from mfpt.model import UpdateError, check_update
+from mfpt.protocol import (ARRAYS, CLIENT_KEY, EVAL_LOSS_SUM_KEY, EXAMPLES_KEY, METRICS, ROUND_KEY, TRAIN_LOSS_KEY,
+                           TRAIN_METRICS, TRAIN_STEPS_KEY, WEIGHT_KEY, decode_confusion)
 from mfpt.registry import Registry
+from mfpt.stats import mean
 from mfpt.train import EvalCounts, derive_seed
 
 log = logging.getLogger("mfpt")
-
-# Keys of the messages between server and clients (identical for every client, as Flower requires).
-ROUND_KEY = "mfpt.round"
-CLIENT_KEY = "client-index"
-EXAMPLES_KEY = "num-examples"
-WEIGHT_KEY = "mfpt-weight"
-
-
-def confusion_key(gold: int, predicted: int) -> str:
-    return f"cm-{gold}-{predicted}"
-
 
 StrategyFactory = Callable[[ExperimentConfig], tuple[type, dict[str, Any]]]
 STRATEGIES: Registry[StrategyFactory] = Registry("strategy")
@@ -56,7 +48,7 @@ def _fedavg(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
 
 @STRATEGIES.register("fedprox")
 def _fedprox(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
-    # FedProx only sends mu ("proximal-mu"); the client's training loop adds the proximal term.
+    # FedProx only sends mu (protocol.PROXIMAL_MU_KEY); the client's training loop adds the proximal term.
     return FedProx, {"proximal_mu": cfg.federation.proximal_mu}
 
 
@@ -209,12 +201,12 @@ class MfptStrategy:
             accepted.append((node, msg))  # type: ignore[arg-type]
         accepted.sort(key=lambda pair: pair[0].index)
         for node, msg in accepted:
-            metrics = msg.content["metrics"]
+            metrics = msg.content[METRICS]
             metrics[WEIGHT_KEY] = float(node.num_train) if self.cfg.federation.weighting == Weighting.EXAMPLES else 1.0
         rows = [{"client": node.client.name(self.cfg.federation.clients_per_language), "lang": node.client.lang,
-                 "loss": float(msg.content["metrics"]["train-loss"]), "steps": int(msg.content["metrics"]["train-steps"]),
+                 "loss": float(msg.content[METRICS][TRAIN_LOSS_KEY]), "steps": int(msg.content[METRICS][TRAIN_STEPS_KEY]),
                  "n": node.num_train} for node, msg in accepted]
-        bytes_up = sum(msg.content["arrays"].count_bytes() for _, msg in accepted)
+        bytes_up = sum(msg.content[ARRAYS].count_bytes() for _, msg in accepted)
         self.listener.on_train(round_, rows, bytes_up, getattr(self, "_bytes_down", 0))
         required = self.cfg.federation.min_clients or 1
         if len(accepted) < required:
@@ -233,15 +225,15 @@ class MfptStrategy:
         if node is None:
             return "reply from a node that did not take part in the handshake"
         content = msg.content
-        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
-            return "reply lacks its 'arrays' or 'metrics' record"
-        metrics = content["metrics"]
-        for key in ("train-loss", "train-steps", EXAMPLES_KEY, CLIENT_KEY):
+        if ARRAYS not in content.array_records or METRICS not in content.metric_records:
+            return f"reply lacks its {ARRAYS!r} or {METRICS!r} record"
+        metrics = content[METRICS]
+        for key in TRAIN_METRICS:
             if key not in metrics:
                 return f"metric {key!r} missing"
         if int(metrics[CLIENT_KEY]) != node.index:
             return f"client-index {metrics[CLIENT_KEY]} does not match the handshake ({node.index})"
-        update = content["arrays"].to_torch_state_dict()
+        update = content[ARRAYS].to_torch_state_dict()
         try:
             check_update(update, self.spec, origin="update")
         except UpdateError as err:
@@ -266,16 +258,15 @@ class MfptStrategy:
                 reason = f"client error: {msg.error.reason}" if msg.has_error() else "unknown node"
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"evaluation: {reason}")
                 continue
-            metrics = msg.content["metrics"]
-            confusion = np.array([[int(metrics[confusion_key(g, p)]) for p in range(num_labels)] for g in range(num_labels)])
-            counts = EvalCounts(num_labels, int(metrics[EXAMPLES_KEY]), float(metrics["eval-loss-sum"]), confusion)
+            metrics = msg.content[METRICS]
+            counts = EvalCounts(num_labels, int(metrics[EXAMPLES_KEY]), float(metrics[EVAL_LOSS_SUM_KEY]),
+                                decode_confusion(metrics, num_labels))
             per_language[node.client.lang] = per_language.get(node.client.lang, EvalCounts(num_labels)) + counts
         self.listener.on_evaluate(round_, per_language, getattr(self, "_eval_bytes_down", 0))
         trained = [c for lang, c in per_language.items() if lang in self.cfg.data.languages]
         if not trained:
             return None
-        return MetricRecord({"accuracy": float(np.mean([c.accuracy for c in trained])),
-                             "macro-f1": float(np.mean([c.macro_f1 for c in trained]))})
+        return MetricRecord({"accuracy": mean(c.accuracy for c in trained), "macro-f1": mean(c.macro_f1 for c in trained)})
 
     # ------------------------------------------------------------------------------ resume
     def server_state(self) -> dict[str, np.ndarray]:
@@ -310,15 +301,15 @@ def update_norm(update: dict[str, torch.Tensor], reference: dict[str, torch.Tens
 
 def train_loss_mean(records: list, weight_key: str) -> MetricRecord:
     """Example-weighted mean training loss (Flower's default would also average ids and counts)."""
-    weights = [float(r["metrics"][weight_key]) for r in records]
-    losses = [float(r["metrics"]["train-loss"]) for r in records]
-    return MetricRecord({"train-loss": float(np.average(losses, weights=weights)) if sum(weights) else 0.0})
+    weights = [float(r[METRICS][weight_key]) for r in records]
+    losses = [float(r[METRICS][TRAIN_LOSS_KEY]) for r in records]
+    return MetricRecord({TRAIN_LOSS_KEY: float(np.average(losses, weights=weights)) if sum(weights) else 0.0})
 
 
 def make_strategy(cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict, listener: RoundListener,
                   round_offset: int = 0) -> MfptStrategy:
     """The configured Flower strategy with the mfpt mixin in front of it."""
-    base, kwargs = STRATEGIES.get(cfg.federation.strategy)(cfg)
+    base, kwargs = STRATEGIES.get(cfg.federation.strategy.value)(cfg)
     cls = type(f"Mfpt{base.__name__}", (MfptStrategy, base), {})
     return cls(cfg=cfg, nodes=nodes, spec=spec, listener=listener, round_offset=round_offset,
                train_metrics_aggr_fn=train_loss_mean, **kwargs)

@@ -17,7 +17,7 @@ Each run is a fresh `python -m mfpt.cli run` subprocess, not a call in this proc
 The cost is ~5 s of imports per run, small next to any real run. Each run's output goes to logs/<run>.log.
 
 After the runs, the sweep writes sweep.csv (one row per run x language, held-out languages included, blank
-metrics where a run did not evaluate a language) and sweep.md (`mfpt.report.render_report` over the runs).
+metrics where a run did not evaluate a language) and sweep.md (`mfpt.report.write_report` over the runs).
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mfpt.errors import UserError
 from mfpt import io
 from mfpt.config import ConfigError, ExperimentConfig, load_config, parse_override
+from mfpt.errors import UserError
+from mfpt.report import write_report
+from mfpt.runs import load_run, load_runs
+from mfpt.run_result import RESULTS_FILE, read_result
 
 SWEEP_CSV = "sweep.csv"
 SWEEP_MD = "sweep.md"
@@ -47,7 +50,7 @@ CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accurac
 # Keys a grid may not vary: the seed has --seeds, and the sweep owns each run's folder.
 RESERVED = ("seed", "output_dir")
 # What `mfpt run` writes into a run folder; a folder holding anything else is not cleared automatically.
-RUN_OUTPUTS = ("config.toml", "metrics.jsonl", "progress.json", "results.json", "report.md", "checkpoints", "adapter")
+RUN_OUTPUTS = ("config.toml", "metrics.jsonl", "progress.json", RESULTS_FILE, "report.md", "checkpoints", "adapter")
 
 
 class SweepError(UserError, ValueError):
@@ -153,7 +156,7 @@ def plan_sweep(config: str | Path | None, grid: Sequence[tuple[str, list[str]]],
 
 def run_state(folder: Path) -> str:
     """'complete' (results.json), 'partial' (a recorded round to resume from), 'empty' (nothing kept) or 'new'."""
-    if (folder / "results.json").is_file():
+    if (folder / RESULTS_FILE).is_file():
         return "complete"
     if (folder / "progress.json").is_file():
         return "partial"
@@ -200,7 +203,7 @@ def streaming_runner(run: PlannedRun, config: str | None, resume: bool, log: Pat
 
 def inprocess_runner(run: PlannedRun, config: str | None, resume: bool, log: Path) -> None:
     """Run one experiment in this process (tests, and in-process paradigms only: see the module docstring)."""
-    from mfpt.paradigms import run_experiment
+    from mfpt.paradigms import run_experiment  # torch and Flower: seconds of imports that planning never needs
 
     run_experiment(run.cfg, resume=resume, quiet=True)
 
@@ -228,8 +231,7 @@ def run_sweep(runs: Sequence[PlannedRun], out_dir: Path, config: str | None = No
             echo(f"{where}: FAILED: {err}")
             continue
         (outcome.resumed if state == "partial" else outcome.ran).append(run.name)
-        results = io.read_json(run.folder / "results.json")
-        mean = (results.get("average") or {}).get("accuracy")
+        mean = read_result(run.folder).mean("average")
         echo(f"{where}: done in {time.time() - started:.0f} s, mean accuracy "
              + ("-" if mean is None else f"{100 * mean:.1f}"))
     return outcome
@@ -242,20 +244,17 @@ def sweep_rows(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
     """One row per complete run x language (training languages, then held-out ones)."""
     rows = []
     for run in runs:
-        path = run.folder / "results.json"
-        if not path.is_file():
+        if run_state(run.folder) != "complete":
             continue
-        results = io.read_json(path)
-        low = set(results.get("low_resource", []))
-        evaluated = dict(results.get("per_language", {})) | dict(results.get("heldout", {}))
-        for lang in [*results["languages"], *results.get("heldout_languages", [])]:
-            metrics = evaluated.get(lang, {})
-            rows.append({"run": run.name, **dict(run.values), "seed": run.seed, "paradigm": results["paradigm"],
-                         "method": results["method"], "lang": lang,
-                         "heldout": lang in results.get("heldout_languages", []), "low_resource": lang in low,
-                         "accuracy": metrics.get("accuracy", ""), "macro_f1": metrics.get("macro_f1", ""),
-                         "n_test": metrics.get("n_test", ""), "trainable_params": results["trainable_params"],
-                         "total_bytes": results["communication"]["total_bytes"]})
+        result = read_result(run.folder)
+        for lang in [*result.languages, *result.heldout_languages]:
+            score = result.per_language.get(lang) or result.heldout.get(lang)
+            rows.append({"run": run.name, **dict(run.values), "seed": run.seed, "paradigm": result.paradigm,
+                         "method": result.method, "lang": lang, "heldout": lang in result.heldout_languages,
+                         "low_resource": lang in result.low_resource,
+                         "accuracy": score.accuracy if score else "", "macro_f1": score.macro_f1 if score else "",
+                         "n_test": score.n_test if score else "", "trainable_params": result.trainable_params,
+                         "total_bytes": result.communication.total_bytes})
     return rows
 
 
@@ -275,13 +274,9 @@ def write_sweep_csv(runs: Sequence[PlannedRun], grid_keys: Sequence[str], path: 
 
 def finish_sweep(runs: Sequence[PlannedRun], grid_keys: Sequence[str], out_dir: Path, title: str) -> list[Path]:
     """Write sweep.csv and sweep.md (with its figures) from the runs that are complete."""
-    from mfpt.report import RunData, write_report
-
     out_dir = Path(out_dir).expanduser().resolve()
     written = [write_sweep_csv(runs, grid_keys, out_dir / SWEEP_CSV)]
-    done = [RunData(r.folder.resolve(), io.read_json(r.folder / "results.json"),
-                    tuple(io.read_jsonl(r.folder / "metrics.jsonl")))
-            for r in runs if (r.folder / "results.json").is_file()]
+    done = [load_run(r.folder) for r in runs if run_state(r.folder) == "complete"]
     if done:
         written.append(write_report(done, out_dir, title=title, filename=SWEEP_MD))
     return written
@@ -317,8 +312,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """`mfpt report`: one report from finished runs and sweeps."""
-    from mfpt.report import load_runs, write_report
-
     dirs = [Path(d) for d in args.dirs]
     if args.out:
         out = Path(args.out)
@@ -343,25 +336,22 @@ Run the same command again to resume an interrupted sweep: complete runs are ski
 """
 
 
-def add_cli(subparsers: Any) -> None:
-    """Add `sweep` and `report` to the mfpt command line."""
-    from mfpt.report import ReportError
-    from mfpt.cli import _add_config_args  # noqa: PLC0415  (shared --set / CONFIG arguments)
-
+def add_cli(subparsers: Any, config_args: argparse.ArgumentParser) -> None:
+    """Add `sweep` and `report` to the mfpt command line; `config_args` is the parent parser of the CONFIG and
+    --set arguments that `mfpt run` takes too."""
     sweep = subparsers.add_parser(
         "sweep", help="run a grid of experiments x seeds (resumable), then write sweep.csv and sweep.md",
         description="Run the cross product of --grid values and --seeds, each run in its own folder and its own "
                     "process, skipping complete runs and resuming half-done ones; then write sweep.csv (one row "
                     "per run x language) and sweep.md (the report over all runs).",
-        epilog=_SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_config_args(sweep)
+        epilog=_SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[config_args])
     sweep.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
                        help="a config key and its values (repeatable; the sweep is the cross product). Separate "
                             "values with ';' instead of ',' for list-valued keys")
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     sweep.add_argument("--out", help="sweep folder (default: output_dir of the config + '-sweep')")
     sweep.add_argument("--title", help="title of sweep.md")
-    sweep.set_defaults(func=_user_errors(cmd_sweep, (SweepError, ReportError)))
+    sweep.set_defaults(func=cmd_sweep)
 
     report = subparsers.add_parser(
         "report", help="one report (Markdown + PNG) from finished runs and sweeps",
@@ -370,18 +360,4 @@ def add_cli(subparsers: Any) -> None:
     report.add_argument("dirs", nargs="+", metavar="DIR")
     report.add_argument("--out", help="report folder (default: DIR/report when one DIR is given)")
     report.add_argument("--title", default="Report", help="report title")
-    report.set_defaults(func=_user_errors(cmd_report, (SweepError, ReportError)))
-
-
-def _user_errors(func: Callable[[argparse.Namespace], int], errors: tuple[type[BaseException], ...]) -> Callable[[argparse.Namespace], int]:
-    """Print this module's user errors as one line and exit 2, like the errors mfpt.cli knows."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except errors as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    wrapped.__doc__ = func.__doc__
-    return wrapped
+    report.set_defaults(func=cmd_report)

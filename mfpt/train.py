@@ -135,8 +135,7 @@ def train(
             loss = F.cross_entropy(logits, labels.to(device))
             objective = loss
             if anchor_on_device is not None:
-                drift = sum(((named[n] - a) ** 2).sum() for n, a in anchor_on_device.items())
-                objective = loss + proximal_mu / 2 * drift
+                objective = loss + proximal_term(named, anchor_on_device, proximal_mu)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if cfg.grad_clip:
@@ -148,6 +147,11 @@ def train(
             if stats.steps >= num_steps:
                 break
     return stats
+
+
+def proximal_term(params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's mu/2 · ||w - anchor||² over the anchored tensors; its gradient mu·(w - anchor) pulls w back."""
+    return mu / 2 * sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
 
 
 @torch.inference_mode()

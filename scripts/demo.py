@@ -2,7 +2,7 @@
 
 The two runs are a small sweep (`mfpt.sweep`): each paradigm runs in its own process with live progress, a
 finished run is reused and a half-done one resumed, so an interrupted demo continues where it stopped.
-The report is runs/demo/report.md.
+The report is runs/demo/report.md: `mfpt report` over the two run folders (tables, gains, curves, distances).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mfpt import io  # noqa: E402
 from mfpt.config import load_config, parse_override  # noqa: E402
-from mfpt.report import render_comparison  # noqa: E402
+from mfpt.report import render_results, write_report  # noqa: E402
+from mfpt.runs import load_runs  # noqa: E402
 from mfpt.sweep import plan_sweep, run_sweep, streaming_runner  # noqa: E402
 
 CONFIG = ROOT / "configs" / "demo.toml"
@@ -26,6 +26,7 @@ PARADIGMS = ["federated", "local"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run (or resume) the demo's two runs, then write and print its report; 0 on success."""
     parser = argparse.ArgumentParser(description="Run the mfpt demo (federated vs local) and write its report.")
     parser.add_argument("--out", type=Path, default=OUT, help="demo folder (default: runs/demo)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -39,11 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_sweep(runs, args.out, str(CONFIG), runner=streaming_runner)
     if outcome.failed:
         sys.exit(f"demo: {', '.join(outcome.failed)} failed; run `make demo` again to resume.")
-    results = [io.read_json(run.folder / "results.json") for run in runs]
-    report = render_comparison(results, args.out, title="mfpt demo: federated prompt tuning vs local training on udhr-topics")
-    io.write_text(args.out / "report.md", report)
-    print("\n" + report.split("\n| run |")[0])
-    print(f"demo finished in {time.time() - started:.0f} s; report: {args.out / 'report.md'}")
+    finished = load_runs([run.folder for run in runs])
+    path = write_report(finished, args.out, title="mfpt demo: federated prompt tuning vs local training on udhr-topics")
+    print("\n" + render_results(finished))
+    print(f"demo finished in {time.time() - started:.0f} s; report: {path}")
     return 0
 
 

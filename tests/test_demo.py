@@ -8,6 +8,8 @@ from pathlib import Path
 from conftest import TINY_DATA
 from mfpt.config import load_config
 from mfpt.data import prepare
+from mfpt.run_result import read_result
+from test_report import table_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +34,17 @@ def test_shortened_demo_runs_and_writes_the_report(tmp_path, tiny_xlmr):
     assert demo.main(["--out", str(tmp_path / "demo"), *sum((["--set", o] for o in overrides), [])]) == 0
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| federated / prefix |" in report and "| local / prefix |" in report
-    assert "Gain of federated over local" in report and "low-res mean" in report
+    seed = load_config(ROOT / "configs" / "demo.toml").seed
+    results = {p: read_result(tmp_path / "demo" / f"paradigm={p}__seed={seed}") for p in ("federated", "local")}
+    table = table_rows(report, "## Results")  # columns: eng, swh† (low-resource), mean, low-res mean, held-out mean, ...
+    for paradigm, result in results.items():
+        row = table[f"{paradigm} / prefix"]
+        assert row[:4] == [f"{100 * v:.1f}" for v in (result.score("eng"), result.score("swh"),
+                                                      result.average.accuracy, result.low_resource_average.accuracy)]
+    gains = table_rows(report, "Gain of federated over each baseline")["local / prefix"]
+    assert gains[:2] == [f"{100 * (results['federated'].score(lang) - results['local'].score(lang)):+.1f}"
+                         for lang in ("eng", "swh")]
     assert "less)" in report  # bytes per round compared with federated full fine-tuning
-    assert (tmp_path / "demo" / "accuracy_by_language.png").stat().st_size > 1000
+    assert "](curves_all.png)" in report and (tmp_path / "demo" / "curves_all.png").stat().st_size > 1000
     assert demo.main(["--out", str(tmp_path / "demo"), *sum((["--set", o] for o in overrides), [])]) == 0  # reuses runs
+

@@ -22,6 +22,7 @@ from mfpt.distance import (
     distance_analysis,
     distance_matrix,
 )
+from mfpt.figures import plot_distance_analysis
 
 LANGS = ["eng", "swh", "hau", "yor", "amh", "fra", "deu", "hin", "tha", "urd"]
 
@@ -208,7 +209,8 @@ GAINS = {
 def test_analysis_numbers_figures_and_markdown(tmp_path: Path) -> None:
     langs = ["eng", "fra", "swh", "hau", "yor", "amh"]
     kinds = ("syntactic", "genetic")  # two kinds keep the figures (most of the time) small; all six work alike
-    result = distance_analysis(GAINS, langs, reference=["eng", "fra"], kinds=kinds, out_dir=tmp_path / "fig")
+    result = distance_analysis(GAINS, langs, reference=["eng", "fra"], kinds=kinds)
+    figures = plot_distance_analysis(result, tmp_path / "fig")
     syn = distance_matrix(langs, "syntactic")
     assert result.to_reference.loc["swh", "syntactic"] == pytest.approx((syn.loc["swh", "eng"] + syn.loc["swh", "fra"]) / 2)
     assert result.to_reference.loc["eng", "syntactic"] == pytest.approx(syn.loc["eng", "fra"])  # itself excluded
@@ -220,9 +222,10 @@ def test_analysis_numbers_figures_and_markdown(tmp_path: Path) -> None:
 
     expected = stats.spearmanr(result.to_reference["syntactic"], result.gains["federated - local"])
     assert (row.spearman_rho, row.spearman_p) == pytest.approx(tuple(expected))
-    for path in result.figures.values():
+    assert set(figures) == {"reference", "federation", "heatmap"}
+    for path in figures.values():
         assert path.parent == tmp_path / "fig" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = result.to_markdown("figures")
+    md = result.to_markdown(figures, "figures")
     assert "](figures/distance_vs_gain_reference.png)" in md and "](figures/distance_heatmaps.png)" in md
     assert "| swh (Swahili) |" in md and "Spearman ρ" in md
 
@@ -232,14 +235,14 @@ def test_analysis_refuses_fewer_than_three_languages(tmp_path: Path, n: int) -> 
     langs = ["eng", "swh", "hau"]
     gains = {"federated - local": {lang: 1.0 + i for i, lang in enumerate(langs[:n])} | {"hau": float("nan")}}
     with pytest.raises(DistanceAnalysisError, match=f"at least 3 languages; {n} have them"):
-        distance_analysis(gains, langs, reference=["eng"], out_dir=tmp_path)
+        distance_analysis(gains, langs, reference=["eng"])
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_analysis_refuses_gains_for_languages_outside_the_run(tmp_path: Path) -> None:
+def test_analysis_refuses_gains_for_languages_outside_the_run() -> None:
     with pytest.raises(DistanceAnalysisError, match="not in the run: deu"):
         distance_analysis({"federated - local": {"eng": 1, "swh": 2, "hau": 3, "deu": 4}}, ["eng", "swh", "hau"],
-                          reference=["eng"], out_dir=tmp_path)
+                          reference=["eng"])
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -29,8 +29,9 @@ from mfpt.config import ConfigError  # noqa: E402
 from mfpt.data import client_layout  # noqa: E402
 from mfpt.model import build_model, state_spec, trainable_state  # noqa: E402
 from mfpt.results import ResumeError, RunRecorder, load_checkpoint  # noqa: E402
-from mfpt.server_app import FederationError, handshake, rejoin_fn, run_federated  # noqa: E402
-from mfpt.strategy import CLIENT_KEY, EXAMPLES_KEY, NodeInfo, make_strategy  # noqa: E402
+from mfpt.federation import FederationError, handshake, rejoin_fn, run_federated  # noqa: E402
+from mfpt.protocol import CLIENT_KEY, EXAMPLES_KEY  # noqa: E402
+from mfpt.strategy import NodeInfo, make_strategy  # noqa: E402
 
 LANGS = ["eng", "swh", "hau"]
 LABELS = ["health", "politics", "sport"]
@@ -208,7 +209,7 @@ def test_dead_node_is_missing_then_rejoins_with_a_new_node_id(make_config, tmp_p
         return False
 
     grid.crash = crash
-    results = run_federated(grid, cfg, quiet=True)
+    results = run_federated(grid, cfg, quiet=True).to_json()
     missing = _rows(cfg.output_dir, "missing")
     assert {(r["round"], r["client"], r["stage"]) for r in missing} == {(2, "hau", "train"), (2, "hau", "evaluate")}
     trained = {(r["round"], r["client"]) for r in _rows(cfg.output_dir, "train")}
@@ -252,7 +253,7 @@ def test_poisoned_client_end_to_end_is_refused_and_run_completes(make_config, tm
             reply.content["arrays"] = ArrayRecord(state)
         return reply
 
-    results = run_federated(InProcessGrid(3, tamper={101: poison}), cfg, quiet=True)
+    results = run_federated(InProcessGrid(3, tamper={101: poison}), cfg, quiet=True).to_json()
     refused = _rows(cfg.output_dir, "refused")
     assert {(r["round"], r["client"]) for r in refused} == {(1, "swh"), (2, "swh")}
     assert results["refused_updates"] == 2

@@ -44,7 +44,7 @@ def federated_run(tmp_path_factory, tiny_xlmr):
     mp.setattr(strategy_module.MfptStrategy, "aggregate_train", record_train)
     mp.setattr(strategy_module.MfptStrategy, "aggregate_evaluate", record_eval)
     try:
-        results = run_experiment(cfg, quiet=True)
+        results = run_experiment(cfg, quiet=True).to_json()
     finally:
         mp.undo()
     return cfg, out, results, seen

@@ -9,6 +9,7 @@ import pytest
 from mfpt import io, paradigms
 from mfpt.data import ClientSpec
 from mfpt.paradigms import run_experiment
+from mfpt.run_result import SCHEMA_VERSION, RunResult, read_result
 from mfpt.specs import PARADIGMS
 from mfpt.runtime import Runtime, get_runtime
 from mfpt.train import steps_per_round
@@ -16,7 +17,7 @@ from mfpt.train import steps_per_round
 SCHEMA = {"name", "paradigm", "method", "model", "seed", "trainable_params", "total_params", "rounds", "languages",
           "heldout_languages", "low_resource", "labels", "per_language", "heldout", "average", "low_resource_average",
           "heldout_average", "communication", "local_steps", "protocol", "refused_updates", "wall_seconds", "config",
-          "versions", "created"}
+          "versions", "created", "schema_version"}
 LANGS = ["eng", "swh", "hau"]
 IN_PROCESS = [name for name in PARADIGMS.names() if name != "federated"]
 
@@ -60,9 +61,11 @@ def _train_counts(cfg, lang: str) -> int:
 @pytest.mark.parametrize("paradigm", IN_PROCESS)
 def test_every_paradigm_writes_the_shared_schema(config, paradigm: str) -> None:
     cfg = config(paradigm)
-    results = run_experiment(cfg, quiet=True)
-    assert set(results) == SCHEMA
+    result = run_experiment(cfg, quiet=True)
+    results = result.to_json()
+    assert set(results) == SCHEMA and results["schema_version"] == SCHEMA_VERSION
     assert io.read_json(f"{cfg.output_dir}/results.json") == results
+    assert RunResult.from_json(results) == result == read_result(cfg.output_dir)
     assert results["paradigm"] == paradigm and list(results["per_language"]) == LANGS
     assert results["protocol"] and results["low_resource_average"]["accuracy"] == results["per_language"]["hau"]["accuracy"]
     # Held-out languages are evaluated by the one shared model; `local` has one model per language, so none.
@@ -71,7 +74,7 @@ def test_every_paradigm_writes_the_shared_schema(config, paradigm: str) -> None:
 
 def test_local_trains_each_language_on_its_own_data_only(config, trained_on) -> None:
     cfg = config("local", **{"federation.rounds": 3})
-    results = run_experiment(cfg, quiet=True)
+    results = run_experiment(cfg, quiet=True).to_json()
     assert len(trained_on) == 3 * len(LANGS)
     for lang in LANGS:
         own = [(langs, steps) for langs, steps in trained_on if lang in langs]
@@ -92,7 +95,7 @@ def test_centralized_sees_every_training_language_pooled(config, trained_on) -> 
 @pytest.mark.parametrize("paradigm", ["transfer", "zeroshot"])
 def test_transfer_stage_one_sees_sources_then_each_language_its_own(config, trained_on, paradigm: str) -> None:
     cfg = config(paradigm, **{"transfer.sources": ["eng", "swh"]})
-    results = run_experiment(cfg, quiet=True)
+    results = run_experiment(cfg, quiet=True).to_json()
     stage1, *stage2 = trained_on
     assert stage1[0] == Counter({"eng": _train_counts(cfg, "eng"), "swh": _train_counts(cfg, "swh")})
     assert results["local_steps"]["source"] == stage1[1]
@@ -106,7 +109,7 @@ def test_transfer_stage_one_sees_sources_then_each_language_its_own(config, trai
 @pytest.mark.parametrize("max_steps", [0, 2])
 def test_local_step_budget_equals_a_federated_clients(config, max_steps: int) -> None:
     cfg = config("local", **{"federation.rounds": 3, "train.max_steps": max_steps, "train.batch_size": 4})
-    results = run_experiment(cfg, quiet=True)
+    results = run_experiment(cfg, quiet=True).to_json()
     runtime = get_runtime(cfg)
     for lang in LANGS:  # what the ClientApp trains on, and its steps per round (client_app.train_round)
         client_data = runtime.encoded(ClientSpec(lang), "train")
@@ -115,8 +118,8 @@ def test_local_step_budget_equals_a_federated_clients(config, max_steps: int) ->
 
 def test_federated_and_local_share_schema_and_step_budget(config, tmp_path) -> None:
     """The one Ray test: a real Flower simulation against `local` on the same config."""
-    fed = run_experiment(config("federated", output_dir=str(tmp_path / "fed")), quiet=True)
-    local = run_experiment(config("local", output_dir=str(tmp_path / "local")), quiet=True)
+    fed = run_experiment(config("federated", output_dir=str(tmp_path / "fed")), quiet=True).to_json()
+    local = run_experiment(config("local", output_dir=str(tmp_path / "local")), quiet=True).to_json()
     assert set(fed) == set(local) == SCHEMA
     assert fed["local_steps"] == local["local_steps"] and set(fed["local_steps"]) == set(LANGS)
     assert fed["communication"]["total_bytes"] > 0 and local["communication"]["total_bytes"] == 0
@@ -128,7 +131,7 @@ class Killed(Exception):
 
 
 def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path, monkeypatch) -> None:
-    whole = run_experiment(config("transfer", output_dir=str(tmp_path / "whole")), quiet=True)
+    whole = run_experiment(config("transfer", output_dir=str(tmp_path / "whole")), quiet=True).to_json()
     cfg = config("transfer", output_dir=str(tmp_path / "cut"))
     train_learner = paradigms._train_learner
 
@@ -142,7 +145,7 @@ def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path,
         run_experiment(cfg, quiet=True)
     assert io.read_json(tmp_path / "cut" / "progress.json")["completed_round"] == 0
     monkeypatch.setattr(paradigms, "_train_learner", train_learner)
-    resumed = run_experiment(cfg, resume=True, quiet=True)
+    resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
     rows = io.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert sum(1 for r in rows if r["round"] == 0 and r["split"] == "train") == 1  # stage 1 recorded once
     assert resumed["local_steps"] == whole["local_steps"]

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from mfpt import io
-from mfpt.report import ReportError, load_runs, render_comparison, render_report
+from mfpt.report import render_report, write_report
+from mfpt.runs import ReportError, load_runs
 from mfpt.results import mean_block
+from mfpt.run_result import Communication, LanguageScore, RunResult, read_result, write_result
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -20,22 +22,22 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
              size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3) -> Path:
     """A results.json + metrics.jsonl with chosen numbers (the report reads nothing else)."""
     languages, heldout = list(accs), heldout or {}
-    per = {lang: {"accuracy": a, "macro_f1": a / 2, "loss": 1.0, "n_test": 9} for lang, a in accs.items()}
-    held = {lang: {"accuracy": a, "macro_f1": a / 2, "loss": 1.0, "n_test": 9} for lang, a in heldout.items()}
+    per = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in accs.items()}
+    held = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in heldout.items()}
     config = {"name": "t", "seed": seed, "output_dir": "x", "paradigm": paradigm, "peft": {"method": "prefix"},
               "federation": {"rounds": rounds}, "data": {"train_per_language": size, "eval_split": "test"},
               "transfer": {"sources": ["eng"]}}
-    results = {"name": "t", "paradigm": paradigm, "method": "prefix", "seed": seed, "trainable_params": 1000,
-               "total_params": 10_000, "rounds": rounds, "languages": languages, "heldout_languages": list(heldout),
-               "low_resource": list(low), "per_language": per, "heldout": held,
-               "average": mean_block(per, languages), "low_resource_average": mean_block(per, list(low)),
-               "heldout_average": mean_block(held, list(heldout)),
-               "communication": {"total_bytes": 4000 * rounds if paradigm == "federated" else 0,
-                                 "bytes_up_per_round": 0, "bytes_down_per_round": 0, "full_model_bytes": 40_000,
-                                 "clients_per_round": len(languages)},
-               "local_steps": {lang: 6 for lang in languages}, "protocol": f"{paradigm} protocol", "config": config}
+    result = RunResult(
+        name="t", paradigm=paradigm, method="prefix", model="m", seed=seed, trainable_params=1000, total_params=10_000,
+        rounds=rounds, languages=languages, heldout_languages=list(heldout), low_resource=list(low), labels=["a", "b"],
+        per_language=per, heldout=held, average=mean_block(per, languages),
+        low_resource_average=mean_block(per, list(low)), heldout_average=mean_block(held, list(heldout)),
+        communication=Communication(total_bytes=4000 * rounds if paradigm == "federated" else 0,
+                                    full_model_bytes=40_000, clients_per_round=len(languages)),
+        local_steps={lang: 6 for lang in languages}, protocol=f"{paradigm} protocol", refused_updates=0,
+        wall_seconds=1.0, config=config)
     folder = root / f"{paradigm}-{size}-{seed}"
-    io.write_json(folder / "results.json", results)
+    write_result(folder, result)
     curves = [{"round": r, "split": "test", "lang": lang, "accuracy": a * r / rounds}
               for r in range(1, rounds + 1) for lang, a in accs.items()]
     curves += [{"round": 1, "split": "train", "lang": lang, "n": 27 if size == 0 else size, "loss": 1.0, "steps": 2}
@@ -84,7 +86,7 @@ def rendered(tmp_path_factory) -> tuple[Path, Path, str]:
                          {HELD: accs[3] + shift} if accs[3] is not None else {}, size=size)
     runs = load_runs([root / "runs"])
     assert len(runs) == 12
-    return root / "runs", root / "out", render_report(runs, root / "out")
+    return root / "runs", root / "out", write_report(runs, root / "out").read_text(encoding="utf-8")
 
 
 @pytest.fixture
@@ -97,14 +99,14 @@ def test_tables_equal_the_results_recomputed(rendered) -> None:
     for size, heading in ((8, "## Results: data.train_per_language = 8"), (0, "## Results: data.train_per_language = all")):
         table = table_rows(md, heading)
         for paradigm in ACC:
-            results = [io.read_json(runs_dir / f"{paradigm}-{size}-{seed}" / "results.json") for seed in (0, 1)]
+            results = [read_result(runs_dir / f"{paradigm}-{size}-{seed}") for seed in (0, 1)]
             row = table[f"{paradigm} / prefix"]
             for i, lang in enumerate(TRAINED):
-                assert row[i] == expected([r["per_language"][lang]["accuracy"] for r in results])
-            means = [np.mean([r["per_language"][lang]["accuracy"] for lang in TRAINED]) for r in results]
+                assert row[i] == expected([r.per_language[lang].accuracy for r in results])
+            means = [np.mean([r.per_language[lang].accuracy for lang in TRAINED]) for r in results]
             assert row[3] == expected(means)
-            assert row[4] == expected([r["per_language"]["hau"]["accuracy"] for r in results])  # low-resource
-            held = [r["heldout"][HELD]["accuracy"] for r in results if HELD in r["heldout"]]
+            assert row[4] == expected([r.per_language["hau"].accuracy for r in results])  # low-resource
+            held = [r.heldout[HELD].accuracy for r in results if HELD in r.heldout]
             assert row[5] == (expected(held) if held else "-")
             assert row[6:] == ["1,000", "12.0 KB" if paradigm == "federated" else "0 B", "6 each", "0,1"]
         held_table = table_rows(md[md.index(heading):], "Held-out languages")
@@ -129,7 +131,7 @@ def test_figures_curves_and_data_efficiency(rendered) -> None:
     for name in ("data_efficiency.png", "curves_train_per_language-8.png", "curves_train_per_language-all.png"):
         assert f"]({name})" in md and (out / name).read_bytes()[:8] == PNG
     efficiency = table_rows(md, "## Data efficiency")
-    fed = [io.read_json(runs_dir / f"federated-8-{s}" / "results.json")["average"]["accuracy"] for s in (0, 1)]
+    fed = [read_result(runs_dir / f"federated-8-{s}").average.accuracy for s in (0, 1)]
     assert efficiency["federated / prefix"][0] == expected(fed)
     curve = table_rows(md[md.index("train_per_language = all"):], "Mean accuracy by round")["federated / prefix"]
     last = [np.mean(ACC["federated"][s][:3]) for s in (0, 1)]  # fake curves reach the final accuracy at round 3
@@ -146,7 +148,7 @@ def test_distance_section_when_gains_over_local_and_transfer_exist(rendered) -> 
 def test_distance_error_is_printed_not_raised(tmp_path: Path) -> None:
     for paradigm, accs in (("federated", {"eng": 0.6, "swh": 0.5}), ("local", {"eng": 0.5, "swh": 0.4})):
         fake_run(tmp_path / "runs", paradigm, 0, accs, low=())
-    md = render_report(load_runs([tmp_path / "runs"]), tmp_path / "out")
+    md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
     assert "Distance analysis not shown: The distance analysis needs gains for at least 3 languages" in md
 
 
@@ -167,7 +169,30 @@ def test_report_command(runs_dir: Path, tmp_path: Path, capsys) -> None:
     assert "holds no results.json" in capsys.readouterr().err
 
 
-def test_render_comparison_still_works(runs_dir: Path, tmp_path: Path) -> None:
-    runs = [io.read_json(runs_dir / f"{p}-0-0" / "results.json") for p in ACC]
-    md = render_comparison(runs, tmp_path)
-    assert "Gain of federated over local / prefix" in md and (tmp_path / "accuracy_by_language.png").exists()
+def test_render_report_is_pure_and_links_no_figure_it_was_not_given(runs_dir: Path, tmp_path: Path) -> None:
+    runs = load_runs([runs_dir / "federated-0-0", runs_dir / "local-0-0"])
+    md = render_report(runs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert "| federated / prefix | 60.0 |" in md and "![" not in md and "Language distance" not in md
+
+
+def test_old_file_without_schema_version_and_unknown_paradigm_is_reported(runs_dir: Path, tmp_path: Path) -> None:
+    folder = fake_run(tmp_path / "runs", "fedprox", 0, {"eng": 0.5, "swh": 0.4, "hau": 0.3}, {"yor": 0.2})
+    data = io.read_json(folder / "results.json")
+    del data["schema_version"]  # version 0: written before the schema had a version
+    io.write_json(folder / "results.json", data)
+    md = write_report(load_runs([folder, runs_dir / "federated-0-0"]), tmp_path / "out").read_text(encoding="utf-8")
+    assert table_rows(md, "## Results")["fedprox / prefix"][:4] == ["50.0", "40.0", "30.0", "40.0"]
+    assert table_rows(md, "Held-out languages")["fedprox / prefix"][-1] == "-"  # no spec: no model to name
+    assert table_rows(md, "Gain of federated over each baseline")["fedprox / prefix"][0] == "+10.0"
+
+
+def test_communication_is_compared_with_full_fine_tuning(tmp_path: Path) -> None:
+    folder = fake_run(tmp_path / "runs", "federated", 0, {"eng": 0.6, "swh": 0.5})
+    data = io.read_json(folder / "results.json")
+    data["communication"] |= {"bytes_up_per_round": 3000, "bytes_down_per_round": 5000, "clients_per_round": 2}
+    io.write_json(folder / "results.json", data)
+    md = render_report(load_runs([folder]), tmp_path / "out")
+    # 8 KB per round for 1,000 of 10,000 parameters: the whole model would send 80 KB, so 90% is saved.
+    assert "- Communication of federated / prefix: 8.0 KB per round for 2 clients" in md
+    assert "about 80.0 KB (90.00% less)." in md

@@ -8,10 +8,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from mfpt.config import load_config
+from mfpt.config import StrategyName, load_config
 from mfpt.data import ClientSpec
 from mfpt.model import state_spec
-from mfpt.strategy import CLIENT_KEY, EXAMPLES_KEY, RoundListener, NodeInfo, make_strategy
+from mfpt.protocol import CLIENT_KEY, EXAMPLES_KEY, PROXIMAL_MU_KEY
+from mfpt.strategy import STRATEGIES, NodeInfo, RoundListener, make_strategy
+from mfpt.train import proximal_term
 
 
 @pytest.fixture(autouse=True)
@@ -73,3 +75,96 @@ def test_a_corrupt_update_is_refused_and_the_rest_aggregated():
     assert "NaN" in strategy.listener.refused[0]
     expected = (10 * 1 + 60 * 3) / 70
     assert got["prompt"][0, 0].item() == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------- every strategy, by its formula
+
+
+class IdleGrid:
+    """Just enough of a Flower grid for configure_train: the connected node ids."""
+
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+
+SERVER = {"federation.server_lr": 0.5, "federation.server_momentum": 0.9, "federation.tau": 0.01,
+          "federation.proximal_mu": 0.3}
+
+
+def _expected(name: str, x0: dict, mean: dict, cfg) -> dict:
+    """The new global state by each strategy's published update rule, after one round from x0."""
+    f = cfg.federation
+    delta = {k: mean[k].double() - x0[k].double() for k in x0}
+    if name in ("fedavg", "fedprox"):  # FedProx changes the clients' objective, not the server's average
+        return mean
+    if name == "fedavgm":  # SGD with momentum on the pseudo-gradient x0 - mean; momentum starts at the first one
+        return {k: x0[k] + f.server_lr * delta[k] for k in x0}
+    b1, b2 = 0.9, 0.99  # Flower's defaults, which mfpt keeps
+    m = {k: (1 - b1) * d for k, d in delta.items()}
+    if name == "fedyogi":
+        v = {k: (1 - b2) * d ** 2 for k, d in delta.items()}  # v0 = 0: v - (1-b2)·d²·sign(v - d²)
+        return {k: x0[k] + f.server_lr * m[k] / (v[k].sqrt() + f.tau) for k in x0}
+    assert name == "fedadam", f"no formula for strategy {name!r}: add one here"
+    v = {k: (1 - b2) * d ** 2 for k, d in delta.items()}
+    eta = f.server_lr * np.sqrt(1 - b2 ** 2) / (1 - b1 ** 2)  # Flower's bias correction at round 1
+    return {k: x0[k] + eta * m[k] / (v[k].sqrt() + f.tau) for k in x0}
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_every_strategy_updates_the_global_state_as_its_formula_says(name):
+    cfg = load_config(None, {"data.languages": ["eng", "swh", "yor"], "data.labels": ["a", "b"],
+                             "federation.strategy": name, **SERVER})
+    sizes = [10, 30, 60]
+    nodes = {100 + i: NodeInfo(100 + i, i, ClientSpec(lang), sizes[i], 5) for i, lang in enumerate(cfg.data.languages)}
+    x0 = {"prompt": torch.full((2, 3), 0.5), "head": torch.tensor([0.25, -0.25])}
+    states = [{"prompt": torch.full((2, 3), float(i + 1)), "head": torch.tensor([i * 1.0, -i * 2.0])} for i in range(3)]
+    strategy = make_strategy(cfg, nodes, state_spec(x0), Quiet())
+    sent = list(strategy.configure_train(1, ArrayRecord(x0), ConfigRecord({}), IdleGrid(nodes)))
+    mu = [m.content["config"].get(PROXIMAL_MU_KEY) for m in sent]
+    assert mu == ([SERVER["federation.proximal_mu"]] * 3 if name == "fedprox" else [None] * 3)
+    got = strategy.aggregate_train(1, [_reply(100 + i, i, states[i], sizes[i]) for i in range(3)])[0].to_torch_state_dict()
+    weights = np.array(sizes) / sum(sizes)
+    mean = {k: sum(w * s[k] for w, s in zip(weights, states)).float() for k in x0}
+    expected = _expected(name, x0, mean, cfg)
+    for key in x0:
+        assert got[key].dtype == torch.float32, "the global state keeps the model's dtype"
+        assert torch.allclose(got[key].double(), expected[key].double(), atol=1e-5), (name, key)
+    assert not torch.allclose(got["prompt"], x0["prompt"])
+
+
+def test_strategy_registry_matches_the_config_type():
+    assert STRATEGIES.names() == [s.value for s in StrategyName]
+
+
+def test_proximal_term_is_its_formula_and_pulls_back_to_the_anchor():
+    w = {"a": torch.tensor([1.0, 2.0], requires_grad=True), "b": torch.tensor([[3.0]], requires_grad=True)}
+    anchor = {"a": torch.tensor([0.0, 4.0]), "b": torch.tensor([[1.0]])}
+    term = proximal_term(w, anchor, mu=0.5)
+    assert term.item() == pytest.approx(0.5 / 2 * (1 + 4 + 4))
+    term.backward()
+    assert torch.equal(w["a"].grad, 0.5 * (w["a"].detach() - anchor["a"]))
+    assert torch.equal(w["b"].grad, 0.5 * (w["b"].detach() - anchor["b"]))
+
+
+def test_fedprox_keeps_a_clients_update_closer_to_the_global_state(make_config):
+    """The same client, seed and steps: the larger mu, the smaller ||w - global|| after local training."""
+    from mfpt.client import ClientNode
+    from mfpt.model import trainable_state
+    from mfpt.protocol import ROUND_KEY, config_entries
+    from mfpt.strategy import update_norm
+
+    from mfpt.data import resolve
+
+    cfg = resolve(make_config(**{"federation.strategy": "fedprox", "train.lr": 0.05, "train.max_steps": 6,
+                                  "train.local_epochs": 3}))
+    node = ClientNode.for_message(config_entries(cfg), {"partition-id": 0})
+    start = {k: v.clone() for k, v in node.runtime.initial_state.items()}
+    drift = {}
+    for mu in (0.0, 50.0):
+        new, metrics = node.train(start, {ROUND_KEY: 1, PROXIMAL_MU_KEY: mu})
+        drift[mu] = update_norm(new, start)
+        assert metrics["train-steps"] == 6
+    assert 0 < drift[50.0] < drift[0.0]

@@ -9,6 +9,7 @@ import pytest
 
 from mfpt import io
 from mfpt.results import RunRecorder
+from mfpt.run_result import read_result
 from mfpt.sweep import (SweepError, finish_sweep, inprocess_runner, parse_grid, parse_seeds, plan_sweep, run_name,
                         run_sweep)
 
@@ -97,10 +98,10 @@ def test_killed_sweep_resumes_only_missing_runs(tmp_path: Path, tiny_xlmr: Path,
     assert list(rows[0]) == ["run", "paradigm", "seed", "method", "lang", "heldout", "low_resource", "accuracy",
                              "macro_f1", "n_test", "trainable_params", "total_bytes"]
     for row in rows:
-        results = io.read_json(tmp_path / row["run"] / "results.json")
-        evaluated = results["per_language"] | results["heldout"]
-        expected = evaluated.get(row["lang"], {}).get("accuracy", "")
-        assert row["accuracy"] == str(expected) and row["paradigm"] == results["paradigm"]
+        result = read_result(tmp_path / row["run"])
+        score = result.score(row["lang"])
+        expected = "" if score is None else score
+        assert row["accuracy"] == str(expected) and row["paradigm"] == result.paradigm
         assert row["heldout"] == str(row["lang"] == "yor") and row["low_resource"] == str(row["lang"] == "hau")
     assert (tmp_path / "sweep.md").read_text(encoding="utf-8").startswith("# t")
 

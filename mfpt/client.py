@@ -1,0 +1,98 @@
+"""What a client node does with each message: which client it is, and its handshake, training and evaluation.
+
+`client_app.py` is only the Flower adapter around `ClientNode`. A node keeps its data: what it returns is the
+trainable tensors (train) and scalar metrics (every message); `mfpt.audit` checks that on every reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from mfpt.config import ExperimentConfig
+from mfpt.data import ClientSpec, DataError, client_layout
+from mfpt.languages import normalize_language
+from mfpt.model import load_trainable_state, trainable_state
+from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EXAMPLES_KEY, NUM_EVAL_KEY, NUM_TRAIN_KEY, PROXIMAL_MU_KEY,
+                           ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, config_from_entries, encode_confusion)
+from mfpt.runtime import Runtime, get_runtime
+from mfpt.train import derive_seed, evaluate, steps_per_round, train
+
+Metrics = dict[str, int | float]
+
+
+def which_client(cfg: ExperimentConfig, node_config: Mapping[str, Any]) -> tuple[int, ClientSpec]:
+    """This node's client: `partition-id` in simulation, or `lang` (and optional `shard`) in deployment."""
+    shards = cfg.federation.clients_per_language
+    clients = client_layout(cfg.data.languages, cfg.data.heldout_languages, shards)
+    if "lang" in node_config:
+        lang = normalize_language(str(node_config["lang"]))
+        shard = int(node_config.get("shard", 0))
+        for index, client in enumerate(clients):
+            if client.lang == lang and (client.shard == shard or client.heldout):
+                return index, client
+        raise DataError(
+            f"node_config lang={node_config['lang']!r} shard={shard} is not a client of this experiment; "
+            f"clients: {', '.join(c.name(shards) for c in clients)}."
+        )
+    index = int(node_config["partition-id"])
+    if not 0 <= index < len(clients):
+        raise DataError(f"partition-id {index} is outside the experiment's {len(clients)} clients; "
+                        f"start the simulation with num-supernodes = {len(clients)}.")
+    return index, clients[index]
+
+
+@dataclass
+class ClientNode:
+    """One client of one experiment on this node: its config, this process's runtime, its index and spec."""
+
+    cfg: ExperimentConfig
+    runtime: Runtime
+    index: int
+    client: ClientSpec
+
+    @classmethod
+    def for_message(cls, config_entries: Mapping[str, Any], node_config: Mapping[str, Any]) -> "ClientNode":
+        """The node as the server's config (sent in the message) and the node's own config define it."""
+        cfg = config_from_entries(config_entries)
+        index, client = which_client(cfg, node_config)
+        data_cfg = cfg
+        if "data-path" in node_config:
+            # Deployment: the node reads only its own file, which holds only its own language.
+            data_cfg = cfg.replace(**{"data.source": "files", "data.path": str(node_config["data-path"]),
+                                      "data.languages": [client.lang], "data.heldout_languages": []})
+        return cls(cfg, get_runtime(data_cfg), index, client)
+
+    def describe(self) -> Metrics:
+        """Handshake: which client this node is and how many examples it holds (data and model now loaded)."""
+        n_train = 0 if self.client.heldout else len(self.runtime.encoded(self.client, "train"))
+        n_eval = len(self.runtime.encoded(self.client, self.cfg.data.eval_split))
+        return {CLIENT_KEY: self.index, NUM_TRAIN_KEY: n_train, NUM_EVAL_KEY: n_eval}
+
+    def train(self, global_state: dict[str, torch.Tensor], config: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], Metrics]:
+        """Load the global state, train locally; return the trainable tensors and the training metrics."""
+        if self.client.heldout:
+            raise DataError(f"client {self.client.lang!r} is held out and must not train; the server sampled it by mistake.")
+        model, runtime = self.runtime.classifier.model, self.runtime
+        load_trainable_state(model, global_state, origin="global state from the server")
+        data = runtime.encoded(self.client, "train")
+        round_ = int(config[ROUND_KEY])
+        mu = float(config.get(PROXIMAL_MU_KEY, 0.0))
+        stats = train(model, data, runtime.classifier.tokenizer, self.cfg.train, steps_per_round(len(data), self.cfg.train),
+                      seed=derive_seed(self.cfg.seed, round_, self.index), device=runtime.classifier.device,
+                      anchor=global_state if mu > 0 else None, proximal_mu=mu)
+        metrics: Metrics = {CLIENT_KEY: self.index, EXAMPLES_KEY: len(data), TRAIN_LOSS_KEY: stats.mean_loss,
+                            TRAIN_STEPS_KEY: stats.steps}
+        return trainable_state(model), metrics
+
+    def evaluate(self, global_state: dict[str, torch.Tensor]) -> Metrics:
+        """Evaluate the global state on this client's evaluation split; counts only (no per-example output)."""
+        runtime = self.runtime
+        load_trainable_state(runtime.classifier.model, global_state, origin="global state from the server")
+        counts = evaluate(runtime.classifier.model, runtime.encoded(self.client, self.cfg.data.eval_split),
+                          runtime.classifier.tokenizer, self.cfg.train.eval_batch_size, runtime.classifier.device,
+                          len(runtime.data.labels))
+        return {CLIENT_KEY: self.index, EXAMPLES_KEY: counts.n, EVAL_LOSS_SUM_KEY: counts.loss_sum,
+                **encode_confusion(counts.confusion)}
