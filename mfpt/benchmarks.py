@@ -1,4 +1,5 @@
-"""Benchmark sources (XNLI, XGLUE NC, MasakhaNEWS, SIB-200): the hub or the authors' release -> universal schema.
+"""Benchmark sources (XNLI, XGLUE NC, MasakhaNEWS, SIB-200): the hub, a clone of the hub repository, or the authors'
+release (flat or inside a checkout of their repository) -> universal schema.
 
 Each source returns columns text, [text_pair], label (the label name), lang (canonical code) and split
 (train/validation/test). `data.train_pool` picks where training rows come from: 'train' keeps the benchmark's
@@ -16,6 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -62,6 +64,11 @@ class HubTable:
     columns: ColumnMap
     config: str = "{code}"  # {code} = the benchmark's own language code
     splits: Mapping[str, str] = field(default_factory=lambda: {split: split for split in OWN_SPLITS})  # ours -> hub's
+    # A split's parquet files in a clone of the hub repository ({config}, {split} = the hub's names); empty when the
+    # repository holds no data of its own (a loading script, or TSVs that the release layout already reads).
+    clone_files: str = ""
+    # What to do instead when the hub cannot serve the benchmark (a gated loading script without a parquet export).
+    manual_download: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,9 @@ class ReleaseFile:
     quoted: bool  # pandas' default quoting (files written by pandas), else raw tab splitting
     header: bool = True
     language_column: str = ""  # set when one file holds every language
-    checkout_folder: str = ""  # where the language folders lie when data.path is the authors' repository checkout
+    # Where the language folders lie when data.path is a checkout of the authors' repository or a clone of the hub
+    # repository, tried in order after data.path itself.
+    checkout_folders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,8 +157,10 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
             train_splits_note="train = MultiNLI (392,702 pairs) machine-translated into every language (XNLI-MT); "
             "validation 2,490 and test 5,010 human-translated pairs per language.",
             offline_layout="XNLI-1.0/xnli.{dev,test}.tsv (all languages, column 'language') and, for "
-            "train_pool = 'train', XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv",
-            hub=HubTable(ColumnMap(text=("premise",), text_pair="hypothesis", label="label")),
+            "train_pool = 'train', XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv; or a clone of the hub repository "
+            "({lang}/{train,validation,test}-*.parquet)",
+            hub=HubTable(ColumnMap(text=("premise",), text_pair="hypothesis", label="label"),
+                         clone_files="{config}/{split}-*.parquet"),
             release=ReleaseFile(
                 path="XNLI-1.0/xnli.{release_split}.tsv",
                 what="XNLI 1.0 {split} set (all languages) from XNLI-1.0.zip",
@@ -184,6 +195,10 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
                 ColumnMap(text=("news_title", "news_body"), label="news_category"),
                 config="nc",
                 splits={"train": "train", "validation": "validation.{code}", "test": "test.{code}"},
+                # microsoft/xglue is a loading script (refused by datasets >= 4) that fetches a gated archive.
+                manual_download="Download 'XGLUE Data with Test' (xglue_full_dataset.tar.gz) from "
+                "https://microsoft.github.io/XGLUE/, unpack it, and set data.path (mfpt prepare: --path) to the "
+                "unpacked folder that holds NC/ (e.g. --set data.path=/data/xglue_full_dataset).",
             ),
             release=ReleaseFile(
                 path="NC/xglue.nc.{code}.{release_split}",
@@ -202,8 +217,8 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
             native_codes=tuple("amh eng fra hau ibo lin lug orm pcm run sna som swa tir xho yor".split()),
             labels=("business", "entertainment", "health", "politics", "religion", "sports", "technology"),
             train_splits_note="train/dev/test per language (about 70/10/20); not every language has all 7 topics.",
-            offline_layout="{lang}/{train,dev,test}.tsv as in the repository's data/ folder "
-            "(columns category, headline, text, url)",
+            offline_layout="{lang}/{train,dev,test}.tsv as in the data/ folder of the GitHub repository and of the "
+            "hub repository (columns category, headline, text, url); data.path may be the folder or the checkout",
             hub=HubTable(ColumnMap(text=_NEWS_TEXT, label="label")),
             release=ReleaseFile(
                 path="{code}/{release_split}.tsv",
@@ -211,7 +226,7 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
                 columns=ColumnMap(text=_NEWS_TEXT, label="category"),
                 file_columns=("category", "headline", "text"),
                 quoted=True,
-                checkout_folder="data",
+                checkout_folders=("data",),
             ),
         ),
         BenchmarkInfo(
@@ -222,8 +237,9 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
             labels=("entertainment", "geography", "health", "politics", "science/technology", "sports", "travel"),
             train_splits_note="701 train / 99 dev / 204 test sentences per language (FLORES-200 sentences, "
             "parallel across languages).",
-            offline_layout="{flores_code}/{train,dev,test}.tsv as in the repository's data/annotated/ folder "
-            "(columns index_id, category, text)",
+            offline_layout="{flores_code}/{train,dev,test}.tsv as in the GitHub repository's data/annotated/ "
+            "folder or the hub repository's data/ folder (columns index_id, category, text); data.path may be the "
+            "folder or the checkout",
             hub=HubTable(ColumnMap(text=("text",), label="category")),
             release=ReleaseFile(
                 path="{code}/{release_split}.tsv",
@@ -231,7 +247,7 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
                 columns=ColumnMap(text=("text",), label="category"),
                 file_columns=("index_id", "category", "text"),
                 quoted=True,
-                checkout_folder="data/annotated",
+                checkout_folders=("data/annotated", "data"),  # github.com/dadelani/sib-200, then Davlan/sib200
             ),
         ),
     )
@@ -271,8 +287,9 @@ def check_train_pool(info: BenchmarkInfo, langs: dict[str, str], data: DataConfi
         only = "/".join(language_name(c) for c in info.train_languages)
         raise DataError(
             f"{info.title} has {only}-only training data, but data.train_pool = 'train' and language(s) "
-            f"{', '.join(untrainable)} are asked for. Set data.train_pool = 'validation' so each language trains "
-            "on its own validation split (its test split stays held out)."
+            f"{', '.join(untrainable)} are asked for. Set data.train_pool = 'validation' (mfpt prepare: "
+            "--train-pool validation) so each language trains on its own validation split (its test split stays "
+            "held out)."
         )
 
 
@@ -295,19 +312,22 @@ def finish(info: BenchmarkInfo, frame: pd.DataFrame, data: DataConfig, origin: s
 
 # --------------------------------------------------------------------------------------------- hub tables
 
+MAIN, PARQUET_EXPORT = "main", "refs/convert/parquet"  # the hub's default branch and its automatic parquet conversion
 
-def hub_split(hub_id: str, config: str, split: str) -> Any:
-    """One split of a hub dataset; script-based repos (refused by datasets >= 4) are read from the parquet export."""
-    import datasets  # lazy: the hub path is optional and datasets is slow to import
+
+def hub_revision(hub_id: str, ref: str) -> str | None:
+    """The commit `ref` of a hub dataset repository points at now, or None when the hub cannot be asked."""
+    from huggingface_hub import HfApi  # lazy, like datasets
 
     try:
-        return datasets.load_dataset(hub_id, config, split=split)
-    except RuntimeError as err:
-        if "script" not in str(err).lower():
-            raise
-    # The hub's automatic parquet conversion keeps one folder per config and split.
-    files = f"hf://datasets/{hub_id}@refs%2Fconvert%2Fparquet/{config}/{split}/*.parquet"
-    return datasets.load_dataset("parquet", data_files={split: files}, split=split)
+        return HfApi().dataset_info(hub_id, revision=ref).sha
+    except OSError:  # offline, unreachable or gated: datasets may still read its cached copy, unpinned
+        return None
+
+
+def _first_line(err: BaseException) -> str:
+    # datasets' messages run over several lines; a user error is printed as one.
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _column_as_names(dataset: Any, column: str) -> list[str]:
@@ -319,29 +339,117 @@ def _column_as_names(dataset: Any, column: str) -> list[str]:
     return [str(v) for v in values]
 
 
-def hub_table(info: BenchmarkInfo, code: str, split: str) -> tuple[dict[str, Any], ColumnMap]:
-    """One language's split from the hub, as the columns its ColumnMap reads (labels as names), and that map."""
-    hub = info.hub
-    dataset = hub_split(info.hub_id, hub.config.format(code=code), hub.splits[split].format(code=code))
-    columns = hub.columns
+def dataset_table(dataset: Any, columns: ColumnMap) -> dict[str, Any]:
+    """The columns a ColumnMap reads from a `datasets.Dataset`, labels as names."""
     table = {column: dataset[column] for column in columns.text + ((columns.text_pair,) if columns.text_pair else ())}
     table[columns.label] = _column_as_names(dataset, columns.label)
-    return table, columns
+    return table
 
 
-# --------------------------------------------------------------------------------------------- release files
+class HubReader:
+    """Reads a benchmark's tables from the hub, pinned to the commit its branch pointed at on the first read;
+    a loading-script repository (refused by datasets >= 4) is read from its parquet export instead."""
+
+    def __init__(self, info: BenchmarkInfo) -> None:
+        self.info = info
+        self.ref = MAIN
+        self.revisions: dict[str, str | None] = {}  # ref -> commit read (None: the hub could not be asked)
+
+    @property
+    def revision(self) -> str | None:
+        """The commit the tables were read from, if the hub said which."""
+        return self.revisions.get(self.ref)
+
+    def _pin(self, ref: str) -> str | None:
+        if ref not in self.revisions:
+            self.revisions[ref] = hub_revision(self.info.hub_id, ref)
+        return self.revisions[ref]
+
+    def __call__(self, code: str, split: str) -> tuple[dict[str, Any], ColumnMap]:
+        """One language's split as the columns its ColumnMap reads (labels as names), and that map."""
+        hub = self.info.hub
+        dataset = self._dataset(hub.config.format(code=code), hub.splits[split].format(code=code))
+        return dataset_table(dataset, hub.columns), hub.columns
+
+    def _dataset(self, config: str, split: str) -> Any:
+        import datasets  # lazy: the hub path is optional and datasets is slow to import
+
+        hub_id = self.info.hub_id
+        if self.ref == MAIN:
+            try:
+                return datasets.load_dataset(hub_id, config, split=split, revision=self._pin(MAIN))
+            except RuntimeError as err:
+                if "script" not in str(err).lower():
+                    raise
+                self.ref = PARQUET_EXPORT
+            except (OSError, ValueError) as err:
+                raise self._unreadable(config, split, err, script=False) from None
+        # The hub's automatic parquet conversion keeps one folder per config and split.
+        revision = self._pin(PARQUET_EXPORT) or quote(PARQUET_EXPORT, safe="")
+        files = f"hf://datasets/{hub_id}@{revision}/{config}/{split}/*.parquet"
+        try:
+            return datasets.load_dataset("parquet", data_files={split: files}, split=split)
+        except (OSError, ValueError) as err:
+            raise self._unreadable(config, split, err, script=True) from None
+
+    def _unreadable(self, config: str, split: str, err: BaseException, script: bool) -> DataError:
+        info = self.info
+        what = (f"{info.hub_id} is a loading script, which datasets >= 4 refuses, and its parquet export failed too "
+                f"({_first_line(err)})") if script else _first_line(err)
+        fix = info.hub.manual_download or (f"Without the hub, set data.path (mfpt prepare: --path) to a local copy: "
+                                          f"{info.offline_layout}.")
+        return DataError(f"{info.title} could not be read from the hub ({info.hub_id}, config {config!r}, split "
+                         f"{split!r}): {what}. {fix}")
 
 
-def release_table(info: BenchmarkInfo, root: Path, read: dict[Path, pd.DataFrame], code: str,
-                  split: str) -> tuple[pd.DataFrame, ColumnMap]:
-    """One language's split from the release under `root`, and its ColumnMap; `read` keeps files read already
-    (XNLI keeps every language in one file)."""
-    release = info.train_release if split == "train" and info.train_release else info.release
-    if release.checkout_folder and not (root / code).is_dir() and (root / release.checkout_folder / code).is_dir():
-        root = root / release.checkout_folder
-    path = root / release.path.format(code=code, release_split=RELEASE_SPLITS[split])
+# --------------------------------------------------------------------------------------------- local copies
+
+
+def release_for(info: BenchmarkInfo, split: str) -> ReleaseFile:
+    """The release file that holds `split` (XNLI's training split is a release of its own)."""
+    return info.train_release if split == "train" and info.train_release else info.release
+
+
+def local_table(info: BenchmarkInfo, root: Path, read: dict[Path, pd.DataFrame], code: str,
+                split: str) -> tuple[Mapping[str, Sequence[str]], ColumnMap]:
+    """One language's split from a local copy under `root`, and its ColumnMap: the release file (flat, or inside a
+    checkout of the authors' or the hub's repository), else the parquet files of a hub-repository clone; `read`
+    keeps release files read already (XNLI keeps every language in one file)."""
+    release = release_for(info, split)
+    name = release.path.format(code=code, release_split=RELEASE_SPLITS[split])
+    tried = [root / folder / name for folder in ("",) + release.checkout_folders]
+    for path in tried:
+        if path.is_file():
+            return _release_rows(release, path, read, code, release.what.format(code=code, split=split))
+    hub = info.hub
+    if hub.clone_files:
+        pattern = hub.clone_files.format(config=hub.config.format(code=code), split=hub.splits[split].format(code=code))
+        files = sorted(root.glob(pattern))
+        if files:
+            return dataset_table(_clone_dataset(files), hub.columns), hub.columns
+        tried.append(root / pattern)
+    raise DataError(
+        f"Missing file {str(tried[0])!r}: {release.what.format(code=code, split=split)}. Paths tried: "
+        f"{', '.join(repr(str(p)) for p in tried)}. data.path must hold {info.offline_layout}."
+    )
+
+
+def _clone_dataset(files: list[Path]) -> Any:
+    """A split's parquet files from a hub-repository clone, with the ClassLabel names stored in their metadata."""
+    import datasets
+
+    try:
+        return datasets.load_dataset("parquet", data_files={"rows": [str(f) for f in files]}, split="rows")
+    except (OSError, ValueError) as err:  # pyarrow's errors are both; a git-lfs pointer is not parquet
+        raise DataError(f"File {str(files[0])!r} could not be read as parquet ({_first_line(err)}); if the clone "
+                        "was made without git-lfs, run `git lfs pull` in it.") from None
+
+
+def _release_rows(release: ReleaseFile, path: Path, read: dict[Path, pd.DataFrame], code: str,
+                  what: str) -> tuple[pd.DataFrame, ColumnMap]:
+    """One language's rows of a release file, and the file's ColumnMap."""
     if path not in read:
-        read[path] = _read_tsv(path, release, release.what.format(code=code, split=split))
+        read[path] = _read_tsv(path, release, what)
     table = read[path]
     if release.language_column:
         table = table[table[release.language_column] == code].reset_index(drop=True)
@@ -351,9 +459,7 @@ def release_table(info: BenchmarkInfo, root: Path, read: dict[Path, pd.DataFrame
 
 
 def _read_tsv(path: Path, release: ReleaseFile, what: str) -> pd.DataFrame:
-    """A release TSV as strings, refused when missing, unparseable, short of a column or holding unlabelled rows."""
-    if not path.is_file():
-        raise DataError(f"Missing file {str(path)!r}: {what}.")
+    """A release TSV as strings, refused when unparseable, short of a column or holding unlabelled rows."""
     try:
         frame = pd.read_csv(
             path, sep="\t", dtype=str, keep_default_na=False, header=0 if release.header else None,
@@ -377,6 +483,16 @@ def _read_tsv(path: Path, release: ReleaseFile, what: str) -> pd.DataFrame:
 TableFetcher = Callable[[str, str], tuple[Mapping[str, Sequence[str]], ColumnMap]]
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a benchmark's rows came from, for data cards: the hub id or local path, and the commit read."""
+
+    benchmark: str
+    location: str  # the hub id, or the local path
+    revision: str  # the hub commit; 'local' for a local copy; 'unknown' when the hub could not be asked
+    ref: str = ""  # the hub branch of that commit: 'main', or the parquet export for loading-script repositories
+
+
 def read_benchmark(langs: dict[str, str], splits: tuple[str, ...], fetch_table: TableFetcher) -> pd.DataFrame:
     """Every asked language (canonical -> benchmark code) and split, in the universal schema."""
     frames = []
@@ -387,8 +503,9 @@ def read_benchmark(langs: dict[str, str], splits: tuple[str, ...], fetch_table: 
     return pd.concat(frames, ignore_index=True)
 
 
-def load_benchmark(info: BenchmarkInfo, data: DataConfig) -> pd.DataFrame:
-    """A benchmark's asked languages and splits: from the release under data.path, else from the hub."""
+def load_benchmark_with_provenance(info: BenchmarkInfo, data: DataConfig) -> tuple[pd.DataFrame, Provenance]:
+    """A benchmark's asked languages and splits (from the local copy under data.path, else from the hub), and
+    where they came from."""
     langs = wanted_languages(info, data)
     check_train_pool(info, langs, data)
     splits = own_splits(data)
@@ -396,11 +513,17 @@ def load_benchmark(info: BenchmarkInfo, data: DataConfig) -> pd.DataFrame:
         root = Path(data.path).expanduser()
         if not root.is_dir():
             raise DataError(f"data.path {data.path!r} is not a directory; {info.name} expects {info.offline_layout}.")
-        fetch_table: TableFetcher = functools.partial(release_table, info, root, {})
-        origin = f"{info.name} files under {data.path!r}"
-    else:
-        fetch_table, origin = functools.partial(hub_table, info), f"{info.name} from the hub ({info.hub_id})"
-    return finish(info, read_benchmark(langs, splits, fetch_table), data, origin)
+        fetch = functools.partial(local_table, info, root, {})
+        frame = finish(info, read_benchmark(langs, splits, fetch), data, f"{info.name} files under {data.path!r}")
+        return frame, Provenance(info.name, str(root.resolve()), "local")
+    reader = HubReader(info)
+    frame = finish(info, read_benchmark(langs, splits, reader), data, f"{info.name} from the hub ({info.hub_id})")
+    return frame, Provenance(info.name, info.hub_id, reader.revision or "unknown", reader.ref)
+
+
+def load_benchmark(info: BenchmarkInfo, data: DataConfig) -> pd.DataFrame:
+    """A benchmark's asked languages and splits: from the local copy under data.path, else from the hub."""
+    return load_benchmark_with_provenance(info, data)[0]
 
 
 # --------------------------------------------------------------------------------------------- registration

@@ -1,4 +1,4 @@
-"""Command line: `mfpt run | data | validate | keys`, plus `sweep`, `report` and `distance` from their modules.
+"""Command line: `mfpt run | data | validate | keys`, plus `sweep`, `report`, `distance` and `predict` from their modules.
 
 User errors (bad config, missing data, unknown names, refused updates) print one clear line and exit 2;
 only bugs produce tracebacks.
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mfpt import distance, sweep  # each adds its subcommands (add_cli)
-from mfpt.config import ExperimentConfig, describe, load_config, to_toml
+from mfpt import distance, predict, sweep  # each adds its subcommands (add_cli)
+from mfpt import prepare
+from mfpt.config import ConfigError, ExperimentConfig, describe, load_config, to_toml
 from mfpt.errors import UserError
 from mfpt.report import render_run_summary
 
@@ -36,21 +37,41 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one experiment."""
     from mfpt.paradigms import run_experiment  # torch, transformers and Flower: seconds the other commands never need
+    from mfpt.results import ensure_output_dir
 
     cfg = _load(args)
     if args.resume:
         cfg = cfg.replace(output_dir=str(args.resume))
-    result = run_experiment(cfg, resume=bool(args.resume), quiet=args.quiet)
     out = Path(cfg.output_dir).expanduser().resolve()
+    ensure_output_dir(out)  # found now, not after the data and the model have loaded
+    result = run_experiment(cfg, resume=bool(args.resume), quiet=args.quiet)
     print(render_run_summary(result))
     print(f"outputs in {out} (report.md, results.json, metrics.jsonl, checkpoints/)")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check a config without running it and print it fully resolved."""
-    print(to_toml(_load(args)), end="")
+    """Check a config without running it (local paths included) and print it fully resolved."""
+    cfg = _load(args)
+    check_local_paths(cfg)
+    print(to_toml(cfg), end="")
     return 0
+
+
+def check_local_paths(cfg: ExperimentConfig) -> None:
+    """Refuse the local paths `run` would refuse, found without reading them: data.path and a model.name folder."""
+    data = cfg.data
+    if data.source == "files" and not data.path:
+        raise ConfigError("data.source = 'files' needs data.path: a JSONL, CSV or Parquet file in the universal schema.")
+    if data.path and not Path(data.path).expanduser().exists():
+        raise ConfigError(f"data.path = {data.path!r} does not exist; point it at the data file or folder.")
+    model = Path(cfg.model.name).expanduser()
+    if model.is_dir() and not (model / "config.json").is_file():
+        raise ConfigError(f"model.name = {cfg.model.name!r} is a directory without config.json; "
+                          "point it at a checkpoint folder.")
+    if not model.exists() and (model.is_absolute() or cfg.model.name.startswith((".", "~"))):
+        raise ConfigError(f"model.name = {cfg.model.name!r} looks like a local path but does not exist; "
+                          "fix the path, or give a hub id such as xlm-roberta-base.")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -116,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands that live in their own modules (each module owns its arguments and help).
     distance.add_cli(sub)
+    prepare.add_cli(sub)
+    predict.add_cli(sub)
     sweep.add_cli(sub, config_args)
     return parser
 
@@ -136,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # A path the user gave that is of the wrong kind or not theirs to write, met past the commands' own checks.
+        where = f" {err.filename!r}" if err.filename else ""
+        print(f"error: cannot use{where}: {err.strerror}; pass a path of the right kind that you can write.",
+              file=sys.stderr)
         return 2
 
 

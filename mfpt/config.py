@@ -304,6 +304,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(d.eval_split in ("test", "validation"), "data.eval_split", "'test' or 'validation'", d.eval_split)
     need(d.train_pool in ("train", "validation"), "data.train_pool", "'train' or 'validation'", d.train_pool)
     need(len(set(d.labels)) == len(d.labels), "data.labels", "a list without repeats", list(d.labels))
+    need(len(d.labels) != 1, "data.labels", "empty (read from the data) or at least 2 labels", list(d.labels))
     need(
         cfg.transfer.source_epochs >= 1, "transfer.source_epochs", "an integer >= 1", cfg.transfer.source_epochs
     )
@@ -406,11 +407,33 @@ def _canonical_languages(cfg: ExperimentConfig) -> dict[tuple[str, str], tuple[s
             canonical[(section, key)] = normalize_languages(getattr(getattr(cfg, section), key))
         except ValueError as err:  # UnknownLanguageError, or two codes of one language
             raise ConfigError(f"{section}.{key}: {err}") from None
-    both = [lang for lang in canonical[("data", "heldout_languages")] if lang in canonical[("data", "languages")]]
+    trained, heldout = canonical[("data", "languages")], canonical[("data", "heldout_languages")]
+    both = [lang for lang in heldout if lang in trained]
     if both:
         raise ConfigError(f"data.heldout_languages lists {both}, which data.languages also trains on; a held-out "
                           "language must never train: remove it from one of the two lists.")
+    _check_language_roles(cfg, trained, heldout, canonical[("data", "low_resource")], canonical[("transfer", "sources")])
     return canonical
+
+
+def _check_language_roles(cfg: ExperimentConfig, trained: tuple[str, ...], heldout: tuple[str, ...],
+                          low_resource: tuple[str, ...], sources: tuple[str, ...]) -> None:
+    """Refuse the language lists a run would refuse once its data is loaded, where the config alone tells.
+
+    With data.languages empty the languages come from the data, so only the run can check them against it.
+    """
+    if cfg.paradigm in (Paradigm.TRANSFER, Paradigm.ZEROSHOT):
+        if not sources:
+            raise ConfigError(f"paradigm = {cfg.paradigm.value!r} trains on transfer.sources first, but it is empty; "
+                              "list the source language(s), e.g. transfer.sources = [\"eng\"].")
+        stray = [lang for lang in sources if trained and lang not in trained]
+        if stray:
+            raise ConfigError(f"transfer.sources lists {stray}, which data.languages {list(trained)} does not train "
+                              "on; add them to data.languages or pick sources among them.")
+    stray = [lang for lang in low_resource if trained and lang not in trained + heldout]
+    if stray:
+        raise ConfigError(f"data.low_resource lists {stray}, which are not languages of this run "
+                          f"({', '.join(trained + heldout)}); drop them or add them to data.languages.")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -463,13 +486,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     """Read a TOML experiment file (or the defaults), apply overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"Config file {str(path)!r} is a directory; pass the path of a .toml experiment file.")
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist; pass the path of a .toml experiment file.")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {err}.") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"Config file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                              "save it as UTF-8.") from None
+        except OSError as err:
+            raise ConfigError(f"Config file {str(path)!r} cannot be read ({err.strerror or err}).") from None
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     return from_dict(set_dotted(raw, overrides or {}))

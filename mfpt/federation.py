@@ -7,8 +7,6 @@ simulation (`mfpt run`), under `flwr run` on a SuperLink, and in the tests on an
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,9 +17,9 @@ from flwr.serverapp import Grid
 from mfpt.config import ExperimentConfig, load_config
 from mfpt.data import DataError, client_layout, resolve
 from mfpt.errors import UserError
-from mfpt.model import build_model, export_adapter, load_trainable_state, state_spec, trainable_state
+from mfpt.model import build_model, export_atomically, load_trainable_state, state_spec, trainable_state
 from mfpt.protocol import CLIENT_KEY, CONFIG, METRICS, NUM_EVAL_KEY, NUM_TRAIN_KEY, config_entries
-from mfpt.results import RunRecorder
+from mfpt.results import ADAPTER_DIR, RunRecorder
 from mfpt.run_result import RunResult
 from mfpt.strategy import NodeInfo, make_strategy
 
@@ -155,18 +153,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
         if len(result.arrays):
             final_state = result.arrays.to_torch_state_dict()
     load_trainable_state(server.model, final_state, origin="final global state")
-    export_atomically(server.model, server.tokenizer, out_dir / "adapter")
+    export_atomically(server.model, server.tokenizer, out_dir / ADAPTER_DIR)
     return recorder.finish()
-
-
-def export_atomically(model: Any, tokenizer: Any, target: Path) -> Path:
-    """Export the final adapter into a temp folder, then swap it into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
-    export_adapter(model, tokenizer, tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
 
 
 def serve(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:

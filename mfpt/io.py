@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from mfpt.errors import UserError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync it, then rename it over `path` in one step."""
@@ -59,9 +61,28 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All JSON objects in a JSON-lines file (empty list if absent)."""
+class DamagedFileError(UserError, ValueError):
+    """A JSON-lines file with a line that is not JSON; the message names the file, the line and what to do."""
+
+
+def read_jsonl(path: str | os.PathLike, drop_cut_last_line: bool = False) -> list[dict[str, Any]]:
+    """All JSON objects in a JSON-lines file (empty list if absent).
+
+    Appends are not atomic, so a crash can cut the last line short: with `drop_cut_last_line` (a resume, which
+    re-records the unfinished round anyway) that line is dropped; any other line that is not JSON is refused."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if drop_cut_last_line and number == len(lines):
+                break
+            raise DamagedFileError(f"{str(path)!r} line {number} is not valid JSON ({err.msg}): the file is damaged; "
+                                   "restore it from a backup, or start the run again in a new folder.") from None
+    return rows

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -96,7 +98,6 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     torch.manual_seed(cfg.seed)
     model, missing = _load_backbone(cfg.model.name, num_labels)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
-    model_type = model.config.model_type
     notes: list[str] = []
 
     extra_trainable: list[str] = []
@@ -108,22 +109,9 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
         extra_trainable.append("pooler")
         notes.append("checkpoint has no pooler weights: the pooler starts as the identity and trains with the head")
 
+    max_length, head_notes = fit_inputs(model, cfg)
+    notes += head_notes
     spec = METHODS.get(method.value)
-    input_prompt = spec.input_prompt
-    positions = getattr(model.config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(model_type, 0)
-    max_length = min(cfg.model.max_seq_length, positions)
-    if input_prompt:
-        # Virtual tokens are prepended to the embeddings and use up positions (stack.md §0.8).
-        max_length = min(cfg.model.max_seq_length, positions - cfg.peft.num_virtual_tokens)
-        if max_length < 8:
-            raise ConfigError(
-                f"peft.num_virtual_tokens = {cfg.peft.num_virtual_tokens} leaves {max_length} of {positions} "
-                "positions for text; use fewer virtual tokens."
-            )
-        if cfg.peft.pool_at == PoolAt.BOS:
-            _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
-            notes.append("head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')")
-
     model = apply_method(model, cfg.peft, extra_trainable)
     if cfg.peft.init_std and spec.prompt_table:
         _scale_prompt_init(model, cfg.peft.init_std)
@@ -131,6 +119,28 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     model.to(device)
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
+
+
+def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]:
+    """The token budget of one text under `cfg`, and (input prompts) the head re-pointed past the virtual tokens.
+
+    Training and `mfpt predict` both call it on the bare classifier, so a prediction sees what training saw.
+    """
+    model_type = model.config.model_type
+    positions = getattr(model.config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(model_type, 0)
+    if not METHODS.get(cfg.peft.method.value).input_prompt:
+        return min(cfg.model.max_seq_length, positions), []
+    # Virtual tokens are prepended to the embeddings and use up positions (stack.md §0.8).
+    max_length = min(cfg.model.max_seq_length, positions - cfg.peft.num_virtual_tokens)
+    if max_length < 8:
+        raise ConfigError(
+            f"peft.num_virtual_tokens = {cfg.peft.num_virtual_tokens} leaves {max_length} of {positions} "
+            "positions for text; use fewer virtual tokens."
+        )
+    if cfg.peft.pool_at != PoolAt.BOS:
+        return max_length, []
+    _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
+    return max_length, ["head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')"]
 
 
 def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None) -> nn.Module:
@@ -250,3 +260,31 @@ def export_adapter(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def export_atomically(model: nn.Module, tokenizer: Any, target: Path) -> Path:
+    """Export the final adapter into a temp folder, then swap it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
+    export_adapter(model, tokenizer, tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, device: torch.device) -> ClassifierModel:
+    """A run's exported model, ready for inference, set up exactly as `build_model` set it up for training."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ensure_supported_stack()
+    if cfg.peft.method == PeftMethod.FULL:  # full fine-tuning exports the whole classifier, not an adapter
+        model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
+        max_length, notes = fit_inputs(model, cfg)
+    else:
+        model, _ = _load_backbone(cfg.model.name, num_labels)
+        max_length, notes = fit_inputs(model, cfg)  # before peft wraps it: the head hook sits on the bare model
+        model = load_adapter(model, adapter_dir)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    trainable, total = count_parameters(model)
+    return ClassifierModel(model, tokenizer, max_length, device, cfg.peft.method, trainable, total, notes)

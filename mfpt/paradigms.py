@@ -40,8 +40,8 @@ from flwr.simulation import run_simulation
 from mfpt.client_app import app as client_app
 from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, DataError, client_layout, resolve
-from mfpt.model import load_trainable_state, trainable_state
-from mfpt.results import RunRecorder
+from mfpt.model import export_atomically, load_trainable_state, trainable_state
+from mfpt.results import ADAPTER_DIR, RunRecorder
 from mfpt.run_result import RunResult, read_result
 from mfpt.runtime import Runtime, get_runtime
 from mfpt.server_app import build_server_app
@@ -133,8 +133,11 @@ def _restore(learners: list[Learner], state: dict[str, torch.Tensor]) -> None:
 
 
 def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, learners: list[Learner],
-                stage1: Learner | None, heldout_by: list[Learner], resume: bool) -> RunResult:
-    """Optional stage 1 (pooled sources, round 0), then `rounds` rounds of local steps for every learner."""
+                stage1: Learner | None, heldout_by: list[Learner], resume: bool, shared: Learner | None = None) -> RunResult:
+    """Optional stage 1 (pooled sources, round 0), then `rounds` rounds of local steps for every learner.
+
+    `shared`, the one model every language uses where there is one, is exported as `adapter/` like a federated run's.
+    """
     checkpoint = recorder.begin(resume)
     done = -1
     if checkpoint is not None:
@@ -153,7 +156,16 @@ def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, 
         recorder.on_train(round_, rows, 0, 0)
         recorder.on_evaluate(round_, _evaluate_learners(runtime, cfg, learners + heldout_by))
         recorder.end_round(round_, _flatten(learners + ([stage1] if stage1 else [])))
+    if shared is not None:
+        _export_shared(runtime, recorder, shared)
     return recorder.finish()
+
+
+def _export_shared(runtime: Runtime, recorder: RunRecorder, learner: Learner) -> None:
+    """Export the one model every language shares (what `mfpt predict` loads) to `adapter/`."""
+    model = runtime.classifier.model
+    load_trainable_state(model, learner.state, origin=f"final state of {learner.name}")
+    export_atomically(model, runtime.classifier.tokenizer, recorder.out_dir / ADAPTER_DIR)
 
 
 def _setup(cfg: ExperimentConfig, quiet: bool) -> tuple[ExperimentConfig, Runtime, RunRecorder, dict[str, torch.Tensor]]:
@@ -192,7 +204,7 @@ def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = F
     languages = tuple(cfg.data.languages)
     pooled = Learner("all", 0, ("train", "all"), _pool(runtime, languages), languages + tuple(cfg.data.heldout_languages),
                      _copy(initial))
-    return _run_rounds(cfg, runtime, recorder, [pooled], None, [], resume)
+    return _run_rounds(cfg, runtime, recorder, [pooled], None, [], resume, shared=pooled)
 
 
 def _source_learner(cfg: ExperimentConfig, runtime: Runtime, initial: dict[str, torch.Tensor], evaluates: tuple[str, ...]) -> Learner:
@@ -218,6 +230,7 @@ def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = Fals
         recorder.on_train(1, [_train_learner(runtime, cfg, source, _source_steps(cfg, source), 0)], 0, 0)
         recorder.on_evaluate(1, _evaluate_learners(runtime, cfg, [source]))
         recorder.end_round(1, _flatten([source]))
+    _export_shared(runtime, recorder, source)
     return recorder.finish()
 
 

@@ -36,6 +36,7 @@ METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
 PROGRESS = "progress.json"
 CHECKPOINTS = "checkpoints"
+ADAPTER_DIR = "adapter"  # the final shared model, in peft's format (mfpt predict loads it)
 
 
 class ResumeError(UserError, ValueError):
@@ -58,16 +59,57 @@ def save_checkpoint(path: Path, round_: int, state: Mapping[str, torch.Tensor], 
     return io.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"round": str(round_)}))
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint written by save_checkpoint."""
-    from safetensors import safe_open
+class DamagedCheckpointError(ResumeError):
+    """A checkpoint file that cannot be read back whole (truncated, overwritten, not safetensors, NaN/Inf)."""
 
-    with safe_open(str(path), framework="pt") as handle:
-        round_ = int(handle.metadata()["round"])
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; a file that is not whole raises DamagedCheckpointError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            round_ = int((handle.metadata() or {})["round"])
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise DamagedCheckpointError(f"checkpoint {str(path)!r} is damaged ({type(err).__name__}: {err})") from None
+    # safetensors keeps no checksum: bytes overwritten inside a tensor read back as numbers, often NaN or Inf.
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise DamagedCheckpointError(f"checkpoint {str(path)!r} is damaged: {broken[0]!r} holds NaN or Inf")
     state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
     server = {k[len("server/"):]: v.numpy() for k, v in tensors.items() if k.startswith("server/")}
     return Checkpoint(round_, state, server)
+
+
+def last_intact_checkpoint(out_dir: Path, completed: int) -> Checkpoint | None:
+    """The newest readable checkpoint of rounds `completed`..0, warning about each damaged one passed over.
+
+    None when `completed` is 0 and no round-0 checkpoint exists (nothing ran yet); ResumeError when rounds were
+    completed but none of their checkpoints can be read.
+    """
+    for round_ in range(completed, -1, -1):
+        path = checkpoint_path(out_dir, round_)
+        if round_ == 0 and not path.exists():  # only transfer's stage 1 checkpoints round 0
+            break
+        try:
+            checkpoint = load_checkpoint(path) if path.exists() else None
+        except DamagedCheckpointError as err:
+            log.warning("%s; passing over it", err)
+            continue
+        if checkpoint is None:
+            log.warning("checkpoint %r is missing; passing over it", str(path))
+        elif checkpoint.round != round_:
+            log.warning("checkpoint %r says round %d; passing over it", str(path), checkpoint.round)
+        else:
+            if round_ < completed:
+                log.warning("resuming from round %d, the last intact checkpoint (%s); rounds %d-%d run again",
+                            round_, path.name, round_ + 1, completed)
+            return checkpoint
+    if completed == 0:
+        return None
+    raise ResumeError(f"No intact checkpoint in {str(out_dir / CHECKPOINTS)!r} (rounds 1-{completed} are damaged or "
+                      "missing): this run cannot be resumed; start it again with --out NEW_FOLDER.")
 
 
 def checkpoint_path(out_dir: Path, round_: int) -> Path:
@@ -106,6 +148,19 @@ def mean_block(per_language: Mapping[str, LanguageScore], languages: list[str]) 
     return MeanScore(mean([s.accuracy for s in present]), mean([s.macro_f1 for s in present]))
 
 
+def ensure_output_dir(out_dir: Path) -> Path:
+    """Create a run's output folder, or refuse in one line when the path is a file or cannot be created."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResumeError(f"Output directory {str(out_dir)!r} is an existing file, not a folder; "
+                          "pass a folder to --out (or output_dir).")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResumeError(f"Output directory {str(out_dir)!r} cannot be created ({err.strerror or err}); "
+                          "set output_dir or --out to a folder you can write.") from None
+    return out_dir
+
+
 @dataclass
 class RunRecorder:
     """Writes a run's outputs as it goes (it is the strategy's RoundListener for federated runs)."""
@@ -123,7 +178,7 @@ class RunRecorder:
     # ---------------------------------------------------------------------------------- start / resume
     def begin(self, resume: bool) -> Checkpoint | None:
         """Check the output directory is writable, write the config, and return the checkpoint to resume from."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_output_dir(self.out_dir)
         probe = self.out_dir / ".write-test"
         try:
             io.write_text(probe, "ok")
@@ -141,24 +196,45 @@ class RunRecorder:
             return None
         if not progress_file.exists():
             raise ResumeError(f"{str(self.out_dir)!r} has no {PROGRESS}: nothing to resume. Run without --resume.")
-        saved = (self.out_dir / CONFIG).read_text(encoding="utf-8")
+        self._check_same_config()
+        progress = self._read_progress(progress_file)
+        self.started = time.time() - float(progress.get("wall_seconds", 0.0))
+        checkpoint = last_intact_checkpoint(self.out_dir, int(progress["completed_round"]))
+        resumed = checkpoint.round if checkpoint is not None else -1  # -1: nothing kept, the run starts over
+        # Everything recorded after the resumed round is dropped, then re-recorded by the resumed run: the lines of
+        # a round that did not finish, and those of rounds whose checkpoint is damaged (never counted twice).
+        rows = [r for r in io.read_jsonl(self.out_dir / METRICS, drop_cut_last_line=True) if int(r["round"]) <= resumed]
+        io.write_text(self.out_dir / METRICS, "".join(io.json_line(r) for r in rows))
+        self.comm = [c for c in progress.get("comm", []) if c["round"] <= resumed]
+        self.local_steps = {}
+        for row in rows:
+            if row["split"] == "train":
+                self.local_steps[row["client"]] = self.local_steps.get(row["client"], 0) + int(row["steps"])
+        self._write_progress(max(resumed, 0))
+        return checkpoint
+
+    def _check_same_config(self) -> None:
+        """Refuse to resume under another config than the run was started with."""
+        try:
+            saved = (self.out_dir / CONFIG).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ResumeError(f"{str(self.out_dir / CONFIG)!r} cannot be read ({err.strerror}); without it the run "
+                              "cannot be resumed: start it again with --out NEW_FOLDER.") from None
         if saved != to_toml(self.cfg):
             raise ResumeError(
                 f"The config differs from the one {str(self.out_dir)!r} was started with ({CONFIG}); "
                 "resume with the same config, or start a new run with --out."
             )
-        progress = io.read_json(progress_file)
-        self.comm = progress.get("comm", [])
-        self.local_steps = progress.get("local_steps", {})
-        self.started = time.time() - float(progress.get("wall_seconds", 0.0))
-        completed = int(progress["completed_round"])
-        # Lines of a round that did not finish are dropped, then re-recorded by the resumed run.
-        rows = [r for r in io.read_jsonl(self.out_dir / METRICS) if int(r["round"]) <= completed]
-        io.write_text(self.out_dir / METRICS, "".join(io.json_line(r) for r in rows))
-        self.comm = [c for c in self.comm if c["round"] <= completed]
-        # Round 0 is transfer's stage 1, the only round 0 that is ever checkpointed.
-        last = checkpoint_path(self.out_dir, completed)
-        return load_checkpoint(last) if completed > 0 or last.exists() else None
+
+    def _read_progress(self, path: Path) -> dict[str, Any]:
+        """progress.json, or a ResumeError naming it when it is not the recorder's JSON."""
+        try:
+            progress = io.read_json(path)
+            int(progress["completed_round"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ResumeError(f"{str(path)!r} is damaged ({type(err).__name__}: {err}); the run cannot be resumed: "
+                              "start it again with --out NEW_FOLDER.") from None
+        return progress
 
     def _check_free_space(self) -> None:
         """Refuse to start when the disk cannot hold every round's checkpoint (found now, not at round k)."""
@@ -213,7 +289,10 @@ class RunRecorder:
     def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None) -> None:
         """Checkpoint the global state, then mark the round complete (in that order)."""
         save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {})
-        io.write_json(self.out_dir / PROGRESS, {"completed_round": round_, "comm": self.comm,
+        self._write_progress(round_)
+
+    def _write_progress(self, completed_round: int) -> None:
+        io.write_json(self.out_dir / PROGRESS, {"completed_round": completed_round, "comm": self.comm,
                                                 "local_steps": self.local_steps,
                                                 "wall_seconds": time.time() - self.started})
 

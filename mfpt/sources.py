@@ -33,7 +33,7 @@ class DataError(UserError, ValueError):
 
 # ------------------------------------------------------------------------------------------ universal-schema files
 
-_READERS = {
+READERS = {
     ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
     ".json": lambda p: pd.read_json(p, lines=True, dtype=False),
     ".csv": lambda p: pd.read_csv(p, dtype={LABEL: str, LANG: str, SPLIT: str}, keep_default_na=False),
@@ -50,14 +50,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"Data file {str(path)!r} does not exist; set data.path to a JSONL, CSV or Parquet file "
             "(or a directory of them) in the universal schema."
         )
-    files = sorted(p for p in path.iterdir() if p.suffix in _READERS) if path.is_dir() else [path]
+    files = sorted(p for p in path.iterdir() if p.suffix in READERS) if path.is_dir() else [path]
     if not files:
-        raise DataError(f"Directory {str(path)!r} holds no {', '.join(_READERS)} files.")
+        raise DataError(f"Directory {str(path)!r} holds no {', '.join(READERS)} files.")
     frames = []
     for file in files:
-        reader = _READERS.get(file.suffix.lower())
+        reader = READERS.get(file.suffix.lower())
         if reader is None:
-            raise DataError(f"Data file {str(file)!r} has an unknown extension; use one of {', '.join(_READERS)}.")
+            raise DataError(f"Data file {str(file)!r} has an unknown extension; use one of {', '.join(READERS)}.")
         try:
             frame = reader(file)
         except ValueError as err:

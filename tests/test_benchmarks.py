@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from mfpt.benchmarks import BENCHMARKS, SIB200_CODES
 from mfpt.config import DataConfig, load_config
 from mfpt.data import DATA_SOURCES, DataError, load_source
+from mfpt.languages import normalize_languages
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
@@ -164,14 +166,18 @@ def test_load_source_reaches_the_benchmark_loaders() -> None:
 class FakeHub:
     """Stands in for datasets.load_dataset: serves rows in the hub's schema and records what was asked."""
 
-    def __init__(self, features: datasets.Features, rows: dict[str, list[Any]], script_based: bool = False) -> None:
-        self.features, self.rows, self.script_based = features, rows, script_based
+    def __init__(self, features: datasets.Features, rows: dict[str, list[Any]], script_based: bool = False,
+                 parquet_export: bool = True) -> None:
+        self.features, self.rows, self.script_based, self.parquet_export = features, rows, script_based, parquet_export
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> datasets.Dataset:
         self.calls.append((args, kwargs))
         if self.script_based and args[0] != "parquet":
             raise RuntimeError(f"Dataset scripts are no longer supported, but found {args[0].split('/')[-1]}.py")
+        if args[0] == "parquet" and not self.parquet_export:
+            # What datasets raises when the refs/convert/parquet branch or its files do not exist.
+            raise FileNotFoundError(f"Unable to find '{kwargs['data_files']}'\n(more lines of detail)")
         return datasets.Dataset.from_dict(self.rows, features=self.features)
 
 
@@ -255,6 +261,135 @@ def test_script_based_hub_repo_falls_back_to_the_parquet_export(monkeypatch: pyt
     files = parquet_calls[0][1]["data_files"]["validation"]
     assert files == "hf://datasets/masakhane/masakhanews@refs%2Fconvert%2Fparquet/swa/validation/*.parquet"
     assert dict(zip(frame["text"], frame["label"])) == expected and set(frame["lang"]) == {"swh"}
+
+
+def test_script_based_hub_repo_without_parquet_export_says_where_to_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    features, rows, _, _ = HUB_CASES["xglue-nc"]
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub(features, rows, script_based=True, parquet_export=False))
+    with pytest.raises(DataError) as err:
+        load("xglue-nc", languages=("de",), train_pool="validation")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "microsoft/xglue is a loading script" in message
+    assert "'XGLUE Data with Test'" in message and "https://microsoft.github.io/XGLUE/" in message
+    assert "set data.path" in message and "NC/" in message
+
+
+def test_hub_failure_is_one_line_naming_the_hub_id_and_the_local_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Couldn't reach 'Davlan/sib200' on the Hub (LocalEntryNotFoundError)\nsecond line")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError) as err:
+        load("sib200", languages=("swh",), train_pool="validation")
+    message = str(err.value)
+    assert "\n" not in message and "Davlan/sib200" in message and "Couldn't reach" in message
+    assert "set data.path (mfpt prepare: --path) to a local copy" in message and "data/annotated/" in message
+
+
+def test_hub_read_is_pinned_to_the_resolved_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfpt.benchmarks as benchmarks
+
+    features, rows, languages, _ = HUB_CASES["xnli"]
+    fake = FakeHub(features, rows)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(benchmarks, "hub_revision", lambda hub_id, ref: asked.append((hub_id, ref)) or "abc123")
+    _, provenance = benchmarks.load_benchmark_with_provenance(
+        BENCHMARKS["xnli"], DataConfig(source="xnli", languages=languages, train_pool="validation"))
+    assert asked == [("facebook/xnli", "main")]  # resolved once, then every split read at that commit
+    assert [k["revision"] for _, k in fake.calls] == ["abc123", "abc123"]
+    assert (provenance.location, provenance.revision, provenance.ref) == ("facebook/xnli", "abc123", "main")
+
+
+def test_parquet_export_read_records_the_export_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfpt.benchmarks as benchmarks
+
+    features, rows, _, _ = HUB_CASES["masakhanews"]
+    fake = FakeHub(features, rows, script_based=True)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    commits = {"main": "m1", "refs/convert/parquet": "p2"}
+    monkeypatch.setattr(benchmarks, "hub_revision", lambda hub_id, ref: commits[ref])
+    _, provenance = benchmarks.load_benchmark_with_provenance(
+        BENCHMARKS["masakhanews"], DataConfig(source="masakhanews", languages=("hau",), train_pool="validation"))
+    parquet_files = [k["data_files"] for a, k in fake.calls if a[0] == "parquet"]
+    assert parquet_files[0] == {"validation": "hf://datasets/masakhane/masakhanews@p2/hau/validation/*.parquet"}
+    assert (provenance.revision, provenance.ref) == ("p2", "refs/convert/parquet")
+
+
+# --------------------------------------------------------------------------------------------- local layouts
+
+# fixture folder -> (benchmark, data.path under it, languages, train_pool, a text only that layout's copy holds)
+LAYOUT_CASES = {
+    "sib200 hub repository (Davlan/sib200: data/<code>/)": (
+        "sib200", "sib200-hub", ("eng_Latn", "swh_Latn"), "train", "swh_Latn hub-repo sentence test 0"),
+    "sib200 GitHub checkout (data/annotated/<code>/)": (
+        "sib200", "sib200-github", ("eng_Latn", "swh_Latn"), "train", "swh_Latn github sentence test 0"),
+    "sib200 annotated folder": ("sib200", "sib200", ("eng_Latn", "swh_Latn"), "train", "swh_Latn sentence test 0"),
+    "masakhanews GitHub checkout (data/<lang>/)": (
+        "masakhanews", "masakhanews-github", ("hau", "swa"), "train", "swa github headline test 0"),
+    "masakhanews data folder": ("masakhanews", "masakhanews", ("hau", "swa"), "train", "swa headline test 0"),
+    "xnli release (XNLI-1.0 + XNLI-MT-1.0)": ("xnli", "xnli", ("en", "sw"), "train", "sw premise test 0"),
+    "xglue-nc release (xglue_full_dataset: NC/)": ("xglue-nc", "xglue-nc", ("en", "de"), "validation",
+                                                   "de title test 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_mfpt_data_reads_every_layout(capsys: pytest.CaptureFixture[str], case: str) -> None:
+    from mfpt.cli import main
+
+    name, folder, languages, pool, _ = LAYOUT_CASES[case]
+    code = main(["data", "--set", f"data.source={name!r}".replace("'", '"'),
+                 "--set", f'data.path="{FIXTURES / folder}"', "--set", f"data.languages={','.join(languages)}",
+                 "--set", f"data.train_pool={pool}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"source {name!r}: {len(languages)} training client(s)" in out
+    for canonical in normalize_languages(languages):  # one client line per language, with training rows
+        assert re.search(rf"^\s*{canonical}\s+train\s+[1-9]", out, re.MULTILINE), out
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_each_layout_reads_its_own_rows(case: str) -> None:
+    name, folder, languages, pool, marker = LAYOUT_CASES[case]
+    frame = load(name, path=str(FIXTURES / folder), languages=languages, train_pool=pool)
+    assert any(text.startswith(marker) for text in frame.loc[frame["split"] == "test", "text"])
+    assert set(frame["lang"]) == set(normalize_languages(languages))
+
+
+def test_layout_matching_nothing_lists_every_path_tried(tmp_path: Path) -> None:
+    (tmp_path / "data" / "swh_Latn").mkdir(parents=True)  # a hub clone whose language folder is empty
+    with pytest.raises(DataError) as err:
+        load("sib200", path=str(tmp_path), languages=("swh",))
+    message = str(err.value)
+    for tried in ("swh_Latn/train.tsv", "data/annotated/swh_Latn/train.tsv", "data/swh_Latn/train.tsv"):
+        assert repr(str(tmp_path / tried)) in message
+    assert "Missing file" in message and "SIB-200 train set for 'swh_Latn'" in message
+
+
+def test_xnli_hub_repository_clone_reads_its_parquet_files(tmp_path: Path) -> None:
+    features = HUB_CASES["xnli"][0]
+    for split, labels in (("train", [0, 1]), ("validation", [2, 2]), ("test", [1, 0])):
+        rows = {"premise": [f"{split} p{i}" for i in range(2)], "hypothesis": [f"{split} h{i}" for i in range(2)],
+                "label": labels}
+        (tmp_path / "sw").mkdir(exist_ok=True)
+        clone_file = tmp_path / "sw" / f"{split}-00000-of-00001.parquet"  # facebook/xnli's file names
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(clone_file)
+    frame = load("xnli", path=str(tmp_path), languages=("sw",))
+    test = frame[frame["split"] == "test"]
+    assert list(zip(test["text"], test["text_pair"], test["label"])) == [
+        ("test p0", "test h0", "neutral"), ("test p1", "test h1", "entailment")]
+    assert set(frame["split"]) == {"train", "validation", "test"} and set(frame["lang"]) == {"swh"}
+
+
+def test_clone_without_git_lfs_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "sw").mkdir()
+    for split in ("validation", "test"):  # what a clone without git-lfs holds: pointer text, not parquet
+        (tmp_path / "sw" / f"{split}-00000-of-00001.parquet").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"could not be read as parquet.*git lfs pull"):
+        load("xnli", path=str(tmp_path), languages=("sw",), train_pool="validation")
 
 
 # --------------------------------------------------------------------------------------------- presets

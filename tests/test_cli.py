@@ -75,3 +75,72 @@ def test_validate_data_and_keys(capsys, base_args):
     assert "4 training client(s)" in out and "health, politics, sport" in out
     assert main(["keys"]) == 0
     assert "peft.init_std" in capsys.readouterr().out
+
+
+def _one_line_error(capsys) -> str:
+    err = _error(capsys)
+    assert err.startswith("error: ") and err.count("\n") == 1
+    return err
+
+
+def test_out_that_is_an_existing_file_is_refused_naming_it(capsys, tmp_path, base_args):
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    assert main(["run", *base_args[:-2], "--out", str(existing), "--set", "paradigm=local"]) == 2
+    err = _one_line_error(capsys)
+    assert str(existing) in err and "is an existing file" in err
+    assert existing.read_text() == "keep me"
+
+
+def test_sweep_out_that_is_a_file_is_refused_not_a_traceback(capsys, tmp_path, base_args):
+    existing = tmp_path / "sweep.txt"
+    existing.write_text("")
+    assert main(["sweep", *base_args[:-2], "--grid", "paradigm=local", "--out", str(existing)]) == 2
+    assert str(existing) in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--set", "data.languages=en,eng"], "'en' and 'eng' both mean 'eng'"),
+    (["--set", "data.languages=eng,xx1"], "Unknown language code 'xx1'"),
+    (["--set", "data.languages=eng,swh", "--set", "data.heldout_languages=sw"], "a held-out language must never train"),
+    (["--set", "data.languages=swh,hau", "--set", "paradigm=transfer"], "transfer.sources lists ['eng']"),
+    (["--set", "paradigm=zeroshot", "--set", "transfer.sources=[]"], "transfer.sources"),
+    (["--set", "data.languages=swh,hau", "--set", "data.low_resource=yor"], "data.low_resource lists ['yor']"),
+    (["--set", "data.labels=sport"], "at least 2 labels"),
+    (["--set", 'data.path="/nonexistent/news.jsonl"'], "data.path = '/nonexistent/news.jsonl' does not exist"),
+    (["--set", 'data.path=""'], "needs data.path"),
+    (["--set", 'model.name="/nonexistent/encoder"'], "looks like a local path but does not exist"),
+])
+def test_validate_refuses_what_run_would_refuse(capsys, base_args, extra, expected):
+    assert main(["validate", *base_args[:-2], *extra]) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_validate_refuses_a_model_folder_without_config(capsys, tmp_path, base_args):
+    (tmp_path / "encoder").mkdir()
+    assert main(["validate", *base_args[:-2], "--set", f'model.name="{tmp_path / "encoder"}"']) == 2
+    assert "is a directory without config.json" in _one_line_error(capsys)
+
+
+def test_duplicated_language_is_refused_by_run_in_one_line(capsys, base_args):
+    assert main(["run", *base_args, "--set", "data.languages=en,eng,swh"]) == 2
+    assert "list each language once" in _one_line_error(capsys)
+
+
+def test_config_paths_of_the_wrong_kind_are_refused(capsys, tmp_path):
+    assert main(["validate", str(tmp_path)]) == 2
+    assert "is a directory" in _one_line_error(capsys)
+    latin1 = tmp_path / "exp.toml"
+    latin1.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    assert main(["validate", str(latin1)]) == 2
+    assert "is not UTF-8 text" in _one_line_error(capsys)
+
+
+def test_report_on_an_empty_or_truncated_run_is_refused(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert "holds no results.json" in _one_line_error(capsys)
+    (empty / "results.json").write_text('{"schema_version": 1, "name": ')
+    assert main(["report", str(empty)]) == 2
+    assert "is not valid JSON" in _one_line_error(capsys)

@@ -85,3 +85,28 @@ def test_config_is_frozen_and_replace_validates():
     assert cfg.replace(**{"train.lr": 0.3}).train.lr == 0.3
     with pytest.raises(ConfigError):
         cfg.replace(**{"train.lr": -1})
+
+
+@pytest.mark.parametrize("overrides, must_say", [
+    ({"data.languages": ["en", "eng"]}, ["data.languages", "'en' and 'eng'"]),
+    ({"data.languages": ["eng", "xx1"]}, ["data.languages", "'xx1'"]),
+    ({"data.languages": ["eng"], "data.heldout_languages": ["en"]}, ["data.heldout_languages", "never train"]),
+    ({"paradigm": "transfer", "data.languages": ["swh"], "transfer.sources": ["eng"]}, ["transfer.sources", "['eng']"]),
+    ({"paradigm": "zeroshot", "transfer.sources": []}, ["transfer.sources", "empty"]),
+    ({"data.languages": ["swh"], "data.low_resource": ["hau"]}, ["data.low_resource", "['hau']"]),
+    ({"data.labels": ["only"]}, ["data.labels", "at least 2"]),
+])
+def test_language_roles_and_labels_are_refused_at_parse(overrides, must_say):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    for text in must_say:
+        assert text in str(err.value)
+
+
+def test_language_roles_are_checked_only_where_the_config_tells():
+    # Without data.languages the languages come from the data: only the run can check sources and low_resource.
+    assert load_config(None, {"paradigm": "transfer", "transfer.sources": ["fra"], "data.low_resource": ["yor"]})
+    # Sources matter only to the paradigms that train on them first.
+    assert load_config(None, {"data.languages": ["swh"]}).transfer.sources == ("eng",)
+    assert load_config(None, {"data.languages": ["swh"], "data.heldout_languages": ["hau"],
+                              "data.low_resource": ["hau"]}).data.low_resource == ("hau",)

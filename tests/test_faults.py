@@ -243,6 +243,55 @@ def test_server_crash_then_resume_equals_uninterrupted_run(make_config, tmp_path
     assert rounds_seen == [1, 2, 3]
 
 
+def test_damaged_checkpoint_resumes_federation_from_the_last_intact_round(make_config, tmp_path, caplog):
+    rounds = 3
+    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": rounds, "federation.strategy": "fedadam",
+                                         "federation.server_lr": 0.05, "output_dir": str(tmp_path / "full")})
+    run_federated(InProcessGrid(3), cfg, quiet=True)
+    full = _final(cfg.output_dir, rounds)
+    cut = cfg.replace(output_dir=str(tmp_path / "cut"))
+    with pytest.raises(Crash):  # dies as round 3 starts, after round 2's checkpoint
+        run_federated(InProcessGrid(3, crash=lambda m: m.metadata.message_type == "train"
+                                    and int(m.content["config"]["mfpt.round"]) == 3), cut, quiet=True)
+    damaged = tmp_path / "cut" / "checkpoints" / "round-0002.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-40])
+    trained_rounds: list[int] = []  # read as each message leaves: the config record is reused across rounds
+    grid = InProcessGrid(3, crash=lambda m: m.metadata.message_type == "train"
+                         and trained_rounds.append(int(m.content["config"]["mfpt.round"])) is not None)
+    with caplog.at_level("WARNING", logger="mfpt"):
+        run_federated(grid, cut, resume=True, quiet=True)
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert str(damaged) in warnings and "resuming from round 1" in warnings
+    assert trained_rounds == [2, 2, 2, 3, 3, 3]  # round 2 is trained again from round 1's intact state
+    resumed = _final(cut.output_dir, rounds)
+    for key in full.state:
+        torch.testing.assert_close(resumed.state[key], full.state[key], rtol=0, atol=0)
+    for key in full.server_state:
+        np.testing.assert_array_equal(resumed.server_state[key], full.server_state[key])
+    train_rows = [(r["round"], r["client"]) for r in _rows(cut.output_dir, "train")]
+    assert sorted(train_rows) == sorted((r, lang) for r in (1, 2, 3) for lang in LANGS)  # nothing counted twice
+
+
+def test_checkpoint_with_nan_is_damaged_and_progress_or_config_damage_is_refused(make_config, tmp_path):
+    from mfpt.results import DamagedCheckpointError, checkpoint_path, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "round-0001.safetensors", 1, {"w": torch.tensor([1.0, float("nan")])}, {})
+    with pytest.raises(DamagedCheckpointError, match="'state/w' holds NaN"):
+        load_checkpoint(path)
+    cfg = _cfg(make_config, tmp_path)
+    out = Path(cfg.output_dir)
+    RunRecorder(cfg, out, 10, 10, quiet=True).begin(False)
+    save_checkpoint(checkpoint_path(out, 1), 1, {"w": torch.ones(2)}, {})
+    (out / "progress.json").write_text('{"completed_round": ')
+    with pytest.raises(ResumeError, match="progress.json' is damaged"):
+        RunRecorder(cfg, out, 10, 10, quiet=True).begin(True)
+    (out / "progress.json").write_text('{"completed_round": 1}')
+    assert RunRecorder(cfg, out, 10, 10, quiet=True).begin(True).round == 1
+    (out / "config.toml").unlink()
+    with pytest.raises(ResumeError, match="config.toml' cannot be read"):
+        RunRecorder(cfg, out, 10, 10, quiet=True).begin(True)
+
+
 def test_poisoned_client_end_to_end_is_refused_and_run_completes(make_config, tmp_path):
     cfg = _cfg(make_config, tmp_path, **{"federation.min_clients": 2})
 
@@ -291,6 +340,8 @@ def test_unwritable_output_directory_is_reported_before_training(make_config, tm
     cfg = _cfg(make_config, tmp_path, output_dir=str(blocker / "run"))
     with pytest.raises((ResumeError, OSError)):
         RunRecorder(cfg, Path(cfg.output_dir), 10, 10, quiet=True).begin(False)
+    with pytest.raises(ResumeError, match="is an existing file"):  # the path itself a file: refused, named
+        RunRecorder(cfg.replace(output_dir=str(blocker)), blocker, 10, 10, quiet=True).begin(False)
 
 
 # ------------------------------------------------------------------------------------------ audit of outgoing messages

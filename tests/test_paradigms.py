@@ -150,3 +150,62 @@ def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path,
     assert sum(1 for r in rows if r["round"] == 0 and r["split"] == "train") == 1  # stage 1 recorded once
     assert resumed["local_steps"] == whole["local_steps"]
     assert resumed["per_language"] == whole["per_language"] and resumed["heldout"] == whole["heldout"]
+
+
+def test_damaged_checkpoint_resumes_from_the_last_intact_round(config, tmp_path, monkeypatch, caplog, capsys) -> None:
+    from mfpt.cli import main
+
+    whole = run_experiment(config("local", **{"federation.rounds": 3, "output_dir": str(tmp_path / "whole")}),
+                           quiet=True).to_json()
+    cfg = config("local", **{"federation.rounds": 3, "output_dir": str(tmp_path / "cut")})
+    train_learner = paradigms._train_learner
+
+    def killed_in_round_three(runtime, cfg_, learner, steps, round_):
+        if round_ == 3:
+            raise Killed
+        return train_learner(runtime, cfg_, learner, steps, round_)
+
+    monkeypatch.setattr(paradigms, "_train_learner", killed_in_round_three)
+    with pytest.raises(Killed):
+        run_experiment(cfg, quiet=True)
+    monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+    damaged = tmp_path / "cut" / "checkpoints" / "round-0002.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a disk that filled up, a copy cut short
+    with caplog.at_level("WARNING", logger="mfpt"):
+        resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert str(damaged) in warnings and "resuming from round 1" in warnings
+    rows = io.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert Counter((r["round"], r["lang"]) for r in rows if r["split"] == "train") == Counter(
+        {(round_, lang): 1 for round_ in (1, 2, 3) for lang in LANGS})  # round 2 re-recorded, never counted twice
+    assert resumed["local_steps"] == whole["local_steps"]
+    assert resumed["per_language"] == whole["per_language"]
+
+    for round_ in (1, 2, 3):  # nothing intact left: refused in one line
+        path = tmp_path / "cut" / "checkpoints" / f"round-{round_:04d}.safetensors"
+        path.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "cut" / "config.toml"), "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No intact checkpoint") and err.count("\n") == 1 and "--out" in err
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_the_crash(config, tmp_path, monkeypatch) -> None:
+    whole = run_experiment(config("local", **{"output_dir": str(tmp_path / "whole")}), quiet=True).to_json()
+    cfg = config("local", **{"output_dir": str(tmp_path / "cut")})
+    train_learner = paradigms._train_learner
+
+    def killed_in_round_two(runtime, cfg_, learner, steps, round_):
+        if round_ == 2:
+            raise Killed
+        return train_learner(runtime, cfg_, learner, steps, round_)
+
+    monkeypatch.setattr(paradigms, "_train_learner", killed_in_round_two)
+    with pytest.raises(Killed):
+        run_experiment(cfg, quiet=True)
+    monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"round": 2, "split": "tra')  # the append the crash interrupted
+    resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
+    assert resumed["per_language"] == whole["per_language"] and resumed["local_steps"] == whole["local_steps"]
+    assert all(r["round"] in (1, 2) for r in io.read_jsonl(tmp_path / "cut" / "metrics.jsonl"))
