@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mfpt import distance, predict, sweep  # each adds its subcommands (add_cli)
-from mfpt import prepare
+from mfpt import distance, predict, prepare, sweep  # each adds its subcommands (add_cli)
+from mfpt.compat import ensure_supported_stack
 from mfpt.config import ConfigError, ExperimentConfig, describe, load_config, to_toml
 from mfpt.errors import UserError
 from mfpt.report import render_run_summary
@@ -153,8 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("transformers", "peft", "datasets"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        from mfpt.compat import ensure_supported_stack
-
         ensure_supported_stack()
         return int(args.func(args) or 0)
     except UserError as err:

@@ -20,9 +20,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from mfpt.errors import UserError
-from mfpt import io
+from mfpt import __version__, io
 from mfpt.config import ExperimentConfig, to_dict, to_toml
+from mfpt.errors import UserError
 from mfpt.report import render_run_report
 from mfpt.run_result import RESULTS_FILE, Communication, LanguageScore, MeanScore, RunResult, write_result
 from mfpt.specs import protocol
@@ -124,8 +124,6 @@ def versions() -> dict[str, str]:
 
     found = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
              "peft": peft.__version__, "flwr": flwr.__version__}
-    from mfpt import __version__
-
     found["mfpt"] = __version__
     try:
         found["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
