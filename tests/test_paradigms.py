@@ -130,21 +130,26 @@ class Killed(Exception):
     pass
 
 
-def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path, monkeypatch) -> None:
-    whole = run_experiment(config("transfer", output_dir=str(tmp_path / "whole")), quiet=True).to_json()
-    cfg = config("transfer", output_dir=str(tmp_path / "cut"))
+def interrupt_at_round(cfg, monkeypatch, at_round: int) -> None:
+    """Run `cfg` until local training of round `at_round` starts, and stop it there as a crash would."""
     train_learner = paradigms._train_learner
 
-    def killed_in_round_one(runtime, cfg_, learner, steps, round_):
-        if round_ == 1:
+    def killed(runtime, cfg_, learner, steps, round_):
+        if round_ == at_round:
             raise Killed
         return train_learner(runtime, cfg_, learner, steps, round_)
 
-    monkeypatch.setattr(paradigms, "_train_learner", killed_in_round_one)
+    monkeypatch.setattr(paradigms, "_train_learner", killed)
     with pytest.raises(Killed):
         run_experiment(cfg, quiet=True)
-    assert io.read_json(tmp_path / "cut" / "progress.json")["completed_round"] == 0
     monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+
+
+def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path, monkeypatch) -> None:
+    whole = run_experiment(config("transfer", output_dir=str(tmp_path / "whole")), quiet=True).to_json()
+    cfg = config("transfer", output_dir=str(tmp_path / "cut"))
+    interrupt_at_round(cfg, monkeypatch, 1)
+    assert io.read_json(tmp_path / "cut" / "progress.json")["completed_round"] == 0
     resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
     rows = io.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert sum(1 for r in rows if r["round"] == 0 and r["split"] == "train") == 1  # stage 1 recorded once
@@ -158,17 +163,7 @@ def test_damaged_checkpoint_resumes_from_the_last_intact_round(config, tmp_path,
     whole = run_experiment(config("local", **{"federation.rounds": 3, "output_dir": str(tmp_path / "whole")}),
                            quiet=True).to_json()
     cfg = config("local", **{"federation.rounds": 3, "output_dir": str(tmp_path / "cut")})
-    train_learner = paradigms._train_learner
-
-    def killed_in_round_three(runtime, cfg_, learner, steps, round_):
-        if round_ == 3:
-            raise Killed
-        return train_learner(runtime, cfg_, learner, steps, round_)
-
-    monkeypatch.setattr(paradigms, "_train_learner", killed_in_round_three)
-    with pytest.raises(Killed):
-        run_experiment(cfg, quiet=True)
-    monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+    interrupt_at_round(cfg, monkeypatch, 3)
     damaged = tmp_path / "cut" / "checkpoints" / "round-0002.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:100])  # a disk that filled up, a copy cut short
     with caplog.at_level("WARNING", logger="mfpt"):
@@ -193,17 +188,7 @@ def test_damaged_checkpoint_resumes_from_the_last_intact_round(config, tmp_path,
 def test_resume_drops_a_metrics_line_cut_short_by_the_crash(config, tmp_path, monkeypatch) -> None:
     whole = run_experiment(config("local", **{"output_dir": str(tmp_path / "whole")}), quiet=True).to_json()
     cfg = config("local", **{"output_dir": str(tmp_path / "cut")})
-    train_learner = paradigms._train_learner
-
-    def killed_in_round_two(runtime, cfg_, learner, steps, round_):
-        if round_ == 2:
-            raise Killed
-        return train_learner(runtime, cfg_, learner, steps, round_)
-
-    monkeypatch.setattr(paradigms, "_train_learner", killed_in_round_two)
-    with pytest.raises(Killed):
-        run_experiment(cfg, quiet=True)
-    monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+    interrupt_at_round(cfg, monkeypatch, 2)
     with open(tmp_path / "cut" / "metrics.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"round": 2, "split": "tra')  # the append the crash interrupted
     resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
