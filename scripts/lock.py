@@ -9,6 +9,7 @@ so only what had to move moves; `--upgrade` re-resolves everything to the newest
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "lock.txt"
-# The CPU wheel of torch is not on PyPI (PyPI's Linux torch is the CUDA build): pip's find-links folder has it here.
-TORCH_WHEELS = Path("/opt/wheels")
+# The CPU wheel of torch is not on PyPI (PyPI's Linux torch is the CUDA build): a folder holding
+# torch-2.13.0+cpu-cp311-*.whl, by default pip's find-links folder on these machines.
+TORCH_WHEELS = Path(os.environ.get("MFPT_TORCH_WHEELS", "/opt/wheels"))
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
 
