@@ -19,9 +19,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mfpt.errors import UserError
 from mfpt.compat import ensure_supported_stack, expose_past_key_values
 from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
+from mfpt.errors import UserError
 from mfpt.specs import METHODS
 
 log = logging.getLogger("mfpt")
@@ -92,7 +92,6 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
 
     if num_labels < 2:
         raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
-    ensure_supported_stack()
     method = cfg.peft.method
     # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
     torch.manual_seed(cfg.seed)
@@ -145,6 +144,7 @@ def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]
 
 def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None) -> nn.Module:
     """Wrap a sequence classifier with the configured PEFT method (or unfreeze everything for `full`)."""
+    ensure_supported_stack()  # every model mfpt trains passes here
     peft_config = METHODS.get(peft.method.value).build(peft, list(extra_trainable or []))
     if peft_config is None:
         for param in model.parameters():
@@ -152,7 +152,6 @@ def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] 
         return model
     from peft import get_peft_model
 
-    ensure_supported_stack()
     if peft.method == PeftMethod.PREFIX and expose_past_key_values(model):
         log.debug("encoder's `cache` argument exposed to peft as `past_key_values` (transformers >= 5.24)")
     return get_peft_model(model, peft_config)
@@ -249,6 +248,7 @@ def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Load an exported adapter onto its base model with peft, on every transformers version mfpt supports."""
     from peft import PeftModel
 
+    ensure_supported_stack()  # every exported model mfpt loads passes here
     # Prefix adapters need the encoder's cache argument under its old name (transformers >= 5.24, see compat).
     expose_past_key_values(base_model)
     return PeftModel.from_pretrained(base_model, str(adapter_dir))
@@ -276,7 +276,7 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
     """A run's exported model, ready for inference, set up exactly as `build_model` set it up for training."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    ensure_supported_stack()
+    ensure_supported_stack()  # before any weight is read
     if cfg.peft.method == PeftMethod.FULL:  # full fine-tuning exports the whole classifier, not an adapter
         model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
         max_length, notes = fit_inputs(model, cfg)

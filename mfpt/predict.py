@@ -25,7 +25,7 @@ from mfpt.errors import UserError
 from mfpt.languages import UnknownLanguageError, normalize_language
 from mfpt.run_result import RunResult, read_result
 from mfpt.sources import READERS  # the universal schema's file readers, shared with training data
-from mfpt.sources import LABEL, LANG, TEXT, TEXT_PAIR
+from mfpt.sources import LABEL, LANG, TEXT, TEXT_PAIR, refuse_empty_cells
 
 if TYPE_CHECKING:  # torch, transformers and peft load only when a model does, not with the mfpt command
     from mfpt.model import ClassifierModel
@@ -155,12 +155,8 @@ def check_rows(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
         raise PredictError(f"{origin} lacks column(s) {', '.join(map(repr, missing))}; predict needs text and lang "
                            f"(optional: text_pair, id). Columns found: {', '.join(map(str, frame.columns))}.")
     frame = frame.reset_index(drop=True)
-    for column in (TEXT, LANG) + ((TEXT_PAIR,) if TEXT_PAIR in frame.columns else ()):
-        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
-        if empty.any():
-            first = int(empty.to_numpy().nonzero()[0][0])
-            raise PredictError(f"{origin}: column {column!r} is empty in {int(empty.sum())} row(s), first at row "
-                               f"{first}; fill or drop those rows.")
+    refuse_empty_cells(frame, (TEXT, LANG) + ((TEXT_PAIR,) if TEXT_PAIR in frame.columns else ()), origin,
+                       PredictError)
     codes = {}
     for code in frame[LANG].astype(str).unique():
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -75,11 +75,9 @@ def check_schema(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
             f"lang (optional: text_pair, split). Columns found: {', '.join(map(str, frame.columns))}."
         )
     frame = frame.copy()
-    for column in (TEXT, LABEL, LANG) + ((TEXT_PAIR,) if TEXT_PAIR in frame.columns else ()):
-        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
-        if empty.any():
-            row = int(empty.to_numpy().nonzero()[0][0])
-            raise DataError(f"{origin}: column {column!r} is empty in {int(empty.sum())} row(s), first at row {row}.")
+    columns = (TEXT, LABEL, LANG) + ((TEXT_PAIR,) if TEXT_PAIR in frame.columns else ())
+    refuse_empty_cells(frame, columns, origin)
+    for column in columns:
         frame[column] = frame[column].astype(str) if column != LABEL else frame[column].map(_label_str)
     frame[LANG] = [_normalize(code, origin) for code in frame[LANG]]
     if SPLIT in frame.columns:
@@ -88,6 +86,17 @@ def check_schema(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
         if bad:
             raise DataError(f"{origin}: column 'split' has value(s) {bad}; allowed: {', '.join(SPLITS)}.")
     return frame
+
+
+def refuse_empty_cells(frame: pd.DataFrame, columns: Iterable[str], origin: str,
+                       error: type[UserError] = DataError) -> None:
+    """Raise `error` for the first of `columns` with empty cells (missing or blank): how many, and the first row."""
+    for column in columns:
+        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if empty.any():
+            row = int(empty.to_numpy().nonzero()[0][0])
+            raise error(f"{origin}: column {column!r} is empty in {int(empty.sum())} row(s), first at row {row}; "
+                        "fill or drop those rows.")
 
 
 def _label_str(value: object) -> str:
