@@ -11,9 +11,11 @@ from flwr.clientapp import ClientApp
 
 from mfpt.audit import audit_mod
 from mfpt.client import ClientNode
+from mfpt.flower_dp import clipping_mod
 from mfpt.protocol import ARRAYS, CONFIG, METRICS
 
-app = ClientApp(mods=[audit_mod])
+# The audit mod is outermost, so it checks the reply exactly as it leaves (after client-side DP clipping).
+app = ClientApp(mods=[audit_mod, clipping_mod])
 
 
 def _node(msg: Message, context: Context) -> ClientNode:

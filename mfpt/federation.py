@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from mfpt.config import ExperimentConfig, load_config
 from mfpt.data import DataError, client_layout, resolve
 from mfpt.errors import UserError
+from mfpt import privacy
 from mfpt.model import build_model, export_atomically, load_trainable_state, state_spec, trainable_state
 from mfpt.protocol import CLIENT_KEY, CONFIG, METRICS, NUM_EVAL_KEY, NUM_TRAIN_KEY, config_entries
 from mfpt.results import ADAPTER_DIR, RunRecorder
@@ -135,6 +136,10 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
         if not quiet:
             print(f"resuming after round {offset} from {out_dir}", flush=True)
     nodes = handshake(grid, cfg)
+    account = privacy.plan(cfg, {n.client.name(cfg.federation.clients_per_language): n.num_train
+                                 for n in nodes.values() if not n.client.heldout})
+    for warning in privacy.warnings(cfg):
+        log.warning(warning)
     strategy = make_strategy(cfg, nodes, spec, recorder, round_offset=offset)
     strategy.rejoin = rejoin_fn(cfg)
     if checkpoint is not None:
@@ -142,6 +147,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round > 0:  # round 0 is Flower's initial evaluation call
+            if account is not None:
+                recorder.on_privacy(offset + server_round, account.summary(offset + server_round))
             recorder.end_round(offset + server_round, arrays.to_torch_state_dict(), strategy.server_state())
 
     remaining = cfg.federation.rounds - offset
@@ -154,6 +161,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
             final_state = result.arrays.to_torch_state_dict()
     load_trainable_state(server.model, final_state, origin="final global state")
     export_atomically(server.model, server.tokenizer, out_dir / ADAPTER_DIR)
+    if account is not None:
+        recorder.privacy = account.summary(cfg.federation.rounds)
     return recorder.finish()
 
 
