@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from mfpt.config import DpMode, ExperimentConfig, PeftMethod, load_config
+
+if TYPE_CHECKING:
+    from mfpt.dpsgd import DpSgd
 
 ACCOUNTANT = "opacus-rdp"
 
@@ -102,9 +105,13 @@ def example_account(cfg: ExperimentConfig, num_train: int, unit: str = "example"
     return Account(unit, _noise(cfg, q, steps * cfg.federation.rounds, delta), q, steps, delta)
 
 
-def dpsgd_noise(cfg: ExperimentConfig, num_train: int) -> float:
-    """The DP-SGD noise multiplier a client holding `num_train` examples trains with."""
-    return example_account(cfg, num_train).noise_multiplier
+def example_dp(cfg: ExperimentConfig, num_train: int) -> DpSgd | None:
+    """The DP-SGD settings a client holding `num_train` examples trains with (None unless privacy.dp = "example")."""
+    if cfg.privacy.dp != DpMode.EXAMPLE:
+        return None
+    from mfpt.dpsgd import DpSgd
+
+    return DpSgd(cfg.privacy.clip_norm, example_account(cfg, num_train).noise_multiplier)
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,54 @@ def test_a_client_level_dp_run_records_epsilon_per_round_and_in_results(make_con
     assert block["accountant"] == "opacus-rdp" and block["secure_aggregation"] is False
     assert block["noise_multiplier"] > 0 and block["clip_norm"] == 1.0
     assert "client-level differential privacy (ε = " in open(f"{out}/report.md").read()
+
+
+# ------------------------------------------------------------------------------------------- example-level DP (DP-SGD)
+
+
+def test_dpsgd_per_example_gradients_are_each_examples_own(tiny_xlmr):
+    from mfpt.dpsgd import DpSgd
+    from mfpt.model import build_model
+
+    cfg = load_config(None, {"model.name": str(tiny_xlmr), "data.labels": ["a", "b", "c"], "peft.num_virtual_tokens": 4})
+    built = build_model(cfg, 3)
+    model = built.model.eval()
+    inputs = dict(built.tokenizer(["hello world this is long", "a test", "another"], padding=True, return_tensors="pt"))
+    labels = torch.tensor([0, 2, 1])
+    grads, losses = DpSgd(1.0, 0.0).per_example_gradients(model, inputs, labels)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(grads) == trainable  # the trainable tensors only
+    for i in range(3):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(**{k: v[i:i + 1] for k, v in inputs.items()}).logits, labels[i:i + 1]).backward()
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                assert torch.allclose(grads[name][i], p.grad, atol=1e-5), name
+
+
+def test_dpsgd_clips_each_example_and_adds_noise_of_the_configured_std():
+    from mfpt.dpsgd import DpSgd
+
+    g = torch.Generator().manual_seed(0)
+    per_example = {"prompt": torch.randn(8, 40, 30, generator=g) * 5, "head": torch.randn(8, 3, generator=g) * 5}
+    clean = DpSgd(0.7, 0.0).private_gradient(per_example)
+    norms = torch.sqrt(sum(v.reshape(8, -1).pow(2).sum(1) for v in per_example.values()))
+    expected = {k: (v * (0.7 / norms).clamp(max=1).view(-1, *[1] * (v.dim() - 1))).sum(0) / 8 for k, v in per_example.items()}
+    for k in per_example:
+        assert torch.allclose(clean[k], expected[k], atol=1e-5)
+    assert math.sqrt(sum(float(v.pow(2).sum()) for v in clean.values())) <= 0.7 + 1e-6
+    zeros = {"prompt": torch.zeros(8, 200, 100), "head": torch.zeros(8, 3)}
+    noisy = DpSgd(0.7, 1.3, generator=torch.Generator().manual_seed(1)).private_gradient(zeros)
+    noise = torch.cat([v.flatten() for v in noisy.values()]).double()
+    assert noise.std().item() == pytest.approx(1.3 * 0.7 / 8, rel=0.03)  # sigma x C / batch
+
+
+def test_an_example_level_dp_run_completes_and_accounts_each_client(make_config):
+    from mfpt.paradigms import run_experiment
+
+    cfg = make_config(**{"data.languages": ["en", "sw"], "privacy.dp": "example", "privacy.noise_multiplier": 1.0,
+                         "federation.rounds": 1})
+    result = run_experiment(cfg, quiet=True)
+    assert result.privacy["dp"] == "example" and result.privacy["epsilon"] > 0
+    assert result.privacy["delta"] == pytest.approx(1 / 27)  # 27 training examples per fixture client
+    assert result.average is not None
