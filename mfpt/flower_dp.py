@@ -24,7 +24,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from mfpt.config import ClipAt, DpMode, ExperimentConfig
 from mfpt.privacy import client_account, sampled_clients
-from mfpt.protocol import config_from_entries
+from mfpt.protocol import CONFIG, config_from_entries
 
 
 def wrapper_class(cfg: ExperimentConfig) -> type:
@@ -37,7 +37,7 @@ def wrapper_class(cfg: ExperimentConfig) -> type:
 
 def private_base(cfg: ExperimentConfig, base: type) -> type:
     """`base` itself without client-level DP; else a class that builds `base(**kwargs)` inside Flower's DP wrapper."""
-    if cfg.privacy.dp != DpMode.CLIENT:
+    if cfg.privacy.dp != DpMode.CLIENT or cfg.privacy.secure_aggregation:  # the secure path has its own (secure.py)
         return base
     wrapper = wrapper_class(cfg)
     noise = client_account(cfg).noise_multiplier
@@ -69,9 +69,9 @@ def private_base(cfg: ExperimentConfig, base: type) -> type:
 
 def clipping_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """ClientApp mod: Flower's fixed or adaptive clipping mod on train messages of `clip_at = "client"` runs."""
-    configs = msg.content.config_records if msg.has_content() else {}
-    if msg.metadata.message_type != "train" or not any(KEY_CLIPPING_NORM in c for c in configs.values()):
-        return call_next(msg, context)
-    cfg = config_from_entries(next(iter(configs.values())))
+    config = msg.content.config_records.get(CONFIG) if msg.has_content() else None
+    if msg.metadata.message_type != "train" or config is None or KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)  # no client-side clipping (or the SecAgg+ path, clipped in mfpt.secure)
+    cfg = config_from_entries(config)
     mod = adaptiveclipping_mod if cfg.privacy.adaptive_clipping else fixedclipping_mod
     return mod(msg, context, call_next)

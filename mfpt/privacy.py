@@ -131,7 +131,12 @@ class PrivacyPlan:
 
     def summary(self, rounds: int) -> dict[str, Any]:
         """results.json's `privacy` block after `rounds` rounds."""
-        pv, worst = self.cfg.privacy, self.worst
+        pv = self.cfg.privacy
+        if not self.accounts:  # secure aggregation without DP
+            return {"dp": "none", "epsilon": None, "delta": None, "noise_multiplier": 0.0, "clip_norm": None,
+                    "adaptive_clipping": False, "clip_at": None, "sample_rate": None, "steps": 0, "rounds": rounds,
+                    "secure_aggregation": pv.secure_aggregation, "accountant": None}
+        worst = self.worst
         eps = self.epsilon(rounds)
         return {"dp": pv.dp.value, "epsilon": None if math.isinf(eps) else eps, "delta": worst.delta,
                 "noise_multiplier": worst.noise_multiplier, "clip_norm": pv.clip_norm,
@@ -148,11 +153,16 @@ def plan(cfg: ExperimentConfig, train_sizes: Mapping[str, int] | None = None) ->
         if not train_sizes:
             raise ValueError("example-level accounts need each client's number of training examples")
         return PrivacyPlan(cfg, tuple(example_account(cfg, n, unit) for unit, n in sorted(train_sizes.items())))
+    if cfg.privacy.secure_aggregation:
+        return PrivacyPlan(cfg, ())
     return None
 
 
 def in_words(summary: Mapping[str, Any]) -> str:
     """'client-level (ε = 3.1, δ = 1e-05) after 50 rounds, ...' for reports."""
+    if summary["dp"] == "none":
+        return ("no differential privacy (ε = ∞)" + ("; secure aggregation (SecAgg+): the server saw only the sum "
+                                                      "of the updates." if summary["secure_aggregation"] else "."))
     eps = summary.get("epsilon")
     eps_text = "∞" if eps is None else f"{eps:.3g}"
     level = {"client": "client-level", "example": "example-level"}.get(summary["dp"], "no")
@@ -191,6 +201,9 @@ def describe_plan(cfg: ExperimentConfig, train_sizes: Mapping[str, int] | None =
                      "a client or an example).")
         return "\n".join(lines)
     rounds = cfg.federation.rounds
+    if not account_plan.accounts:
+        lines.append(in_words(account_plan.summary(rounds)))
+        return "\n".join(lines)
     if cfg.privacy.dp == DpMode.EXAMPLE:
         lines.append("per client (each protects its own examples):")
         lines += [f"  {a.unit}: sigma {a.noise_multiplier:.4g}, q {a.sample_rate:.3g}, {a.steps_per_round} step(s)"
