@@ -111,8 +111,10 @@ class SecureFedAvg(LegacyFedAvg):
         super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=2, min_evaluate_clients=0,
                          min_available_clients=2, accept_failures=True)
         self.cfg, self.mfpt, self.spec = cfg, strategy, spec
-        self.names = list(initial)
-        self.initial = [t.detach().cpu().numpy() for t in initial.values()]
+        # Legacy parameters are a list without names: both sides use the model's own order of its trainable tensors
+        # (spec's order; a checkpoint's tensors come back sorted by name).
+        self.names = list(spec)
+        self.initial = [initial[n].detach().cpu().numpy() for n in self.names]
         self._sampled: set[int] = set()
         self._bytes_down = 0
 
