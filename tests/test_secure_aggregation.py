@@ -136,3 +136,12 @@ def test_resume_of_a_secure_run_continues_from_its_checkpoint(make_config, tmp_p
     run_federated(SerialisingGrid(3), cfg, resume=True, quiet=True)
     assert sorted({r["round"] for r in _rows(cfg.output_dir, "train")}) == [1, 2]
     assert (Path(cfg.output_dir) / "results.json").is_file()
+
+
+def test_secure_aggregation_completes_in_flowers_simulation(make_config):
+    from mfpt.paradigms import run_experiment
+
+    cfg = make_config(**{"data.languages": ["en", "sw", "yo"], "federation.rounds": 1, "privacy.secure_aggregation": True})
+    result = run_experiment(cfg, quiet=True)
+    assert set(result.per_language) == {"eng", "swh", "yor"} and result.privacy["secure_aggregation"] is True
+    assert (Path(cfg.output_dir) / "checkpoints" / "round-0001.safetensors").is_file()
