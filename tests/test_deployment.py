@@ -204,7 +204,7 @@ def test_secure_aggregation_completes_on_the_loopback_deployment(tmp_path, tiny_
         fed.start_superlink()
         start_nodes(fed, node_files)
         run_id = fed.submit({"experiment": str(experiment)})
-        status = fed.wait(run_id, RUN_TIMEOUT)
+        status = fed.wait(run_id, 2 * RUN_TIMEOUT)  # SecAgg+ takes four train messages per node and round
         logs = {lang: (fed.logs / f"supernode-{lang}.log").read_text(errors="replace") for lang in LANGS}
         server_log = fed.run_log(run_id) if status != "finished:completed" else ""
     assert status == "finished:completed", server_log[-3000:]
