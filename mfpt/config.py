@@ -416,11 +416,6 @@ def _check_privacy(cfg: ExperimentConfig) -> None:
         if pv.dp == DpMode.CLIENT and pv.clip_at != ClipAt.CLIENT:
             raise ConfigError("privacy.secure_aggregation = true with privacy.dp = 'client': the server never sees "
                               "an update to clip, so set privacy.clip_at = 'client'.")
-        sampled = round(len(cfg.data.languages) * f.clients_per_language * f.fraction_train)
-        if cfg.data.languages and sampled < 2:
-            raise ConfigError(f"privacy.secure_aggregation = true needs at least 2 clients per round (a sum of one "
-                              f"update is that update), but data.languages, federation.clients_per_language and "
-                              f"federation.fraction_train = {f.fraction_train:g} give {max(sampled, 1)}.")
         if pv.adaptive_clipping:
             raise ConfigError("privacy.adaptive_clipping needs each client's clipped/not-clipped bit in the clear, "
                               "which the SecAgg+ workflow does not carry: set privacy.adaptive_clipping = false or "

@@ -42,7 +42,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 from mfpt.client import ClientNode
-from mfpt.config import DpMode, ExperimentConfig, Weighting
+from mfpt.config import ConfigError, DpMode, ExperimentConfig, Weighting
 from mfpt.model import UpdateError, check_update, trainable_state
 from mfpt.privacy import client_account, sampled_clients
 from mfpt.protocol import CLIENT_KEY, NUM_TRAIN_KEY, ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, config_entries
@@ -181,6 +181,10 @@ def run_secure_rounds(grid: Grid, cfg: ExperimentConfig, strategy: MfptStrategy,
                       spec: dict, rounds: int, end_of_round: Callable[[int, ArrayRecord], None],
                       evaluate_config: Any) -> dict[str, torch.Tensor]:
     """`rounds` rounds of SecAgg+ training with mfpt's evaluation after each; the final global state."""
+    if sampled_clients(cfg) < 2:  # checked here, on the server: a node's own config lists only its language
+        raise ConfigError(f"privacy.secure_aggregation = true needs at least 2 clients per round (a sum of one update "
+                          f"is that update), but data.languages, federation.clients_per_language and "
+                          f"federation.fraction_train = {cfg.federation.fraction_train:g} give {sampled_clients(cfg)}.")
     secure = SecureFedAvg(cfg, strategy, state, spec)
     max_weight = max([n.num_train for n in strategy.nodes.values()] + [1]) if cfg.federation.weighting == Weighting.EXAMPLES else 1.0
     context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),

@@ -46,8 +46,6 @@ DP = {"data.languages": LANGS, "data.labels": ["a", "b"], "privacy.dp": "client"
     ({**DP, "privacy.secure_aggregation": True, "privacy.clip_at": "client", "privacy.adaptive_clipping": True},
      ["privacy.adaptive_clipping", "privacy.secure_aggregation"]),
     ({"privacy.target_epsilon": 3.0}, ["privacy.target_epsilon", "privacy.dp"]),
-    ({"privacy.secure_aggregation": True, "federation.fraction_train": 0.25},
-     ["privacy.secure_aggregation", "federation.fraction_train"]),
     ({"privacy.dp": "example", "paradigm": "local"}, ["privacy.dp", "paradigm"]),
     ({"privacy.dp": "example", "privacy.adaptive_clipping": True}, ["privacy.adaptive_clipping", "privacy.dp"]),
     ({"privacy.clip_norm": 0.0}, ["privacy.clip_norm"]),

@@ -145,3 +145,11 @@ def test_secure_aggregation_completes_in_flowers_simulation(make_config):
     result = run_experiment(cfg, quiet=True)
     assert set(result.per_language) == {"eng", "swh", "yor"} and result.privacy["secure_aggregation"] is True
     assert (Path(cfg.output_dir) / "checkpoints" / "round-0001.safetensors").is_file()
+
+
+def test_secure_aggregation_refuses_a_round_of_one_client(make_config, tmp_path):
+    from mfpt.config import ConfigError
+
+    cfg = _cfg(make_config, tmp_path, **{"privacy.secure_aggregation": True, "federation.fraction_train": 0.34})
+    with pytest.raises(ConfigError, match="federation.fraction_train"):
+        run_federated(SerialisingGrid(3), cfg, quiet=True)
