@@ -172,6 +172,7 @@ class RunRecorder:
     comm: list[dict[str, int]] = field(default_factory=list)
     local_steps: dict[str, int] = field(default_factory=dict)
     refusals: int = 0
+    privacy: dict[str, Any] | None = None  # the (epsilon, delta) account (mfpt.privacy), set by the federation
 
     # ---------------------------------------------------------------------------------- start / resume
     def begin(self, resume: bool) -> Checkpoint | None:
@@ -284,6 +285,11 @@ class RunRecorder:
             shown = f"{100 * mean(trained):.1f}" if trained else "-"
             print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {shown} | {accs}", flush=True)
 
+    def on_privacy(self, round_: int, account: Mapping[str, Any]) -> None:
+        """The privacy account after `round_`: one `epsilon` line per round in metrics.jsonl."""
+        io.append_jsonl(self.out_dir / METRICS, [{"round": round_, "split": "privacy", "epsilon": account["epsilon"],
+                                                  "delta": account["delta"], "dp": account["dp"]}])
+
     def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None) -> None:
         """Checkpoint the global state, then mark the round complete (in that order)."""
         save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {})
@@ -328,6 +334,7 @@ class RunRecorder:
             communication=communication, local_steps=self.local_steps, protocol=protocol(cfg),
             refused_updates=self.refusals, wall_seconds=round(time.time() - self.started, 2), config=to_dict(cfg),
             versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            privacy=self.privacy,
         )
         write_result(self.out_dir, result)
         io.write_text(self.out_dir / "report.md", render_run_report(result, curves))
