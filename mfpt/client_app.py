@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 
 from mfpt.audit import audit_mod
 from mfpt.client import ClientNode
-from mfpt.protocol import ARRAYS, CONFIG, METRICS
+from mfpt.protocol import ARRAYS, CONFIG, METRICS, PERSONAL_ARRAYS
 
 app = ClientApp(mods=[audit_mod])
 
@@ -36,6 +36,8 @@ def train_round(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
-    """Evaluate the global state on this client's evaluation split; reply with counts only."""
-    metrics = _node(msg, context).evaluate(msg.content[ARRAYS].to_torch_state_dict())
+    """Evaluate the global state (and the language's personal state, if sent) on this client; reply with counts only."""
+    personal = msg.content.array_records.get(PERSONAL_ARRAYS)
+    metrics = _node(msg, context).evaluate(msg.content[ARRAYS].to_torch_state_dict(),
+                                           personal.to_torch_state_dict() if personal is not None else None)
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
