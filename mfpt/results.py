@@ -252,7 +252,10 @@ class RunRecorder:
         # A checkpoint holds the trainable state plus at most two server-optimiser copies (FedAdam's m_t, v_t),
         # float32; the final adapter export is about one more state; 1 MiB covers the small files.
         state_bytes = 4 * max(self.trainable_params, 0)
-        need = (self.cfg.federation.rounds + 1) * 3 * state_bytes + (1 << 20)
+        # distance-weighted / update-similarity also keep one state per trained language in every checkpoint.
+        personal = len(self.cfg.data.languages) if self.cfg.personalization.method.value in (
+            "distance-weighted", "update-similarity") else 0
+        need = (self.cfg.federation.rounds + 1) * (3 + personal) * state_bytes + (1 << 20)
         free = shutil.disk_usage(self.out_dir).free
         if free < need:
             raise ResumeError(

@@ -161,6 +161,16 @@ def test_update_similarity_weighs_by_the_cosine_of_the_updates():
     assert strategy.personal["eng"]["p"][0].item() == pytest.approx(0.5 * 1 + 0.25 * 2 + 0.25 * 4, rel=1e-6)
 
 
+def test_max_update_norm_is_measured_from_the_state_the_language_trained_from():
+    strategy, states = _strategy(**{"federation.max_update_norm": 0.5})
+    far = {"p": torch.tensor([100.0, 100.0]), "h": torch.tensor([[100.0]])}
+    strategy._global = {k: torch.zeros_like(v) for k, v in far.items()}  # the global state, far from `far`
+    strategy._sent = {"eng": far}
+    near = {k: v + 0.1 for k, v in far.items()}
+    assert strategy._problem(_reply(100, 0, near, 10), strategy.nodes[100]) is None
+    assert "max_update_norm" in strategy._problem(_reply(101, 1, near, 10), strategy.nodes[101])  # swh trained from global
+
+
 # ------------------------------------------------------------------------------------------ end to end, in process
 
 
