@@ -211,7 +211,8 @@ def test_personalised_methods_on_the_deployment_equal_the_simulation(method, tmp
     with lf.LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
         start_nodes(fed, node_files)
-        status = fed.wait(fed.submit({"experiment": str(experiment)}), RUN_TIMEOUT)
+        # Two states evaluated per node and round (or a fine-tuning phase): more ClientApp work than a plain run.
+        status = fed.wait(fed.submit({"experiment": str(experiment)}), 2 * RUN_TIMEOUT)
         logs = [(fed.logs / f"supernode-{lang}.log").read_text(errors="replace") for lang in LANGS]
     assert status == "finished:completed"
     assert not any("REFUSED" in line for log in logs for line in log.splitlines() if "mfpt-audit:" in line)

@@ -331,3 +331,36 @@ def test_personalization_round_trips_through_results_json(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(result.to_json()))
     assert read_result(tmp_path) == result
     assert result.personalization.gain(result.per_language) == {"eng": 0.0}
+
+
+def test_the_report_shows_global_and_personalised_states_and_the_gain_per_language(tmp_path):
+    import dataclasses as dc
+
+    from mfpt.report import personalization_gains
+    from mfpt.results import mean_block
+    from mfpt.run_result import LanguageScore, Personalization, write_result
+    from mfpt.runs import contexts, group_runs, load_runs
+    from test_report import fake_run, table_rows
+
+    accs = {"eng": 0.5, "swh": 0.4, "hau": 0.3}
+    for seed, bump in ((0, 0.1), (1, 0.2)):
+        folder = fake_run(tmp_path, "federated", seed, accs, heldout={"yor": 0.25})
+        result = read_result(folder)
+        mine = {lang: LanguageScore(a + bump, a, 1.0, 9) for lang, a in accs.items()}
+        held = {"yor": LanguageScore(0.25 + bump, 0.2, 1.0, 9)}
+        block = Personalization("distance-weighted", mine, held, mean_block(mine, list(accs)),
+                                mean_block(mine, ["hau"]), mean_block(held, ["yor"]))
+        config = {**result.config, "personalization": {"method": "distance-weighted"}}
+        write_result(folder, dc.replace(result, personalization=block, config=config))
+    runs = load_runs([tmp_path])
+    [ctx] = contexts(group_runs(runs))
+    assert ctx.groups[0].label == "federated / prefix + distance-weighted"
+    gains = personalization_gains(ctx)
+    assert gains == {"distance-weighted - global": pytest.approx({"eng": 15.0, "swh": 15.0, "hau": 15.0})}
+    from mfpt.report import render_report
+
+    text = render_report(runs, tmp_path / "report")
+    rows = table_rows(text, "Personalisation (`personalization.method`)")
+    assert rows["federated / prefix + distance-weighted: global"][0] == "50.0 ± 0.0"
+    assert rows["federated / prefix + distance-weighted: personalised"][0] == "65.0 ± 7.1"
+    assert rows["federated / prefix + distance-weighted: gain"][3] == "+15.0 ± 7.1"  # yor, held out
