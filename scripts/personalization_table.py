@@ -75,6 +75,9 @@ def main() -> int:
                 continue
             folder = found[0]
             result = read_result(folder)
+            if result.refused_updates:  # e.g. clients killed by Ray for lack of memory: the run is not the experiment
+                print(f"warning: {folder.name} refused {result.refused_updates} update(s)/evaluation(s); "
+                      "delete the folder and run again", file=sys.stderr)
             languages, low = result.languages, result.low_resource
             p = result.personalization
             assert p is not None, folder

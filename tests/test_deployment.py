@@ -212,9 +212,11 @@ def test_personalised_methods_on_the_deployment_equal_the_simulation(method, tmp
         fed.start_superlink()
         start_nodes(fed, node_files)
         # Two states evaluated per node and round (or a fine-tuning phase): more ClientApp work than a plain run.
-        status = fed.wait(fed.submit({"experiment": str(experiment)}), 2 * RUN_TIMEOUT)
+        run_id = fed.submit({"experiment": str(experiment)})
+        status = fed.wait(run_id, 2 * RUN_TIMEOUT)
         logs = [(fed.logs / f"supernode-{lang}.log").read_text(errors="replace") for lang in LANGS]
-    assert status == "finished:completed"
+        server_log = fed.run_log(run_id) if status != "finished:completed" else ""
+    assert status == "finished:completed", server_log[-3000:]
     assert not any("REFUSED" in line for log in logs for line in log.splitlines() if "mfpt-audit:" in line)
     cfg = load_config(experiment, {"output_dir": str(tmp_path / "sim")})
     run_federated_simulation(cfg, quiet=True)
