@@ -218,7 +218,8 @@ def test_personalised_methods_on_the_deployment_equal_the_simulation(method, tmp
         server_log = fed.run_log(run_id) if status != "finished:completed" else ""
     assert status == "finished:completed", server_log[-3000:]
     assert not any("REFUSED" in line for log in logs for line in log.splitlines() if "mfpt-audit:" in line)
-    cfg = load_config(experiment, {"output_dir": str(tmp_path / "sim")})
+    # The simulation's Ray actors can take over a minute to start on a loaded machine; the timeout changes no number.
+    cfg = load_config(experiment, {"output_dir": str(tmp_path / "sim"), "federation.round_timeout": 900.0})
     run_federated_simulation(cfg, quiet=True)
     real, simulated = read_result(out), read_result(tmp_path / "sim")
     assert real.personalization is not None and set(real.personalization.per_language) == set(LANGS)
