@@ -39,7 +39,7 @@ EVAL_LOSS_SUM_KEY = "eval-loss-sum"
 # own record; a client's evaluation of it comes back with the same keys under PERSONAL_PREFIX.
 PERSONAL_ARRAYS = "personal-arrays"
 PERSONAL_PREFIX = "personal."
-FINETUNE_STEPS_KEY = "mfpt.finetune-steps"  # a train message with it fine-tunes, evaluates, and ends the run
+FINETUNE_STEPS_KEY = "mfpt.finetune-steps"  # a train message with it: fine-tune (after the last round) and evaluate
 
 # What every train reply's metrics must hold.
 TRAIN_METRICS = (TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, EXAMPLES_KEY, CLIENT_KEY)
