@@ -15,8 +15,9 @@ from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, DataError, client_layout
 from mfpt.languages import normalize_language
 from mfpt.model import load_trainable_state, trainable_state
-from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EXAMPLES_KEY, NUM_EVAL_KEY, NUM_TRAIN_KEY, PROXIMAL_MU_KEY,
-                           ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, config_from_entries, encode_confusion)
+from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EXAMPLES_KEY, FINETUNE_STEPS_KEY, NUM_EVAL_KEY, NUM_TRAIN_KEY,
+                           PERSONAL_PREFIX, PROXIMAL_MU_KEY, ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY,
+                           config_from_entries, encode_confusion)
 from mfpt.privacy import example_dp
 from mfpt.runtime import Runtime, get_runtime
 from mfpt.train import derive_seed, evaluate, steps_per_round, train
@@ -81,17 +82,31 @@ class ClientNode:
         data = runtime.encoded(self.client, "train")
         round_ = int(config[ROUND_KEY])
         mu = float(config.get(PROXIMAL_MU_KEY, 0.0))
-        stats = train(model, data, runtime.classifier.tokenizer, self.cfg.train, steps_per_round(len(data), self.cfg.train),
+        # personalization = finetune: after the last round, the same loop for finetune_steps (0 = one round's steps).
+        finetune = int(config[FINETUNE_STEPS_KEY]) if FINETUNE_STEPS_KEY in config else None
+        steps = finetune or steps_per_round(len(data), self.cfg.train)
+        stats = train(model, data, runtime.classifier.tokenizer, self.cfg.train, steps,
                       seed=derive_seed(self.cfg.seed, round_, self.index), device=runtime.classifier.device,
                       anchor=global_state if mu > 0 else None, proximal_mu=mu, dp=example_dp(self.cfg, len(data)))
         metrics: Metrics = {CLIENT_KEY: self.index, EXAMPLES_KEY: len(data), TRAIN_LOSS_KEY: stats.mean_loss,
                             TRAIN_STEPS_KEY: stats.steps}
-        return trainable_state(model), metrics
+        state = trainable_state(model)
+        if finetune is not None:  # the fine-tuned state is this language's personal state: evaluate it here
+            metrics.update({PERSONAL_PREFIX + k: v for k, v in self._evaluate_loaded().items() if k != CLIENT_KEY})
+        return state, metrics
 
-    def evaluate(self, global_state: dict[str, torch.Tensor]) -> Metrics:
-        """Evaluate the global state on this client's evaluation split; counts only (no per-example output)."""
+    def evaluate(self, global_state: dict[str, torch.Tensor], personal_state: dict[str, torch.Tensor] | None = None) -> Metrics:
+        """Evaluate the global state (and this language's personal state, keys under PERSONAL_PREFIX); counts only."""
+        metrics: Metrics = {}
+        if personal_state is not None:
+            load_trainable_state(self.runtime.classifier.model, personal_state, origin="personal state from the server")
+            metrics = {PERSONAL_PREFIX + k: v for k, v in self._evaluate_loaded().items() if k != CLIENT_KEY}
+        load_trainable_state(self.runtime.classifier.model, global_state, origin="global state from the server")
+        return {**self._evaluate_loaded(), **metrics}
+
+    def _evaluate_loaded(self) -> Metrics:
+        """Evaluate the state now loaded in the model on this client's evaluation split."""
         runtime = self.runtime
-        load_trainable_state(runtime.classifier.model, global_state, origin="global state from the server")
         counts = evaluate(runtime.classifier.model, runtime.encoded(self.client, self.cfg.data.eval_split),
                           runtime.classifier.tokenizer, self.cfg.train.eval_batch_size, runtime.classifier.device,
                           len(runtime.data.labels))

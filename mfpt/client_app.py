@@ -12,8 +12,8 @@ from flwr.clientapp import ClientApp
 from mfpt.audit import audit_mod
 from mfpt.client import ClientNode
 from mfpt.flower_dp import clipping_mod
+from mfpt.protocol import ARRAYS, CONFIG, METRICS, PERSONAL_ARRAYS
 from mfpt.secure import is_secure_train, legacy_train, secure_mod
-from mfpt.protocol import ARRAYS, CONFIG, METRICS
 
 # The audit mod is outermost, so it checks the reply exactly as it leaves (after client-side DP clipping).
 app = ClientApp(mods=[audit_mod, secure_mod, clipping_mod])
@@ -41,6 +41,8 @@ def train_round(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
-    """Evaluate the global state on this client's evaluation split; reply with counts only."""
-    metrics = _node(msg, context).evaluate(msg.content[ARRAYS].to_torch_state_dict())
+    """Evaluate the global state (and the language's personal state, if sent) on this client; reply with counts only."""
+    personal = msg.content.array_records.get(PERSONAL_ARRAYS)
+    metrics = _node(msg, context).evaluate(msg.content[ARRAYS].to_torch_state_dict(),
+                                           personal.to_torch_state_dict() if personal is not None else None)
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

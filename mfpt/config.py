@@ -59,6 +59,15 @@ class Weighting(str, enum.Enum):
     UNIFORM = "uniform"
 
 
+class PersonalizationMethod(str, enum.Enum):
+    """How each language gets its own state (mfpt.personalization); `none` = one global state for all."""
+
+    NONE = "none"
+    FINETUNE = "finetune"
+    DISTANCE_WEIGHTED = "distance-weighted"
+    UPDATE_SIMILARITY = "update-similarity"
+
+
 class Partition(str, enum.Enum):
     IID = "iid"
     DIRICHLET = "dirichlet"
@@ -290,6 +299,39 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class PersonalizationConfig:
+    method: PersonalizationMethod = _help(
+        "federated only. none (one global state); finetune (after the last round each language fine-tunes the "
+        "global state on its own data); distance-weighted (each round every language trains from its own aggregate, "
+        "other languages weighted by softmax(-URIEL distance / temperature)); update-similarity (the same with "
+        "1 - cosine similarity of this round's updates as the distance). Held-out languages get the URIEL "
+        "distance-weighted combination of the trained languages' personalised states.",
+        default=PersonalizationMethod.NONE,
+    )
+    distance_kind: str = _help(
+        "URIEL distance for distance-weighted and for held-out languages: syntactic, genetic, geographic, "
+        "phonological, inventory or featural (mfpt distance).",
+        default="syntactic",
+    )
+    temperature: float = _help(
+        "> 0. Kernel temperature: weights of the other languages are softmax(-distance / temperature); large = "
+        "uniform, small = the nearest language only. 0.1 is about the spread of syntactic distances among the "
+        "demo's languages (0.02-0.65).",
+        default=0.1,
+    )
+    self_weight: float = _help(
+        "In [0, 1]: the share of a language's own update in its aggregate (the rest goes to the other languages by "
+        "the kernel); 1 = local training, 1 / languages with a huge temperature = uniform FedAvg.",
+        default=0.5,
+    )
+    finetune_steps: int = _help(
+        ">= 0. finetune: local steps each language fine-tunes the final global state for (batch train.batch_size, "
+        "lr train.lr); 0 = one local epoch.",
+        default=0,
+    )
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = _help("Run name, used in reports.", default="mfpt")
     seed: int = _help("Seeds data sampling, model init and every client's training in every round.", default=0)
@@ -304,6 +346,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
 
     def __post_init__(self) -> None:
         _check_ranges(self)
@@ -314,7 +357,7 @@ class ExperimentConfig:
         return from_dict(set_dotted(to_dict(self), overrides))
 
 
-SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy")
+SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy", "personalization")
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -369,6 +412,40 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(
         cfg.transfer.source_epochs >= 1, "transfer.source_epochs", "an integer >= 1", cfg.transfer.source_epochs
     )
+    _check_personalization(cfg)
+
+
+# URIEL kinds mfpt.distance computes (repeated here: config is a foundation and may not import distance).
+_DISTANCE_KINDS = ("syntactic", "genetic", "geographic", "phonological", "inventory", "featural")
+
+
+def _check_personalization(cfg: ExperimentConfig) -> None:
+    """Ranges of [personalization], and refuse it under paradigms that have no federation to personalise."""
+    z = cfg.personalization
+    if z.distance_kind not in _DISTANCE_KINDS:
+        raise ConfigError(f"personalization.distance_kind = {z.distance_kind!r} is not allowed: must be one of "
+                          f"{', '.join(map(repr, _DISTANCE_KINDS))}." + did_you_mean(z.distance_kind, _DISTANCE_KINDS))
+    if not z.temperature > 0:
+        raise ConfigError(f"personalization.temperature = {z.temperature!r} is not allowed: must be > 0.")
+    if not 0 <= z.self_weight <= 1:
+        raise ConfigError(f"personalization.self_weight = {z.self_weight!r} is not allowed: must be in [0, 1].")
+    if z.finetune_steps < 0:
+        raise ConfigError(f"personalization.finetune_steps = {z.finetune_steps!r} is not allowed: must be an "
+                          "integer >= 0 (0 = one local epoch).")
+    if z.method != PersonalizationMethod.NONE and cfg.paradigm != Paradigm.FEDERATED:
+        raise ConfigError(
+            f"personalization.method = {z.method.value!r} needs paradigm = 'federated', not {cfg.paradigm.value!r}: "
+            f"{_WHY_NOT_PERSONALIZED[cfg.paradigm]} Set personalization.method = \"none\" or paradigm = \"federated\"."
+        )
+
+
+_WHY_NOT_PERSONALIZED = {
+    Paradigm.LOCAL: "local training already gives each language its own prompt and nothing is aggregated.",
+    Paradigm.CENTRALIZED: "centralized training pools every language's data into one model; there are no per-language "
+                          "updates to weigh.",
+    Paradigm.TRANSFER: "transfer fine-tunes per language from a source model without aggregation.",
+    Paradigm.ZEROSHOT: "zeroshot trains one source model and never trains on the target languages.",
+}
 
 
 def _check_privacy(cfg: ExperimentConfig) -> None:
@@ -420,6 +497,27 @@ def _check_privacy(cfg: ExperimentConfig) -> None:
             raise ConfigError("privacy.adaptive_clipping needs each client's clipped/not-clipped bit in the clear, "
                               "which the SecAgg+ workflow does not carry: set privacy.adaptive_clipping = false or "
                               "privacy.secure_aggregation = false.")
+    _check_private_personalization(cfg)
+
+
+def _check_private_personalization(cfg: ExperimentConfig) -> None:
+    """Personalisation reads each language's own update (or fine-tuned state): refuse it where that breaks [privacy]."""
+    method, pv = cfg.personalization.method, cfg.privacy
+    if method == PersonalizationMethod.NONE:
+        return
+    if pv.secure_aggregation:
+        raise ConfigError(f"personalization.method = {method.value!r} needs each language's own update (or fine-tuned "
+                          "state) on the server, which privacy.secure_aggregation = true hides by design; set "
+                          "personalization.method = 'none' or privacy.secure_aggregation = false.")
+    if pv.dp == DpMode.CLIENT:
+        raise ConfigError(f"personalization.method = {method.value!r} builds per-language states from the clients' "
+                          "individual updates before Flower's DP noise, so privacy.dp = 'client' would not cover them; "
+                          "set personalization.method = 'none' or privacy.dp = 'example' (whose updates are already "
+                          "private when they leave the client).")
+    if pv.dp == DpMode.EXAMPLE and method == PersonalizationMethod.FINETUNE:
+        raise ConfigError("personalization.method = 'finetune' trains after the last round and sends the fine-tuned "
+                          "state back, steps the privacy.dp = 'example' account does not count; use "
+                          "personalization.method = 'distance-weighted' or 'update-similarity', or privacy.dp = 'none'.")
 
 
 # --------------------------------------------------------------------------------------------- parsing

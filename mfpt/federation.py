@@ -22,6 +22,7 @@ from mfpt.model import build_model, export_atomically, load_trainable_state, sta
 from mfpt.protocol import CLIENT_KEY, CONFIG, METRICS, NUM_EVAL_KEY, NUM_TRAIN_KEY, config_entries
 from mfpt.results import ADAPTER_DIR, RunRecorder
 from mfpt.run_result import RunResult
+from mfpt.personal_strategy import PersonalizedStrategy, finetune_phase, strategy_mixins
 from mfpt.secure import run_secure_rounds
 from mfpt.strategy import NodeInfo, make_strategy
 
@@ -141,16 +142,20 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
                                  for n in nodes.values() if not n.client.heldout})
     for warning in privacy.warnings(cfg):
         log.warning(warning)
-    strategy = make_strategy(cfg, nodes, spec, recorder, round_offset=offset)
+    strategy = make_strategy(cfg, nodes, spec, recorder, round_offset=offset, mixins=strategy_mixins(cfg))
     strategy.rejoin = rejoin_fn(cfg)
+    personalized = isinstance(strategy, PersonalizedStrategy)
     if checkpoint is not None:
         strategy.load_server_state(checkpoint.server_state)
+        if personalized:
+            strategy.load_personal_states(checkpoint.personal)
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round > 0:  # round 0 is Flower's initial evaluation call
             if account is not None and account.accounts:
                 recorder.on_privacy(offset + server_round, account.summary(offset + server_round))
-            recorder.end_round(offset + server_round, arrays.to_torch_state_dict(), strategy.server_state())
+            recorder.end_round(offset + server_round, arrays.to_torch_state_dict(), strategy.server_state(),
+                               strategy.personal_states() if personalized else None)
 
     remaining = cfg.federation.rounds - offset
     final_state = state
@@ -162,6 +167,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
                                 evaluate_config=config_record(cfg), evaluate_fn=end_of_round)
         if len(result.arrays):
             final_state = result.arrays.to_torch_state_dict()
+    if cfg.personalization.method.value == "finetune":
+        recorder.personalization_bytes = finetune_phase(grid, strategy, final_state, config_record(cfg))
     load_trainable_state(server.model, final_state, origin="final global state")
     export_atomically(server.model, server.tokenizer, out_dir / ADAPTER_DIR)
     if account is not None:

@@ -35,6 +35,12 @@ TRAIN_LOSS_KEY = "train-loss"
 TRAIN_STEPS_KEY = "train-steps"
 EVAL_LOSS_SUM_KEY = "eval-loss-sum"
 
+# Personalisation (mfpt.personal_strategy): the language's own state travels next to the global one, under its
+# own record; a client's evaluation of it comes back with the same keys under PERSONAL_PREFIX.
+PERSONAL_ARRAYS = "personal-arrays"
+PERSONAL_PREFIX = "personal."
+FINETUNE_STEPS_KEY = "mfpt.finetune-steps"  # a train message with it: fine-tune (after the last round) and evaluate
+
 # What every train reply's metrics must hold.
 TRAIN_METRICS = (TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, EXAMPLES_KEY, CLIENT_KEY)
 
@@ -59,6 +65,6 @@ def encode_confusion(confusion: np.ndarray) -> dict[str, int]:
     return {confusion_key(g, p): int(confusion[g, p]) for g in range(confusion.shape[0]) for p in range(confusion.shape[1])}
 
 
-def decode_confusion(metrics: Mapping[str, Any], num_labels: int) -> np.ndarray:
-    """The confusion matrix a client sent (KeyError names a missing cell)."""
-    return np.array([[int(metrics[confusion_key(g, p)]) for p in range(num_labels)] for g in range(num_labels)])
+def decode_confusion(metrics: Mapping[str, Any], num_labels: int, prefix: str = "") -> np.ndarray:
+    """The confusion matrix a client sent (KeyError names a missing cell); `prefix` selects the personal one."""
+    return np.array([[int(metrics[prefix + confusion_key(g, p)]) for p in range(num_labels)] for g in range(num_labels)])

@@ -12,6 +12,7 @@ with one decimal.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,15 @@ def _run_tables(result: RunResult) -> list[str]:
     if result.heldout_languages:
         parts += ["", "Held-out languages (never trained on; evaluated with the final model):", "",
                   language_table([(label, result)], result.heldout_languages, [])]
+    if result.personalization is not None:
+        personal = dataclasses.replace(result, per_language=result.personalization.per_language,
+                                       heldout=result.personalization.heldout)
+        rows = [("global state", result), (f"{result.personalization.method} (own state)", personal)]
+        parts += ["", f"Personalisation ({result.personalization.method}): each language's own state beside the global "
+                  "one (held-out languages: the URIEL distance-weighted combination of the trained languages' states):",
+                  "", language_table(rows, result.languages, result.low_resource)]
+        if result.heldout_languages:
+            parts += ["", language_table(rows, result.heldout_languages, [])]
     return parts
 
 
@@ -220,6 +230,20 @@ def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
         if other.spec.language_models and other.method == fed.method:
             gains[f"federated - {other.paradigm}"] = {lang: 100 * mean(v) for lang in ctx.languages
                                                       if (v := per_key[lang])}
+    gains.update(personalization_gains(ctx))
+    return gains
+
+
+def personalization_gains(ctx: Context) -> dict[str, dict[str, float]]:
+    """Per personalised group: mean over seeds of (personalised - global state) accuracy points per trained language."""
+    gains: dict[str, dict[str, float]] = {}
+    for g in ctx.groups:
+        runs = [r.results for r in g.runs if r.results.personalization is not None]
+        if not runs:
+            continue
+        per_run = [r.personalization.gain(r.per_language) for r in runs]  # type: ignore[union-attr]
+        gains[f"{runs[0].personalization.method} - global"] = {  # type: ignore[union-attr]
+            lang: 100 * mean(v) for lang in ctx.languages if (v := [d[lang] for d in per_run if lang in d])}
     return gains
 
 
@@ -400,9 +424,40 @@ def _results_section(ctx: Context) -> list[str]:
     if gain_lines:
         lines += ["", "Gain of federated over each baseline (accuracy points, mean ± std over paired seeds):", ""]
         lines += gain_lines
+    lines += _personalization_lines(ctx.groups, languages, low, heldout)
     notes = _budget_lines(ctx.groups) + _communication_lines(ctx.groups)
     if notes:
         lines += ["", *notes]
+    return lines
+
+
+def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str],
+                           heldout: Sequence[str]) -> list[str]:
+    """Global vs personalised state per language (trained and held out) for every group that personalises."""
+    personal = [g for g in groups if any(r.results.personalization is not None for r in g.runs)]
+    if not personal:
+        return []
+    columns = [*(f"{lang}†" if lang in low else lang for lang in languages), *(f"{lang} (held out)" for lang in heldout)]
+    lines = ["", "Personalisation (`personalization.method`): the accuracy of the global state and of each language's "
+             "own state in the same runs (held-out languages: the URIEL distance-weighted combination of the trained "
+             "languages' states), and the gain of the personalised state, in points (mean ± std over seeds):", ""]
+    lines += _table_head(["run / state", *columns, "mean", "low-res mean", "held-out mean"])
+    for g in personal:
+        runs = [r.results for r in g.runs if r.results.personalization is not None]
+        blocks = {"global": [(r.per_language, r.heldout, r) for r in runs],
+                  "personalised": [(p.per_language, p.heldout, p) for r in runs if (p := r.personalization)]}
+        for state, rows in blocks.items():
+            cells = [pm([(a.get(lang) or b.get(lang)).accuracy if (a.get(lang) or b.get(lang)) else None
+                         for a, b, _ in rows]) for lang in [*languages, *heldout]]
+            cells += [pm([m.accuracy if (m := getattr(x, block)) else None for _, _, x in rows])
+                      for block in ("average", "low_resource_average", "heldout_average")]
+            lines.append(_table_row([f"{g.label}: {state}", *cells]))
+        gains = [r.personalization.gain({**r.per_language, **r.heldout}) for r in runs]  # type: ignore[union-attr]
+        cells = [pm([d.get(lang) for d in gains], signed=True) for lang in [*languages, *heldout]]
+        means = [[(getattr(r.personalization, b).accuracy - getattr(r, b).accuracy)  # type: ignore[union-attr]
+                  if getattr(r.personalization, b) and getattr(r, b) else None for r in runs]
+                 for b in ("average", "low_resource_average", "heldout_average")]
+        lines.append(_table_row([f"{g.label}: gain", *cells, *(pm(m, signed=True) for m in means)]))
     return lines
 
 

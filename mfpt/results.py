@@ -24,7 +24,8 @@ from mfpt import __version__, io
 from mfpt.config import ExperimentConfig, to_dict, to_toml
 from mfpt.errors import UserError
 from mfpt.report import render_run_report
-from mfpt.run_result import RESULTS_FILE, Communication, LanguageScore, MeanScore, RunResult, write_result
+from mfpt.run_result import (RESULTS_FILE, Communication, LanguageScore, MeanScore, Personalization, RunResult,
+                             write_result)
 from mfpt.specs import protocol
 from mfpt.stats import mean
 from mfpt.train import EvalCounts
@@ -36,6 +37,7 @@ METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
 PROGRESS = "progress.json"
 CHECKPOINTS = "checkpoints"
+PERSONAL_SPLIT = "personalized"  # metrics.jsonl rows of the per-language (personalised) states
 ADAPTER_DIR = "adapter"  # the final shared model, in peft's format (mfpt predict loads it)
 
 
@@ -48,14 +50,19 @@ class Checkpoint:
     round: int
     state: dict[str, torch.Tensor]
     server_state: dict[str, np.ndarray]
+    personal: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # language -> its personalised state
 
 
-def save_checkpoint(path: Path, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray]) -> Path:
-    """Atomically write one round's global trainable state (+ server-optimiser state) as safetensors."""
+def save_checkpoint(path: Path, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray],
+                    personal: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Path:
+    """Atomically write one round's global trainable state (+ server-optimiser state, + every language's
+    personalised state) as one safetensors file, so they are always of the same round."""
     from safetensors.torch import save_file
 
     tensors = {f"state/{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     tensors.update({f"server/{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in server_state.items()})
+    for lang, lang_state in (personal or {}).items():
+        tensors.update({f"personal/{lang}/{k}": v.detach().cpu().contiguous() for k, v in lang_state.items()})
     return io.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"round": str(round_)}))
 
 
@@ -79,7 +86,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise DamagedCheckpointError(f"checkpoint {str(path)!r} is damaged: {broken[0]!r} holds NaN or Inf")
     state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
     server = {k[len("server/"):]: v.numpy() for k, v in tensors.items() if k.startswith("server/")}
-    return Checkpoint(round_, state, server)
+    personal: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("personal/"):
+            _, lang, name = key.split("/", 2)
+            personal.setdefault(lang, {})[name] = value
+    return Checkpoint(round_, state, server, personal)
 
 
 def last_intact_checkpoint(out_dir: Path, completed: int) -> Checkpoint | None:
@@ -173,6 +185,7 @@ class RunRecorder:
     local_steps: dict[str, int] = field(default_factory=dict)
     refusals: int = 0
     privacy: dict[str, Any] | None = None  # the (epsilon, delta) account (mfpt.privacy), set by the federation
+    personalization_bytes: int = 0  # sent by the finetune phase after the last round
 
     # ---------------------------------------------------------------------------------- start / resume
     def begin(self, resume: bool) -> Checkpoint | None:
@@ -240,7 +253,10 @@ class RunRecorder:
         # A checkpoint holds the trainable state plus at most two server-optimiser copies (FedAdam's m_t, v_t),
         # float32; the final adapter export is about one more state; 1 MiB covers the small files.
         state_bytes = 4 * max(self.trainable_params, 0)
-        need = (self.cfg.federation.rounds + 1) * 3 * state_bytes + (1 << 20)
+        # distance-weighted / update-similarity also keep one state per trained language in every checkpoint.
+        personal = len(self.cfg.data.languages) if self.cfg.personalization.method.value in (
+            "distance-weighted", "update-similarity") else 0
+        need = (self.cfg.federation.rounds + 1) * (3 + personal) * state_bytes + (1 << 20)
         free = shutil.disk_usage(self.out_dir).free
         if free < need:
             raise ResumeError(
@@ -290,9 +306,19 @@ class RunRecorder:
         io.append_jsonl(self.out_dir / METRICS, [{"round": round_, "split": "privacy", "epsilon": account["epsilon"],
                                                   "delta": account["delta"], "dp": account["dp"]}])
 
-    def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None) -> None:
-        """Checkpoint the global state, then mark the round complete (in that order)."""
-        save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {})
+    def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None:
+        """Each language's personalised state's evaluation (split 'personalized' in metrics.jsonl)."""
+        rows = [{"round": round_, "split": PERSONAL_SPLIT, "eval_split": self.cfg.data.eval_split, "lang": lang,
+                 **language_metrics(c), "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
+        io.append_jsonl(self.out_dir / METRICS, rows)
+        if not self.quiet:
+            accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
+            print(f"round {round_:>3}/{self.cfg.federation.rounds} personalised acc | {accs}", flush=True)
+
+    def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None,
+                  personal: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
+        """Checkpoint the global (and every personalised) state, then mark the round complete (in that order)."""
+        save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {}, personal)
         self._write_progress(round_)
 
     def _write_progress(self, completed_round: int) -> None:
@@ -301,6 +327,23 @@ class RunRecorder:
                                                 "wall_seconds": time.time() - self.started})
 
     # ---------------------------------------------------------------------------------- final
+    def _personalization(self, curves: list[dict[str, Any]]) -> Personalization | None:
+        """The personalised states' last evaluation, as recorded by on_personal_evaluate (None without any)."""
+        cfg = self.cfg
+        if cfg.personalization.method.value == "none":
+            return None
+        rows = [r for r in curves if r["split"] == PERSONAL_SPLIT]
+        last = max((int(r["round"]) for r in rows), default=0)
+        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"])
+                 for r in rows if int(r["round"]) == last}
+        languages, heldout = list(cfg.data.languages), list(cfg.data.heldout_languages)
+        per_language = {lang: final[lang] for lang in languages if lang in final}
+        held = {lang: final[lang] for lang in heldout if lang in final}
+        return Personalization(method=cfg.personalization.method.value, per_language=per_language, heldout=held,
+                               average=mean_block(per_language, languages),
+                               low_resource_average=mean_block(per_language, list(cfg.data.low_resource)),
+                               heldout_average=mean_block(held, heldout), extra_bytes=self.personalization_bytes)
+
     def finish(self) -> RunResult:
         """Write results.json and report.md from the last evaluated round in metrics.jsonl; return the result."""
         cfg = self.cfg
@@ -335,6 +378,7 @@ class RunRecorder:
             refused_updates=self.refusals, wall_seconds=round(time.time() - self.started, 2), config=to_dict(cfg),
             versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             privacy=self.privacy,
+            personalization=self._personalization(curves),
         )
         write_result(self.out_dir, result)
         io.write_text(self.out_dir / "report.md", render_run_report(result, curves))

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from mfpt.errors import UserError
 from mfpt import io
 
-SCHEMA_VERSION = 1
+# 2: adds `personalization` (absent = None in older files, which read unchanged).
+SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
 
 
@@ -54,6 +55,26 @@ class Communication:
 
 
 @dataclass(frozen=True)
+class Personalization:
+    """Each language's personalised state's final evaluation (personalization.method != none), beside the global
+    state's in RunResult.per_language / heldout; held-out languages got the URIEL-weighted combination."""
+
+    method: str
+    per_language: dict[str, LanguageScore]
+    heldout: dict[str, LanguageScore]
+    average: MeanScore | None
+    low_resource_average: MeanScore | None
+    heldout_average: MeanScore | None
+    extra_bytes: int = 0  # bytes of the finetune phase after the last round (not in `communication`)
+
+    def gain(self, global_scores: Mapping[str, LanguageScore], metric: str = "accuracy") -> dict[str, float]:
+        """Personalised minus global `metric` per language present in both (trained and held-out)."""
+        mine = {**self.per_language, **self.heldout}
+        return {lang: getattr(mine[lang], metric) - getattr(score, metric)
+                for lang, score in global_scores.items() if lang in mine}
+
+
+@dataclass(frozen=True)
 class RunResult:
     """What one run produced, and everything needed to say how (config, versions, protocol)."""
 
@@ -85,6 +106,7 @@ class RunResult:
     # Private runs: {dp, epsilon (None = infinite), delta, noise_multiplier, clip_norm, secure_aggregation,
     # accountant, ...} (mfpt.privacy.PrivacyPlan.summary); None for runs without [privacy].
     privacy: dict[str, Any] | None = None
+    personalization: Personalization | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------------------------------- reading
@@ -128,10 +150,20 @@ class RunResult:
             for block in ("average", "low_resource_average", "heldout_average"):
                 values[block] = MeanScore(**values[block]) if values[block] is not None else None
             values["communication"] = Communication(**values["communication"])
+            if values.get("personalization") is not None:
+                values["personalization"] = _personalization(values["personalization"])
         except (TypeError, AttributeError) as err:
             raise ResultsError(f"{source}: a score or communication block is malformed ({err}).") from None
         values["schema_version"] = SCHEMA_VERSION
         return cls(**values)
+
+
+def _personalization(block: Mapping[str, Any]) -> Personalization:
+    values = dict(block)
+    values["per_language"], values["heldout"] = _scores(values["per_language"]), _scores(values["heldout"])
+    for key in ("average", "low_resource_average", "heldout_average"):
+        values[key] = MeanScore(**values[key]) if values.get(key) is not None else None
+    return Personalization(**values)
 
 
 def _scores(block: Mapping[str, Mapping[str, Any]]) -> dict[str, LanguageScore]:

@@ -20,7 +20,7 @@ METRICS_FILE = "metrics.jsonl"
 
 IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads")
 # Keys that make a table row; every other varying key makes its own table (a "context").
-ROW_KEYS = ("paradigm", "peft.method")
+ROW_KEYS = ("paradigm", "peft.method", "personalization.method")  # rows of one table, not separate contexts
 DATA_AXIS = "data.train_per_language"
 
 
@@ -194,7 +194,9 @@ def group_runs(runs: Sequence[RunData]) -> list[Group]:
         paradigm, method = run.results.paradigm, run.results.method
         context = tuple((k, setting.get(k)) for k in context_keys)
         key = (context, paradigm, method, tuple(repr(setting.get(k)) for k in varying if k in ROW_KEYS))
-        group = groups.setdefault(key, Group(f"{paradigm} / {method}", paradigm, method, context, []))
+        personal = setting.get("personalization.method", "none")
+        label = f"{paradigm} / {method}" + (f" + {personal}" if personal != "none" else "")
+        group = groups.setdefault(key, Group(label, paradigm, method, context, []))
         if run.seed in group.seeds:
             other = group.by_seed()[run.seed].folder
             raise ReportError(f"Runs {str(other)!r} and {str(run.folder)!r} have the same setting and seed "
@@ -204,7 +206,7 @@ def group_runs(runs: Sequence[RunData]) -> list[Group]:
         group.runs.sort(key=lambda r: r.seed)
 
     def order(g: Group) -> tuple:
-        return (tuple(sort_value(v, k) for k, v in g.context), paradigm_rank(g.paradigm), g.method)
+        return (tuple(sort_value(v, k) for k, v in g.context), paradigm_rank(g.paradigm), g.method, g.label)
 
     return sorted(groups.values(), key=order)
 

@@ -139,7 +139,26 @@ def _stage1(cfg: ExperimentConfig) -> str:
 def _federated(cfg: ExperimentConfig) -> str:
     tuned, frozen, per_round = _steps(cfg)
     return (f"Every language is a client that tunes {tuned}{frozen} for {per_round}, {cfg.federation.rounds} rounds; "
-            f"the server averages ({cfg.federation.strategy.value}) and sends back only the trainable tensors.")
+            f"the server averages ({cfg.federation.strategy.value}) and sends back only the trainable tensors."
+            + _personalized(cfg))
+
+
+def _personalized(cfg: ExperimentConfig) -> str:
+    """The protocol's personalisation sentence ('' for personalization.method = none)."""
+    z = cfg.personalization
+    method = z.method.value
+    heldout = (f" Held-out languages are also evaluated on the {z.distance_kind} URIEL-distance-weighted combination "
+               f"(softmax(-d / {z.temperature:g})) of the trained languages' own states.") if cfg.data.heldout_languages else ""
+    if method == "none":
+        return ""
+    if method == "finetune":
+        steps = f"{z.finetune_steps} steps" if z.finetune_steps else "one round's steps"
+        return f" After the last round every language fine-tunes the final global state on its own data for {steps}." + heldout
+    kernel = (f"softmax(-{z.distance_kind} URIEL distance / {z.temperature:g})" if method == "distance-weighted"
+              else f"softmax(-(1 - cosine similarity of the updates) / {z.temperature:g})")
+    return (f" Personalised ({method}): the server also keeps one state per language, {z.self_weight:g} of its own "
+            f"update plus {1 - z.self_weight:g} of the other languages' weighted by {kernel}; each language trains "
+            "from its own state every round." + heldout)
 
 
 def _local(cfg: ExperimentConfig) -> str:

@@ -92,6 +92,7 @@ class RoundListener:
     def on_refusal(self, round_: int, node: NodeInfo | None, node_id: int, reason: str) -> None: ...
     def on_missing(self, round_: int, node: NodeInfo, stage: str, reason: str) -> None: ...
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
+    def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
 
 
 class MfptStrategy:
@@ -215,6 +216,7 @@ class MfptStrategy:
             log.warning("round %d: %d usable update(s), fewer than federation.min_clients = %d: global state unchanged",
                         round_, len(accepted), required)
             return None, None
+        self.personalize(round_, accepted)
         # The absolute round: FedAdam/FedYogi's bias correction depends on it, so a resumed run must not restart at 1.
         arrays, metrics = super().aggregate_train(round_, [msg for _, msg in accepted])  # type: ignore[misc]
         if arrays is not None:
@@ -222,6 +224,9 @@ class MfptStrategy:
             # the global state keeps the model's dtypes, or every client would refuse it.
             arrays = ArrayRecord({k: v.to(self.spec[k][1]) for k, v in arrays.to_torch_state_dict().items()})
         return arrays, metrics
+
+    def personalize(self, round_: int, accepted: list[tuple[NodeInfo, Message]]) -> None:
+        """Hook for per-language aggregates from the accepted updates (mfpt.personal_strategy); none by default."""
 
     def _problem(self, msg: Message, node: NodeInfo | None) -> str | None:
         if node is None:
@@ -309,10 +314,10 @@ def train_loss_mean(records: list, weight_key: str) -> MetricRecord:
 
 
 def make_strategy(cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict, listener: RoundListener,
-                  round_offset: int = 0) -> MfptStrategy:
-    """The configured Flower strategy with the mfpt mixin in front of it."""
+                  round_offset: int = 0, mixins: tuple[type, ...] = ()) -> MfptStrategy:
+    """The configured Flower strategy with the mfpt mixin (and any `mixins`, e.g. personalisation) in front of it."""
     base, kwargs = STRATEGIES.get(cfg.federation.strategy.value)(cfg)
     base = private_base(cfg, base)  # Flower's DP wrapper around it when privacy.dp = "client"
-    cls = type(f"Mfpt{base.__name__}", (MfptStrategy, base), {})
+    cls = type(f"Mfpt{base.__name__}", (*mixins, MfptStrategy, base), {})
     return cls(cfg=cfg, nodes=nodes, spec=spec, listener=listener, round_offset=round_offset,
                train_metrics_aggr_fn=train_loss_mean, **kwargs)

@@ -51,12 +51,25 @@ DP = {"data.languages": LANGS, "data.labels": ["a", "b"], "privacy.dp": "client"
     ({"privacy.clip_norm": 0.0}, ["privacy.clip_norm"]),
     ({"privacy.delta": 1.5}, ["privacy.delta"]),
     ({"privacy.noise_multiplier": -1.0}, ["privacy.noise_multiplier"]),
+    ({"privacy.secure_aggregation": True, "personalization.method": "distance-weighted"},
+     ["personalization.method", "privacy.secure_aggregation"]),
+    ({"privacy.secure_aggregation": True, "personalization.method": "finetune"},
+     ["personalization.method", "privacy.secure_aggregation"]),
+    ({**DP, "personalization.method": "update-similarity"}, ["personalization.method", "privacy.dp"]),
+    ({"privacy.dp": "example", "personalization.method": "finetune"}, ["personalization.method", "privacy.dp"]),
 ])
 def test_bad_privacy_combinations_are_refused_naming_the_keys(overrides, keys):
     with pytest.raises(ConfigError) as err:
         load_config(None, {"data.languages": LANGS, **overrides})
     for key in keys:
         assert key in str(err.value)
+
+
+def test_example_level_dp_allows_update_based_personalisation():
+    # DP-SGD updates are private when they leave the client; weighing them per language is post-processing.
+    cfg = load_config(None, {"data.languages": LANGS, "privacy.dp": "example",
+                             "personalization.method": "distance-weighted"})
+    assert cfg.personalization.method.value == "distance-weighted"
 
 
 def test_dp_with_full_fine_tuning_is_allowed_with_a_warning():
