@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mfpt import __version__, io
-from mfpt.config import ExperimentConfig, to_dict, to_toml
+from mfpt.config import ConfigError, ExperimentConfig, load_config, to_dict, to_toml
 from mfpt.errors import UserError
 from mfpt.report import render_run_report
 from mfpt.run_result import (RESULTS_FILE, Communication, LanguageScore, MeanScore, Personalization, RunResult,
@@ -232,11 +232,19 @@ class RunRecorder:
         except OSError as err:
             raise ResumeError(f"{str(self.out_dir / CONFIG)!r} cannot be read ({err.strerror}); without it the run "
                               "cannot be resumed: start it again with --out NEW_FOLDER.") from None
-        if saved != to_toml(self.cfg):
+        if saved != to_toml(self.cfg) and not self._same_settings(self.out_dir / CONFIG):
             raise ResumeError(
                 f"The config differs from the one {str(self.out_dir)!r} was started with ({CONFIG}); "
                 "resume with the same config, or start a new run with --out."
             )
+
+    def _same_settings(self, saved: Path) -> bool:
+        """Whether a config.toml written by an older mfpt (without a newer section or key) means this config:
+        read through today's schema, its missing keys take their defaults, which the run did use."""
+        try:
+            return load_config(saved) == self.cfg
+        except ConfigError:
+            return False
 
     def _read_progress(self, path: Path) -> dict[str, Any]:
         """progress.json, or a ResumeError naming it when it is not the recorder's JSON."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+import re
 
 import pytest
 
 from mfpt import io, paradigms
 from mfpt.data import ClientSpec
 from mfpt.paradigms import run_experiment
+from mfpt.results import ResumeError
 from mfpt.run_result import SCHEMA_VERSION, RunResult, read_result
 from mfpt.specs import PARADIGMS
 from mfpt.runtime import Runtime, get_runtime
@@ -194,3 +196,18 @@ def test_resume_drops_a_metrics_line_cut_short_by_the_crash(config, tmp_path, mo
     resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
     assert resumed["per_language"] == whole["per_language"] and resumed["local_steps"] == whole["local_steps"]
     assert all(r["round"] in (1, 2) for r in io.read_jsonl(tmp_path / "cut" / "metrics.jsonl"))
+
+
+def test_resume_accepts_a_config_written_before_newer_sections_but_not_another_setting(config, tmp_path, monkeypatch) -> None:
+    whole = run_experiment(config("local", **{"output_dir": str(tmp_path / "whole")}), quiet=True).to_json()
+    cfg = config("local", **{"output_dir": str(tmp_path / "cut")})
+    interrupt_at_round(cfg, monkeypatch, 2)
+    saved = tmp_path / "cut" / "config.toml"
+    # As an mfpt without [privacy] and [personalization] wrote it: those sections' defaults are what the run used.
+    old = re.sub(r"\n\[(privacy|personalization)\]\n(?:[^\[]*\n)*?(?=\n\[|\Z)", "\n", saved.read_text(encoding="utf-8"))
+    assert "[privacy]" not in old and "[personalization]" not in old
+    saved.write_text(old, encoding="utf-8")
+    resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
+    assert resumed["per_language"] == whole["per_language"]
+    with pytest.raises(ResumeError, match="config differs"):
+        run_experiment(cfg.replace(**{"train.lr": cfg.train.lr * 2}), resume=True, quiet=True)
