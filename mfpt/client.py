@@ -15,8 +15,9 @@ from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, DataError, client_layout
 from mfpt.languages import normalize_language
 from mfpt.model import load_trainable_state, trainable_state
-from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EXAMPLES_KEY, NUM_EVAL_KEY, NUM_TRAIN_KEY, PROXIMAL_MU_KEY,
-                           ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, config_from_entries, encode_confusion)
+from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EVAL_SPLIT_KEY, EXAMPLES_KEY, NUM_EVAL_KEY, NUM_TRAIN_KEY,
+                           PROXIMAL_MU_KEY, ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, config_from_entries,
+                           encode_confusion)
 from mfpt.runtime import Runtime, get_runtime
 from mfpt.train import derive_seed, evaluate, steps_per_round, train
 
@@ -87,12 +88,15 @@ class ClientNode:
                             TRAIN_STEPS_KEY: stats.steps}
         return trainable_state(model), metrics
 
-    def evaluate(self, global_state: dict[str, torch.Tensor]) -> Metrics:
-        """Evaluate the global state on this client's evaluation split; counts only (no per-example output)."""
+    def evaluate(self, global_state: dict[str, torch.Tensor], config: Mapping[str, Any] | None = None) -> Metrics:
+        """Evaluate the global state on the split the server asks for (default data.eval_split); counts only."""
         runtime = self.runtime
+        split = str((config or {}).get(EVAL_SPLIT_KEY, self.cfg.data.eval_split))
+        if split not in ("validation", "test"):
+            raise DataError(f"the server asked for an evaluation on split {split!r}; only 'validation' and 'test' exist.")
         load_trainable_state(runtime.classifier.model, global_state, origin="global state from the server")
-        counts = evaluate(runtime.classifier.model, runtime.encoded(self.client, self.cfg.data.eval_split),
+        counts = evaluate(runtime.classifier.model, runtime.encoded(self.client, split),
                           runtime.classifier.tokenizer, self.cfg.train.eval_batch_size, runtime.classifier.device,
-                          len(runtime.data.labels))
+                          len(runtime.data.labels), self.cfg.train.precision)
         return {CLIENT_KEY: self.index, EXAMPLES_KEY: counts.n, EVAL_LOSS_SUM_KEY: counts.loss_sum,
                 **encode_confusion(counts.confusion)}

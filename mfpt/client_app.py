@@ -36,6 +36,6 @@ def train_round(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
-    """Evaluate the global state on this client's evaluation split; reply with counts only."""
-    metrics = _node(msg, context).evaluate(msg.content[ARRAYS].to_torch_state_dict())
+    """Evaluate the global state on the split the server asks for; reply with counts only."""
+    metrics = _node(msg, context).evaluate(msg.content[ARRAYS].to_torch_state_dict(), msg.content[CONFIG])
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

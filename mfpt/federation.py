@@ -21,6 +21,7 @@ from mfpt.model import build_model, export_atomically, load_trainable_state, sta
 from mfpt.protocol import CLIENT_KEY, CONFIG, METRICS, NUM_EVAL_KEY, NUM_TRAIN_KEY, config_entries
 from mfpt.results import ADAPTER_DIR, RunRecorder
 from mfpt.run_result import RunResult
+from mfpt.selection import selects_on_validation
 from mfpt.strategy import NodeInfo, make_strategy
 
 log = logging.getLogger("mfpt")
@@ -152,6 +153,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
                                 evaluate_config=config_record(cfg), evaluate_fn=end_of_round)
         if len(result.arrays):
             final_state = result.arrays.to_torch_state_dict()
+    if selects_on_validation(cfg) and strategy.score_selected(grid, config_record(cfg)) is not None:
+        final_state = strategy.best_state  # the exported model is the one the run reports
     load_trainable_state(server.model, final_state, origin="final global state")
     export_atomically(server.model, server.tokenizer, out_dir / ADAPTER_DIR)
     return recorder.finish()
