@@ -346,6 +346,9 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(d.selection == Selection.LAST or d.eval_split == "test", "data.eval_split",
          "'test' under data.selection = 'best-validation' (rounds are evaluated on validation, the chosen round on "
          "test); or set data.selection = 'last'", d.eval_split)
+    need(d.selection == Selection.LAST or d.train_pool == "train", "data.train_pool",
+         "'train' under data.selection = 'best-validation' (with 'validation' the clients train on the split the "
+         "round would be selected on); or set data.selection = 'last'", d.train_pool)
     need(len(set(d.labels)) == len(d.labels), "data.labels", "a list without repeats", list(d.labels))
     need(len(d.labels) != 1, "data.labels", "empty (read from the data) or at least 2 labels", list(d.labels))
     need(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -38,16 +39,17 @@ class Runtime:
 
     def encoded(self, client: ClientSpec, split: str) -> Encoded:
         """`client`'s rows of `split`, tokenised on first use."""
-        return self.encode_rows((client, split), None, client)
+        return self._cached((client, split), lambda: self.data.client_rows(client, split))
 
-    def encode_rows(self, key: tuple, rows, client: ClientSpec | None = None) -> Encoded:
-        """Tokenise universal-schema rows once under `key` (pooled data of non-federated paradigms, or a client's)."""
+    def encode_rows(self, key: tuple, rows) -> Encoded:
+        """Tokenise arbitrary universal-schema rows once under `key` (pooled data of non-federated paradigms)."""
+        return self._cached(key, lambda: rows)
+
+    def _cached(self, key: tuple, rows: Callable[[], Any]) -> Encoded:
         if key in self._encoded:
             self._encoded.move_to_end(key)
             return self._encoded[key]
-        if rows is None:
-            rows = self.data.client_rows(client, key[1])
-        self._encoded[key] = encode(rows, self.classifier.tokenizer, self.data.labels,
+        self._encoded[key] = encode(rows(), self.classifier.tokenizer, self.data.labels,
                                     self.classifier.max_length, self.cfg.model.text_prefix)
         while len(self._encoded) > ENCODED_ENTRIES:
             self._encoded.popitem(last=False)

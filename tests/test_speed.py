@@ -286,6 +286,8 @@ def test_local_best_validation_scores_the_selected_round_on_test(make_config, tm
 def test_best_validation_needs_a_validation_split_and_the_test_split(make_config, tmp_path):
     with pytest.raises(ConfigError, match="data.eval_split"):
         make_config(**{"data.selection": "best-validation", "data.eval_split": "validation"})
+    with pytest.raises(ConfigError, match="data.train_pool"):
+        make_config(**{"data.selection": "best-validation", "data.train_pool": "validation"})
     cfg = _cfg(make_config, tmp_path, **{"paradigm": "local", "data.selection": "best-validation"})
     with pytest.raises(DataError, match="data.selection = 'best-validation' needs a validation split"):
         run_experiment(cfg, quiet=True)
