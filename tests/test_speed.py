@@ -126,6 +126,16 @@ def test_bf16_runs_the_forward_in_bf16_and_keeps_trainable_tensors_fp32(make_con
     assert set(seen32) == {torch.float32}
 
 
+def test_fp16_scales_the_loss_and_still_steps_fp32_tensors(make_config, tmp_path):
+    cfg = _cfg(make_config, tmp_path)
+    before = {n: p.detach().clone() for n, p in build_model(cfg, len(LABELS)).model.named_parameters() if p.requires_grad}
+    seen, model, stats = _activation_dtypes(cfg, "fp16")
+    assert set(seen) == {torch.float16} and np.isfinite(stats.mean_loss)
+    after = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the scaled steps were taken, not skipped
+
+
 def test_bf16_federated_update_is_fp32_and_evaluation_uses_bf16(make_config, tmp_path, monkeypatch):
     cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 1, "train.precision": "bf16"})
     calls = []
