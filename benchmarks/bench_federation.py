@@ -12,7 +12,7 @@
    sampled per round, 3 rounds; the process's peak RSS is compared (MB per extra client).
 
 Run:  python benchmarks/bench_federation.py [--model DIR] [--languages eng,fra,swh,hau] [--rounds 2]
-      [--steps 2] [--repeats 2] [--clients 10,100,300]
+      [--steps 2] [--repeats 2] [--clients 10,100,300] [--memory-only]
 It prints its figures; nothing is asserted (speed is measured here, never in unit tests).
 """
 
@@ -193,8 +193,17 @@ def memory_child(clients: int, model: Path, data: Path, out: Path) -> int:
     start = time.perf_counter()
     run_federated(InProcessGrid(per_language * len(LANGUAGES)), cfg, quiet=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"clients": clients, "peak_mb": peak, "start_mb": before, "seconds": time.perf_counter() - start}))
+    print(json.dumps({"clients": clients, "peak_mb": peak, "start_mb": before, "end_mb": resident_mb(),
+                      "seconds": time.perf_counter() - start}))
     return 0
+
+
+def resident_mb() -> float:
+    """The process's resident memory now (VmRSS), in MB: what it still holds after the run."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def memory_by_clients(counts: list[int], model_dir: str) -> list[dict]:
@@ -221,6 +230,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clients", default="10,100,300")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--memory-only", action="store_true", help="only part 3 (peak memory by number of clients)")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tiny", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -233,7 +243,14 @@ def main() -> int:
         return memory_child(args.memory_child, Path(args.tiny), Path(args.data), Path(args.out))
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"benchmark: no checkpoint at {args.model}; run `make encoder` or pass --model DIR.")
+    if not args.memory_only:
+        overhead(args)
+    memory_report([int(c) for c in args.clients.split(",")], args.model)
+    return 0
 
+
+def overhead(args) -> None:
+    """Part 1 and 2: overhead per round, and the naive rebuild-per-message client."""
     languages = args.languages.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         def cfg_for(name: str):
@@ -263,17 +280,20 @@ def main() -> int:
     naive_round = sum(w for w, _ in rounds["naive"]) / len(rounds["naive"])
     print(f"  naive round / mfpt round: {naive_round / mfpt_round:.2f}x")
 
-    counts = [int(c) for c in args.clients.split(",")]
-    memory = memory_by_clients(counts, args.model)
+
+def memory_report(counts: list[int], model: str) -> None:
+    """Part 3: peak and resident memory by number of simulated clients."""
+    memory = memory_by_clients(counts, model)
     print(f"peak memory of a federation process by number of simulated clients (tiny random encoder, "
           f"{len(LANGUAGES)} languages, 10% of clients per round, 3 rounds; fresh process each):")
     for row in memory:
-        print(f"  {row['clients']:>4} clients: peak RSS {row['peak_mb']:7.1f} MB ({row['seconds']:.0f} s)")
+        print(f"  {row['clients']:>4} clients: peak RSS {row['peak_mb']:7.1f} MB, resident after the run "
+              f"{row['end_mb']:7.1f} MB ({row['seconds']:.0f} s)")
     first, last = memory[0], memory[-1]
     if last["clients"] > first["clients"]:
-        per_client = (last["peak_mb"] - first["peak_mb"]) / (last["clients"] - first["clients"])
-        print(f"  -> {per_client:.3f} MB per extra client ({first['clients']} -> {last['clients']})")
-    return 0
+        extra = last["clients"] - first["clients"]
+        print(f"  -> per extra client ({first['clients']} -> {last['clients']}): peak "
+              f"{(last['peak_mb'] - first['peak_mb']) / extra:.3f} MB, resident {(last['end_mb'] - first['end_mb']) / extra:.3f} MB")
 
 
 if __name__ == "__main__":
