@@ -46,9 +46,30 @@ def outgoing_problems(reply: Message, request: Message) -> list[str]:
             for key, value in record.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     problems.append(f"{name!r}: metric {key!r} is a {type(value).__name__}, not a scalar")
+        elif secure_aggregation_record(name, record, request):
+            continue
         else:
             problems.append(f"{name!r}: a {type(record).__name__} may not leave the node")
     return problems
+
+
+# SecAgg+ (privacy.secure_aggregation) replies in Flower's legacy layout: the protocol's own record (public keys,
+# encrypted key shares, the masked vector) and the legacy FedAvg reply's scalar metrics and status.
+SECAGG_PROTOCOL_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants
+
+
+def secure_aggregation_record(name: str, record: object, request: Message) -> bool:
+    """A ConfigRecord a SecAgg+ train reply may carry: Flower's protocol record, or scalar metrics and status."""
+    if request.metadata.message_type != "train" or SECAGG_PROTOCOL_RECORD not in request.content.config_records:
+        return False
+    if name == SECAGG_PROTOCOL_RECORD:
+        return True
+    values = dict(record.items())  # type: ignore[attr-defined]
+    if name == "fitres.status":
+        return set(values) <= {"code", "message"} and all(isinstance(v, (int, str)) for v in values.values())
+    if name == "fitres.metrics":
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
+    return False
 
 
 def describe(reply: Message) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mfpt import distance, predict, prepare, sweep  # each adds its subcommands (add_cli)
+from mfpt import distance, predict, prepare, privacy, privacy_audit, sweep  # each adds its subcommands (add_cli)
 from mfpt.compat import ensure_supported_stack
 from mfpt.config import ConfigError, ExperimentConfig, describe, load_config, to_toml
 from mfpt.errors import UserError
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_cli(sub)
     predict.add_cli(sub)
     sweep.add_cli(sub, config_args)
+    privacy.add_cli(sub, config_args)
+    privacy_audit.add_cli(sub, config_args)
     return parser
 
 

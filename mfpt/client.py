@@ -18,6 +18,7 @@ from mfpt.model import load_trainable_state, trainable_state
 from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EVAL_SPLIT_KEY, EXAMPLES_KEY, NUM_EVAL_KEY, NUM_TRAIN_KEY,
                            PROXIMAL_MU_KEY, ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY, config_from_entries,
                            encode_confusion)
+from mfpt.privacy import example_dp
 from mfpt.runtime import Runtime, get_runtime
 from mfpt.train import derive_seed, evaluate, steps_per_round, train
 
@@ -83,7 +84,7 @@ class ClientNode:
         mu = float(config.get(PROXIMAL_MU_KEY, 0.0))
         stats = train(model, data, runtime.classifier.tokenizer, self.cfg.train, steps_per_round(len(data), self.cfg.train),
                       seed=derive_seed(self.cfg.seed, round_, self.index), device=runtime.classifier.device,
-                      anchor=global_state if mu > 0 else None, proximal_mu=mu)
+                      anchor=global_state if mu > 0 else None, proximal_mu=mu, dp=example_dp(self.cfg, len(data)))
         metrics: Metrics = {CLIENT_KEY: self.index, EXAMPLES_KEY: len(data), TRAIN_LOSS_KEY: stats.mean_loss,
                             TRAIN_STEPS_KEY: stats.steps}
         return trainable_state(model), metrics

@@ -11,9 +11,12 @@ from flwr.clientapp import ClientApp
 
 from mfpt.audit import audit_mod
 from mfpt.client import ClientNode
+from mfpt.flower_dp import clipping_mod
+from mfpt.secure import is_secure_train, legacy_train, secure_mod
 from mfpt.protocol import ARRAYS, CONFIG, METRICS
 
-app = ClientApp(mods=[audit_mod])
+# The audit mod is outermost, so it checks the reply exactly as it leaves (after client-side DP clipping).
+app = ClientApp(mods=[audit_mod, secure_mod, clipping_mod])
 
 
 def _node(msg: Message, context: Context) -> ClientNode:
@@ -30,6 +33,8 @@ def describe(msg: Message, context: Context) -> Message:
 @app.train()
 def train_round(msg: Message, context: Context) -> Message:
     """Load the global state, train locally, send back the trainable tensors and the loss."""
+    if is_secure_train(msg):  # privacy.secure_aggregation: Flower's SecAgg+ workflow (legacy message layout)
+        return legacy_train(msg, context.node_config)
     state, metrics = _node(msg, context).train(msg.content[ARRAYS].to_torch_state_dict(), msg.content[CONFIG])
     return Message(RecordDict({ARRAYS: ArrayRecord(state), METRICS: MetricRecord(metrics)}), reply_to=msg)
 

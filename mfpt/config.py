@@ -80,6 +80,21 @@ class Selection(str, enum.Enum):
     BEST_VALIDATION = "best-validation"
 
 
+class DpMode(str, enum.Enum):
+    """What differential privacy protects: nothing, a client's whole contribution, or each training example."""
+
+    NONE = "none"
+    CLIENT = "client"
+    EXAMPLE = "example"
+
+
+class ClipAt(str, enum.Enum):
+    """Client-level DP: where each update (new - global) is clipped; the noise is always added by the server."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
 def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
@@ -270,6 +285,50 @@ class TransferConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    dp: DpMode = _help(
+        "Differential privacy: 'none'; 'client' (each client's whole update per round is clipped and the server "
+        "adds Gaussian noise: Flower's DP strategy wrappers); 'example' (DP-SGD in every client's training loop: "
+        "each example's gradient is clipped and noised).",
+        default=DpMode.NONE,
+    )
+    clip_norm: float = _help(
+        "L2 bound: client: on each update (new - global) over the trainable tensors; example: on each example's "
+        "gradient. With adaptive_clipping, the starting bound.",
+        default=1.0,
+    )
+    noise_multiplier: float = _help(
+        "Gaussian noise std as a multiple of the sensitivity (sigma); 0 = clipping only (epsilon = infinity). "
+        "Ignored when target_epsilon > 0.",
+        default=1.0,
+    )
+    target_epsilon: float = _help(
+        "> 0: mfpt picks the noise multiplier that gives this epsilon after federation.rounds rounds at the "
+        "sampling rate used (`mfpt privacy CONFIG` prints it); 0 = use noise_multiplier.",
+        default=0.0,
+    )
+    delta: float = _help(
+        "The delta of (epsilon, delta); 0 = 1/N, N = the number of training clients (client) or the number of "
+        "training examples of each client (example).",
+        default=0.0,
+    )
+    adaptive_clipping: bool = _help(
+        "client only: adapt the clipping bound each round to the median update norm (Andrew et al., 2021; "
+        "Flower's adaptive-clipping wrappers).",
+        default=False,
+    )
+    clip_at: ClipAt = _help(
+        "client only: 'server' clips the received updates; 'client' clips on the node before sending "
+        "(Flower's clipping mods; required with secure_aggregation, where the server never sees an update).",
+        default=ClipAt.SERVER,
+    )
+    secure_aggregation: bool = _help(
+        "Flower's SecAgg+: clients mask their updates so the server learns only their sum. FedAvg only.",
+        default=False,
+    )
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = _help("Run name, used in reports.", default="mfpt")
     seed: int = _help("Seeds data sampling, model init and every client's training in every round.", default=0)
@@ -283,16 +342,18 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         _check_ranges(self)
+        _check_privacy(self)
 
     def replace(self, **overrides: Any) -> "ExperimentConfig":
         """A copy with dotted-key overrides applied (`{"train.lr": 0.1}`), validated again."""
         return from_dict(set_dotted(to_dict(self), overrides))
 
 
-SECTIONS = ("model", "peft", "data", "federation", "train", "transfer")
+SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy")
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -354,6 +415,57 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(
         cfg.transfer.source_epochs >= 1, "transfer.source_epochs", "an integer >= 1", cfg.transfer.source_epochs
     )
+
+
+def _check_privacy(cfg: ExperimentConfig) -> None:
+    """Refuse [privacy] values out of range and combinations that cannot work, naming the keys."""
+    pv, f = cfg.privacy, cfg.federation
+    if not pv.clip_norm > 0:
+        raise ConfigError(f"privacy.clip_norm = {pv.clip_norm!r} is not allowed: must be > 0.")
+    if not pv.noise_multiplier >= 0:
+        raise ConfigError(f"privacy.noise_multiplier = {pv.noise_multiplier!r} is not allowed: must be >= 0.")
+    if not pv.target_epsilon >= 0:
+        raise ConfigError(f"privacy.target_epsilon = {pv.target_epsilon!r} is not allowed: must be > 0 (0 = use "
+                          "privacy.noise_multiplier).")
+    if not 0 <= pv.delta < 1:
+        raise ConfigError(f"privacy.delta = {pv.delta!r} is not allowed: must be in (0, 1) (0 = the default 1/N).")
+    private = pv.dp != DpMode.NONE or pv.secure_aggregation
+    if private and cfg.paradigm != Paradigm.FEDERATED:
+        raise ConfigError(f"[privacy] (privacy.dp = {pv.dp.value!r}, privacy.secure_aggregation = "
+                          f"{str(pv.secure_aggregation).lower()}) applies to federated runs only, but paradigm = "
+                          f"{cfg.paradigm.value!r}; set paradigm = 'federated' or privacy.dp = 'none'.")
+    if pv.dp == DpMode.NONE and pv.target_epsilon > 0:
+        raise ConfigError("privacy.target_epsilon is set but privacy.dp = 'none'; set privacy.dp = 'client' or "
+                          "'example', or remove privacy.target_epsilon.")
+    if pv.dp != DpMode.CLIENT and (pv.adaptive_clipping or pv.clip_at != ClipAt.SERVER):
+        key = "privacy.adaptive_clipping" if pv.adaptive_clipping else "privacy.clip_at"
+        raise ConfigError(f"{key} applies to client-level DP only, but privacy.dp = {pv.dp.value!r}; set "
+                          "privacy.dp = 'client' or leave it at its default.")
+    if pv.dp == DpMode.CLIENT:
+        if f.strategy not in (StrategyName.FEDAVG, StrategyName.FEDPROX):
+            raise ConfigError(f"privacy.dp = 'client' with federation.strategy = {f.strategy.value!r}: the noise is "
+                              "calibrated to an average of clipped updates, which a server optimiser transforms "
+                              "afterwards; use federation.strategy = 'fedavg' or 'fedprox'.")
+        if f.weighting != Weighting.UNIFORM:
+            raise ConfigError("privacy.dp = 'client' needs federation.weighting = 'uniform': with 'examples' one "
+                              "client's weight, hence its influence on the average, exceeds 1/n and the noise "
+                              "(sized for 1/n) no longer covers it.")
+    if pv.secure_aggregation:
+        if f.strategy != StrategyName.FEDAVG:
+            raise ConfigError(f"privacy.secure_aggregation = true runs through Flower's SecAgg+ workflow, which "
+                              f"aggregates with FedAvg only; federation.strategy = {f.strategy.value!r} is not "
+                              "supported: set federation.strategy = 'fedavg'.")
+        if f.max_update_norm > 0:
+            raise ConfigError(f"privacy.secure_aggregation = true hides each update from the server, so "
+                              f"federation.max_update_norm = {f.max_update_norm:g} (a check of each update) cannot "
+                              "work: set federation.max_update_norm = 0 or privacy.secure_aggregation = false.")
+        if pv.dp == DpMode.CLIENT and pv.clip_at != ClipAt.CLIENT:
+            raise ConfigError("privacy.secure_aggregation = true with privacy.dp = 'client': the server never sees "
+                              "an update to clip, so set privacy.clip_at = 'client'.")
+        if pv.adaptive_clipping:
+            raise ConfigError("privacy.adaptive_clipping needs each client's clipped/not-clipped bit in the clear, "
+                              "which the SecAgg+ workflow does not carry: set privacy.adaptive_clipping = false or "
+                              "privacy.secure_aggregation = false.")
 
 
 # --------------------------------------------------------------------------------------------- parsing

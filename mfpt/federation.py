@@ -17,10 +17,12 @@ from flwr.serverapp import Grid
 from mfpt.config import ExperimentConfig, load_config
 from mfpt.data import DataError, client_layout, resolve
 from mfpt.errors import UserError
+from mfpt import privacy
 from mfpt.model import build_model, export_atomically, load_trainable_state, state_spec, trainable_state
 from mfpt.protocol import CLIENT_KEY, CONFIG, METRICS, NUM_EVAL_KEY, NUM_TRAIN_KEY, config_entries
 from mfpt.results import ADAPTER_DIR, RunRecorder
 from mfpt.run_result import RunResult
+from mfpt.secure import run_secure_rounds
 from mfpt.selection import selects_on_validation
 from mfpt.strategy import NodeInfo, make_strategy
 
@@ -136,6 +138,10 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
         if not quiet:
             print(f"resuming after round {offset} from {out_dir}", flush=True)
     nodes = handshake(grid, cfg)
+    account = privacy.plan(cfg, {n.client.name(cfg.federation.clients_per_language): n.num_train
+                                 for n in nodes.values() if not n.client.heldout})
+    for warning in privacy.warnings(cfg):
+        log.warning(warning)
     strategy = make_strategy(cfg, nodes, spec, recorder, round_offset=offset)
     strategy.rejoin = rejoin_fn(cfg)
     if checkpoint is not None:
@@ -143,11 +149,15 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round > 0:  # round 0 is Flower's initial evaluation call
+            if account is not None and account.accounts:
+                recorder.on_privacy(offset + server_round, account.summary(offset + server_round))
             recorder.end_round(offset + server_round, arrays.to_torch_state_dict(), strategy.server_state())
 
     remaining = cfg.federation.rounds - offset
     final_state = state
-    if remaining > 0:
+    if remaining > 0 and cfg.privacy.secure_aggregation:  # Flower's SecAgg+ workflow (mfpt/secure.py)
+        final_state = run_secure_rounds(grid, cfg, strategy, state, spec, remaining, end_of_round, config_record(cfg))
+    elif remaining > 0:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state), num_rounds=remaining,
                                 timeout=cfg.federation.round_timeout, train_config=config_record(cfg),
                                 evaluate_config=config_record(cfg), evaluate_fn=end_of_round)
@@ -157,6 +167,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
         final_state = strategy.best_state  # the exported model is the one the run reports
     load_trainable_state(server.model, final_state, origin="final global state")
     export_atomically(server.model, server.tokenizer, out_dir / ADAPTER_DIR)
+    if account is not None:
+        recorder.privacy = account.summary(cfg.federation.rounds)
     return recorder.finish()
 
 

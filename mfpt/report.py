@@ -21,6 +21,7 @@ from mfpt import io
 from mfpt.distance import (DistanceAnalysis, DistanceAnalysisError, LanguageNotInURIELError, URIELDataError,
                            distance_analysis)
 from mfpt.figures import Series, plot_axis, plot_distance_analysis, plot_round_curves
+from mfpt.privacy import in_words as privacy_in_words
 from mfpt.run_result import RunResult
 from mfpt.runs import (DATA_AXIS, ROW_KEYS, Context, Group, RunData, config_value, context_label, contexts, group_runs,
                        is_number, show_value, sort_value, varying_keys)
@@ -132,6 +133,8 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) ->
         f"- Full fine-tuning would send {human_bytes(comm.full_model_bytes)} per client and direction each round.",
         f"- Wall time: {result.wall_seconds:.0f} s.",
     ]
+    if result.privacy:
+        parts += ["", "## Privacy", "", f"- {privacy_in_words(result.privacy)}"]
     if result.selection:  # data.selection: which round's model the tables score, and why
         parts += ["", "## Selected round", "", f"Round {result.selection['round']}: {result.selection['reason']}."]
     on_validation = result.selection.get("rule") == "best-validation"

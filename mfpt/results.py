@@ -173,6 +173,7 @@ class RunRecorder:
     comm: list[dict[str, int]] = field(default_factory=list)
     local_steps: dict[str, int] = field(default_factory=dict)
     refusals: int = 0
+    privacy: dict[str, Any] | None = None  # the (epsilon, delta) account (mfpt.privacy), set by the federation
 
     # ---------------------------------------------------------------------------------- start / resume
     def begin(self, resume: bool) -> Checkpoint | None:
@@ -300,6 +301,11 @@ class RunRecorder:
         means = round_means(io.read_jsonl(self.out_dir / METRICS), round_split(self.cfg), list(self.cfg.data.languages))
         return choice_for(self.cfg, means).round if means else None
 
+    def on_privacy(self, round_: int, account: Mapping[str, Any]) -> None:
+        """The privacy account after `round_`: one `epsilon` line per round in metrics.jsonl."""
+        io.append_jsonl(self.out_dir / METRICS, [{"round": round_, "split": "privacy", "epsilon": account["epsilon"],
+                                                  "delta": account["delta"], "dp": account["dp"]}])
+
     def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None) -> None:
         """Checkpoint the global state, then mark the round complete (in that order)."""
         save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {})
@@ -350,6 +356,7 @@ class RunRecorder:
             refused_updates=self.refusals, wall_seconds=round(time.time() - self.started, 2), config=to_dict(cfg),
             selection=choice.to_json() if evaluated else {},
             versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            privacy=self.privacy,
         )
         write_result(self.out_dir, result)
         io.write_text(self.out_dir / "report.md", render_run_report(result, curves))

@@ -84,6 +84,9 @@ class RunResult:
     selection: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    # Private runs: {dp, epsilon (None = infinite), delta, noise_multiplier, clip_norm, secure_aggregation,
+    # accountant, ...} (mfpt.privacy.PrivacyPlan.summary); None for runs without [privacy].
+    privacy: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------------------------------- reading

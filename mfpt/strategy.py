@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from mfpt.config import ExperimentConfig, Weighting
 from mfpt.data import ClientSpec
+from mfpt.flower_dp import private_base
 from mfpt.model import UpdateError, check_update
 from mfpt.protocol import (ARRAYS, CLIENT_KEY, CONFIG, EVAL_LOSS_SUM_KEY, EVAL_SPLIT_KEY, EXAMPLES_KEY, METRICS,
                            ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_METRICS, TRAIN_STEPS_KEY, WEIGHT_KEY, decode_confusion)
@@ -69,8 +70,9 @@ def _fedavgm(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
                      "server_momentum": cfg.federation.server_momentum}
 
 
-# Server-optimiser state that must survive a resume (FedOpt family: m_t, v_t; FedAvgM: momentum_vector).
-_STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector")
+# Server-optimiser state that must survive a resume (FedOpt family: m_t, v_t; FedAvgM: momentum_vector;
+# client-level DP with adaptive clipping: its current bound, mfpt.flower_dp).
+_STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "dp_clip_state")
 # Prefix of the best-validation round's number, mean accuracy and global state in server_state().
 _SELECTION = "selection"
 
@@ -361,6 +363,7 @@ def make_strategy(cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict,
                   round_offset: int = 0) -> MfptStrategy:
     """The configured Flower strategy with the mfpt mixin in front of it."""
     base, kwargs = STRATEGIES.get(cfg.federation.strategy.value)(cfg)
+    base = private_base(cfg, base)  # Flower's DP wrapper around it when privacy.dp = "client"
     cls = type(f"Mfpt{base.__name__}", (MfptStrategy, base), {})
     return cls(cfg=cfg, nodes=nodes, spec=spec, listener=listener, round_offset=round_offset,
                train_metrics_aggr_fn=train_loss_mean, **kwargs)

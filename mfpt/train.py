@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mfpt.batching import length_grouped_order, shuffled_order
 from mfpt.config import Precision, TrainConfig
 from mfpt.data import LABEL, TEXT, TEXT_PAIR
+from mfpt.dpsgd import DpSgd
 from mfpt.precision import autocast_dtype, forward_context, grad_scaler
 
 
@@ -118,8 +119,12 @@ def train(
     device: torch.device,
     anchor: Mapping[str, torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
+    dp: DpSgd | None = None,
 ) -> TrainStats:
-    """Run `num_steps` AdamW steps on the trainable tensors, reshuffling each pass; FedProx adds mu/2·||w - anchor||²."""
+    """Run `num_steps` AdamW steps on the trainable tensors, reshuffling each pass; FedProx adds mu/2·||w - anchor||².
+
+    With `dp` (example-level privacy) each step's gradient is DP-SGD's (mfpt.dpsgd) instead of the batch gradient.
+    """
     if len(data) == 0:
         raise ValueError("train() got an empty dataset; the caller must refuse empty clients first.")
     torch.manual_seed(seed)  # dropout
@@ -139,6 +144,18 @@ def train(
                  else shuffled_order(len(data), rng))
         for inputs, labels in batches(data, cfg.batch_size, tokenizer, order):
             inputs = {k: v.to(device) for k, v in inputs.items()}
+            if dp is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss = dp.step_gradients(model, inputs, labels.to(device))  # clipped per example, noised
+                if anchor_on_device is not None:  # data-independent: added after the noise, costs no privacy
+                    proximal_term(named, anchor_on_device, proximal_mu).backward()
+                optimizer.step()
+                stats.steps += 1
+                stats.examples_seen += len(labels)
+                stats.loss_sum += loss.item() * len(labels)
+                if stats.steps >= num_steps:
+                    break
+                continue
             with forward_context(dtype, device):
                 logits = model(**inputs).logits
             loss = F.cross_entropy(logits.float(), labels.to(device))

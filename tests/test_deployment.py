@@ -193,3 +193,26 @@ def test_insecure_off_loopback_is_refused(tmp_path):
                            "--experiment", "x.toml", "--host", "192.168.1.5", "--workdir", str(tmp_path / "w")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "not a loopback address" in done.stderr
+
+
+def test_secure_aggregation_completes_on_the_loopback_deployment(tmp_path, tiny_xlmr, node_files):
+    out = tmp_path / "out"
+    experiment = write_experiment(tmp_path / "experiment.toml", tiny_xlmr, out, LANGS, rounds=1)
+    experiment.write_text(experiment.read_text(encoding="utf-8") + "[privacy]\nsecure_aggregation = true\n",
+                          encoding="utf-8")
+    with lf.LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        start_nodes(fed, node_files)
+        run_id = fed.submit({"experiment": str(experiment)})
+        status = fed.wait(run_id, 2 * RUN_TIMEOUT)  # SecAgg+ takes four train messages per node and round
+        logs = {lang: (fed.logs / f"supernode-{lang}.log").read_text(errors="replace") for lang in LANGS}
+        server_log = fed.run_log(run_id) if status != "finished:completed" else ""
+    assert status == "finished:completed", server_log[-3000:]
+    result = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert result["privacy"]["secure_aggregation"] is True and set(result["per_language"]) == set(LANGS)
+    for lang, log in logs.items():
+        trains = [line for line in log.splitlines() if "mfpt-audit: reply to train" in line]
+        assert len(trains) == 4, (lang, trains)  # SecAgg+'s four stages, each a train message
+        assert not any("REFUSED" in line for line in log.splitlines())
+        assert all("secaggplus_configs=ConfigRecord" in line and "ArrayRecord[0 tensors]" in line
+                   for line in trains if "fitres.parameters" in line)

@@ -1,0 +1,291 @@
+"""[privacy]: refusals naming keys, the epsilon account against Opacus's own, and client-level DP (Flower's wrappers
+around mfpt's strategy): clipped updates, the noise's std, mfpt's checks still first, adaptive state in checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.task_identity import TaskIdentity
+
+from mfpt import privacy
+from mfpt.config import ConfigError, load_config
+from mfpt.data import ClientSpec
+from mfpt.flower_dp import clipping_mod
+from mfpt.model import state_spec
+from mfpt.protocol import CLIENT_KEY, CONFIG, EXAMPLES_KEY, config_entries
+from mfpt.strategy import NodeInfo, RoundListener, make_strategy
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+LANGS = ["eng", "swh", "yor", "hau"]
+DP = {"data.languages": LANGS, "data.labels": ["a", "b"], "privacy.dp": "client", "federation.weighting": "uniform"}
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("overrides, keys", [
+    ({"privacy.secure_aggregation": True, "federation.max_update_norm": 2.0},
+     ["privacy.secure_aggregation", "federation.max_update_norm"]),
+    ({"privacy.secure_aggregation": True, "federation.strategy": "fedadam"},
+     ["privacy.secure_aggregation", "federation.strategy"]),
+    ({"privacy.dp": "client"}, ["privacy.dp", "federation.weighting"]),
+    ({**DP, "federation.strategy": "fedyogi"}, ["privacy.dp", "federation.strategy"]),
+    ({**DP, "privacy.secure_aggregation": True}, ["privacy.secure_aggregation", "privacy.clip_at"]),
+    ({**DP, "privacy.secure_aggregation": True, "privacy.clip_at": "client", "privacy.adaptive_clipping": True},
+     ["privacy.adaptive_clipping", "privacy.secure_aggregation"]),
+    ({"privacy.target_epsilon": 3.0}, ["privacy.target_epsilon", "privacy.dp"]),
+    ({"privacy.dp": "example", "paradigm": "local"}, ["privacy.dp", "paradigm"]),
+    ({"privacy.dp": "example", "privacy.adaptive_clipping": True}, ["privacy.adaptive_clipping", "privacy.dp"]),
+    ({"privacy.clip_norm": 0.0}, ["privacy.clip_norm"]),
+    ({"privacy.delta": 1.5}, ["privacy.delta"]),
+    ({"privacy.noise_multiplier": -1.0}, ["privacy.noise_multiplier"]),
+])
+def test_bad_privacy_combinations_are_refused_naming_the_keys(overrides, keys):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"data.languages": LANGS, **overrides})
+    for key in keys:
+        assert key in str(err.value)
+
+
+def test_dp_with_full_fine_tuning_is_allowed_with_a_warning():
+    cfg = load_config(None, {**DP, "peft.method": "full", "train.lr": 2e-5})
+    assert any("peft.method = 'full'" in w for w in privacy.warnings(cfg))
+
+
+# ------------------------------------------------------------------------------------------- the account
+
+
+@pytest.mark.parametrize("sigma, q, steps, delta", [(1.1, 0.01, 1000, 1e-5), (0.8, 1.0, 50, 1e-3), (2.0, 0.25, 40, 1 / 16)])
+def test_epsilon_equals_opacus_own_figure(sigma, q, steps, delta):
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    for _ in range(steps):  # Opacus's own bookkeeping, one step at a time
+        accountant.step(noise_multiplier=sigma, sample_rate=q)
+    assert privacy.rdp_epsilon(sigma, q, steps, delta) == pytest.approx(accountant.get_epsilon(delta), rel=1e-12)
+    assert math.isinf(privacy.rdp_epsilon(0.0, q, steps, delta))
+
+
+@pytest.mark.parametrize("target", [8.0, 2.0, 0.5])
+def test_target_epsilon_gives_a_noise_whose_epsilon_is_within_one_percent(target):
+    cfg = load_config(None, {**DP, "privacy.target_epsilon": target, "federation.rounds": 30,
+                             "federation.fraction_train": 0.5})
+    account = privacy.client_account(cfg)
+    assert account.sample_rate == 0.5 and account.delta == 1 / len(LANGS)
+    epsilon = account.epsilon(30)
+    assert target * 0.99 <= epsilon <= target
+
+
+def test_example_level_account_covers_each_clients_own_steps():
+    cfg = load_config(None, {"data.languages": LANGS, "privacy.dp": "example", "privacy.noise_multiplier": 1.0,
+                             "federation.rounds": 3, "train.batch_size": 8, "train.local_epochs": 2})
+    account_plan = privacy.plan(cfg, {"eng": 80, "swh": 16})
+    swh = next(a for a in account_plan.accounts if a.unit == "swh")
+    assert (swh.sample_rate, swh.steps_per_round, swh.delta) == (0.5, 4, 1 / 16)
+    assert account_plan.epsilon(3) == privacy.rdp_epsilon(1.0, 0.5, 12, 1 / 16)  # the smaller client is the worst
+
+
+# ------------------------------------------------------------------------------------------- client-level DP
+
+
+class Quiet(RoundListener):
+    def __init__(self):
+        self.refused = []
+
+    def on_train(self, *a): ...
+    def on_evaluate(self, *a): ...
+    def on_refusal(self, round_, node, node_id, reason):
+        self.refused.append(reason)
+
+
+class IdleGrid:
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+
+def _reply(request: Message, index: int, state: dict) -> Message:
+    metrics = MetricRecord({CLIENT_KEY: index, EXAMPLES_KEY: 10, "train-loss": 1.0, "train-steps": 1})
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=request)
+
+
+def _round(overrides: dict, x0: dict, updates: list[dict]):
+    """One configure_train + aggregate_train of the mfpt strategy under `overrides`; the new global state."""
+    cfg = load_config(None, {**DP, **overrides})
+    nodes = {100 + i: NodeInfo(100 + i, i, ClientSpec(lang), 10, 5) for i, lang in enumerate(LANGS)}
+    strategy = make_strategy(cfg, nodes, state_spec(x0), Quiet())
+    sent = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, ArrayRecord(x0), ConfigRecord({}), IdleGrid(nodes))}
+    replies = [_reply(sent[100 + i], i, u) for i, u in enumerate(updates)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return strategy, sent, (arrays.to_torch_state_dict() if arrays is not None else None)
+
+
+X0 = {"prompt": torch.zeros(100, 50), "head": torch.zeros(2)}
+
+
+def _far(i: int) -> dict:
+    """An update of norm well above the clip norm, in its own direction per client."""
+    g = torch.Generator().manual_seed(i)
+    return {"prompt": torch.randn(100, 50, generator=g) * 3, "head": torch.randn(2, generator=g) * 3}
+
+
+def _norm(state: dict, ref: dict) -> float:
+    return float(torch.sqrt(sum(((state[k].double() - ref[k].double()) ** 2).sum() for k in ref)))
+
+
+def test_server_side_clipping_bounds_every_update_by_clip_norm():
+    updates = [_far(i) for i in range(4)]
+    _, _, got = _round({"privacy.noise_multiplier": 0.0, "privacy.clip_norm": 0.5}, X0, updates)
+    clipped = [{k: v * min(1.0, 0.5 / _norm(u, X0)) for k, v in u.items()} for u in updates]
+    for u in clipped:
+        assert _norm(u, X0) <= 0.5 + 1e-6
+    expected = {k: sum(u[k] for u in clipped) / 4 for k in X0}
+    for key in X0:
+        assert torch.allclose(got[key], expected[key].float(), atol=1e-5)
+
+
+def test_the_noise_has_the_configured_std():
+    np.random.seed(0)  # Flower draws the noise from numpy's global generator
+    # Small updates, below the bound (an exactly zero one would divide by zero in Flower's clipping).
+    updates = [{k: torch.full_like(v, 1e-4 * (i + 1)) for k, v in X0.items()} for i in range(4)]
+    _, _, got = _round({"privacy.noise_multiplier": 1.5, "privacy.clip_norm": 0.2}, X0, updates)
+    noise = torch.cat([(got[k] - 2.5e-4).flatten() for k in X0]).double()
+    expected_std = 1.5 * 0.2 / 4  # sigma x clip / sampled clients (a uniform mean of 4 clipped updates)
+    assert noise.mean().abs() < 4 * expected_std / math.sqrt(noise.numel())
+    assert noise.std().item() == pytest.approx(expected_std, rel=0.03)
+
+
+def test_mfpt_refuses_a_broken_update_before_flowers_dp_sees_it():
+    updates = [_far(i) for i in range(4)]
+    updates[1] = {"prompt": torch.full((100, 50), float("nan")), "head": torch.zeros(2)}
+    strategy, _, got = _round({"privacy.noise_multiplier": 0.0, "privacy.clip_norm": 0.5}, X0, updates)
+    assert "NaN" in strategy.listener.refused[0]
+    assert got is not None and torch.isfinite(got["prompt"]).all()
+
+
+def test_client_side_clipping_sends_the_norm_and_the_mod_clips_before_the_reply_leaves():
+    _, sent, _ = _round({"privacy.clip_at": "client", "privacy.noise_multiplier": 0.0, "privacy.clip_norm": 0.5},
+                        X0, [{k: v.clone() for k, v in X0.items()} for _ in range(4)])
+    request = sent[100]
+    assert request.content[CONFIG][KEY_CLIPPING_NORM] == 0.5
+    cfg = load_config(None, {**DP, "privacy.clip_at": "client"})
+    request.content[CONFIG] = ConfigRecord({**config_entries(cfg), KEY_CLIPPING_NORM: 0.5})
+    reply = clipping_mod(request, Context(1, 0, {}, None, {}), lambda msg, ctx: _reply(msg, 0, _far(0)))
+    new = reply.content["arrays"].to_torch_state_dict()
+    assert _norm(new, X0) == pytest.approx(0.5, rel=1e-5)
+    # Without client-side clipping the mod is a pass-through.
+    plain = Message(RecordDict({"arrays": ArrayRecord(X0), CONFIG: ConfigRecord({})}), dst_node_id=1,
+                    message_type=MessageType.TRAIN)
+    reply = clipping_mod(plain, Context(1, 0, {}, None, {}), lambda msg, ctx: _reply(msg, 0, _far(0)))
+    assert _norm(reply.content["arrays"].to_torch_state_dict(), X0) > 10
+
+
+def test_adaptive_clipping_bound_is_saved_and_restored_for_resume():
+    strategy, _, _ = _round({"privacy.adaptive_clipping": True, "privacy.clip_norm": 0.5}, X0,
+                            [_far(i) for i in range(4)])
+    moved = strategy.clipping_norm
+    assert moved != 0.5  # every update was above the bound: the bound grew
+    state = strategy.server_state()
+    assert state["dp_clip_state/clipping_norm"] == pytest.approx(moved)
+    cfg = load_config(None, {**DP, "privacy.adaptive_clipping": True, "privacy.clip_norm": 0.5})
+    fresh = make_strategy(cfg, {}, state_spec(X0), Quiet())
+    fresh.load_server_state(state)
+    assert fresh.clipping_norm == pytest.approx(moved)
+
+
+def test_privacy_command_prints_epsilon_without_training(capsys):
+    from mfpt.cli import main
+
+    code = main(["privacy", "--set", 'privacy.dp="client"', "--set", 'federation.weighting="uniform"',
+                 "--set", "data.languages=[\"eng\",\"swh\",\"yor\",\"hau\"]", "--set", "privacy.target_epsilon=4.0",
+                 "--set", "federation.rounds=20"])
+    out = capsys.readouterr().out
+    assert code == 0 and "client-level differential privacy (ε = " in out and "after 20 round(s)" in out
+    epsilon = float(out.split("ε = ")[1].split(",")[0])
+    assert 3.96 <= epsilon <= 4.0
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def test_a_client_level_dp_run_records_epsilon_per_round_and_in_results(make_config):
+    from mfpt.paradigms import run_experiment
+
+    cfg = make_config(**{"data.languages": ["en", "sw", "yo"], "privacy.dp": "client", "privacy.clip_at": "client",
+                         "federation.weighting": "uniform", "privacy.target_epsilon": 5.0})
+    result = run_experiment(cfg, quiet=True)
+    out = cfg.output_dir
+    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    eps = [r for r in rows if r["split"] == "privacy"]
+    assert [r["round"] for r in eps] == [1, 2] and eps[0]["epsilon"] < eps[1]["epsilon"]
+    block = json.load(open(f"{out}/results.json"))["privacy"]
+    assert block == result.privacy
+    assert block["dp"] == "client" and 4.95 <= block["epsilon"] <= 5.0 and block["delta"] == pytest.approx(1 / 3)
+    assert block["accountant"] == "opacus-rdp" and block["secure_aggregation"] is False
+    assert block["noise_multiplier"] > 0 and block["clip_norm"] == 1.0
+    assert "client-level differential privacy (ε = " in open(f"{out}/report.md").read()
+
+
+# ------------------------------------------------------------------------------------------- example-level DP (DP-SGD)
+
+
+def test_dpsgd_per_example_gradients_are_each_examples_own(tiny_xlmr):
+    from mfpt.dpsgd import DpSgd
+    from mfpt.model import build_model
+
+    cfg = load_config(None, {"model.name": str(tiny_xlmr), "data.labels": ["a", "b", "c"], "peft.num_virtual_tokens": 4})
+    built = build_model(cfg, 3)
+    model = built.model.eval()
+    inputs = dict(built.tokenizer(["hello world this is long", "a test", "another"], padding=True, return_tensors="pt"))
+    labels = torch.tensor([0, 2, 1])
+    grads, losses = DpSgd(1.0, 0.0).per_example_gradients(model, inputs, labels)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(grads) == trainable  # the trainable tensors only
+    for i in range(3):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(**{k: v[i:i + 1] for k, v in inputs.items()}).logits, labels[i:i + 1]).backward()
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                assert torch.allclose(grads[name][i], p.grad, atol=1e-5), name
+
+
+def test_dpsgd_clips_each_example_and_adds_noise_of_the_configured_std():
+    from mfpt.dpsgd import DpSgd
+
+    g = torch.Generator().manual_seed(0)
+    per_example = {"prompt": torch.randn(8, 40, 30, generator=g) * 5, "head": torch.randn(8, 3, generator=g) * 5}
+    clean = DpSgd(0.7, 0.0).private_gradient(per_example)
+    norms = torch.sqrt(sum(v.reshape(8, -1).pow(2).sum(1) for v in per_example.values()))
+    expected = {k: (v * (0.7 / norms).clamp(max=1).view(-1, *[1] * (v.dim() - 1))).sum(0) / 8 for k, v in per_example.items()}
+    for k in per_example:
+        assert torch.allclose(clean[k], expected[k], atol=1e-5)
+    assert math.sqrt(sum(float(v.pow(2).sum()) for v in clean.values())) <= 0.7 + 1e-6
+    zeros = {"prompt": torch.zeros(8, 200, 100), "head": torch.zeros(8, 3)}
+    noisy = DpSgd(0.7, 1.3, generator=torch.Generator().manual_seed(1)).private_gradient(zeros)
+    noise = torch.cat([v.flatten() for v in noisy.values()]).double()
+    assert noise.std().item() == pytest.approx(1.3 * 0.7 / 8, rel=0.03)  # sigma x C / batch
+
+
+def test_an_example_level_dp_run_completes_and_accounts_each_client(make_config):
+    from mfpt.paradigms import run_experiment
+
+    cfg = make_config(**{"data.languages": ["en", "sw"], "privacy.dp": "example", "privacy.noise_multiplier": 1.0,
+                         "federation.rounds": 1})
+    result = run_experiment(cfg, quiet=True)
+    assert result.privacy["dp"] == "example" and result.privacy["epsilon"] > 0
+    assert result.privacy["delta"] == pytest.approx(1 / 27)  # 27 training examples per fixture client
+    assert result.average is not None
