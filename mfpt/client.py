@@ -15,8 +15,8 @@ from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, DataError, client_layout
 from mfpt.languages import normalize_language
 from mfpt.model import load_trainable_state, trainable_state
-from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EXAMPLES_KEY, FINETUNE_STEPS_KEY, NUM_EVAL_KEY, NUM_TRAIN_KEY,
-                           PERSONAL_PREFIX, PROXIMAL_MU_KEY, ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY,
+from mfpt.protocol import (CLIENT_KEY, EVAL_LOSS_SUM_KEY, EVAL_SPLIT_KEY, EXAMPLES_KEY, FINETUNE_STEPS_KEY, NUM_EVAL_KEY,
+                           NUM_TRAIN_KEY, PERSONAL_PREFIX, PROXIMAL_MU_KEY, ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_STEPS_KEY,
                            config_from_entries, encode_confusion)
 from mfpt.privacy import example_dp
 from mfpt.runtime import Runtime, get_runtime
@@ -95,20 +95,25 @@ class ClientNode:
             metrics.update({PERSONAL_PREFIX + k: v for k, v in self._evaluate_loaded().items() if k != CLIENT_KEY})
         return state, metrics
 
-    def evaluate(self, global_state: dict[str, torch.Tensor], personal_state: dict[str, torch.Tensor] | None = None) -> Metrics:
-        """Evaluate the global state (and this language's personal state, keys under PERSONAL_PREFIX); counts only."""
+    def evaluate(self, global_state: dict[str, torch.Tensor], personal_state: dict[str, torch.Tensor] | None = None,
+                 config: Mapping[str, Any] | None = None) -> Metrics:
+        """Evaluate the global state (and this language's personal state, keys under PERSONAL_PREFIX) on the split
+        the server asks for (default data.eval_split); counts only."""
+        split = str((config or {}).get(EVAL_SPLIT_KEY, self.cfg.data.eval_split))
+        if split not in ("validation", "test"):
+            raise DataError(f"the server asked for an evaluation on split {split!r}; only 'validation' and 'test' exist.")
         metrics: Metrics = {}
         if personal_state is not None:
             load_trainable_state(self.runtime.classifier.model, personal_state, origin="personal state from the server")
-            metrics = {PERSONAL_PREFIX + k: v for k, v in self._evaluate_loaded().items() if k != CLIENT_KEY}
+            metrics = {PERSONAL_PREFIX + k: v for k, v in self._evaluate_loaded(split).items() if k != CLIENT_KEY}
         load_trainable_state(self.runtime.classifier.model, global_state, origin="global state from the server")
-        return {**self._evaluate_loaded(), **metrics}
+        return {**self._evaluate_loaded(split), **metrics}
 
-    def _evaluate_loaded(self) -> Metrics:
-        """Evaluate the state now loaded in the model on this client's evaluation split."""
+    def _evaluate_loaded(self, split: str | None = None) -> Metrics:
+        """Evaluate the state now loaded in the model on `split` (default: this client's evaluation split)."""
         runtime = self.runtime
-        counts = evaluate(runtime.classifier.model, runtime.encoded(self.client, self.cfg.data.eval_split),
+        counts = evaluate(runtime.classifier.model, runtime.encoded(self.client, split or self.cfg.data.eval_split),
                           runtime.classifier.tokenizer, self.cfg.train.eval_batch_size, runtime.classifier.device,
-                          len(runtime.data.labels))
+                          len(runtime.data.labels), self.cfg.train.precision)
         return {CLIENT_KEY: self.index, EXAMPLES_KEY: counts.n, EVAL_LOSS_SUM_KEY: counts.loss_sum,
                 **encode_confusion(counts.confusion)}

@@ -41,8 +41,10 @@ def train_round(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
-    """Evaluate the global state (and the language's personal state, if sent) on this client; reply with counts only."""
+    """Evaluate the global state (and the language's personal state, if sent) on the split the server asks for;
+    reply with counts only."""
     personal = msg.content.array_records.get(PERSONAL_ARRAYS)
     metrics = _node(msg, context).evaluate(msg.content[ARRAYS].to_torch_state_dict(),
-                                           personal.to_torch_state_dict() if personal is not None else None)
+                                           personal.to_torch_state_dict() if personal is not None else None,
+                                           msg.content[CONFIG])
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

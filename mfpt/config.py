@@ -73,6 +73,22 @@ class Partition(str, enum.Enum):
     DIRICHLET = "dirichlet"
 
 
+class Precision(str, enum.Enum):
+    """Forward-pass precision (mfpt.precision); trainable tensors and optimiser state are fp32 under every one."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Selection(str, enum.Enum):
+    """Which round's model a run reports (mfpt.selection)."""
+
+    LAST = "last"
+    BEST_VALIDATION = "best-validation"
+
+
 class DpMode(str, enum.Enum):
     """What differential privacy protects: nothing, a client's whole contribution, or each training example."""
 
@@ -188,6 +204,13 @@ class DataConfig:
         "or machine-translated training set) or 'validation' (for benchmarks whose training data is English-only).",
         default="train",
     )
+    selection: Selection = _help(
+        "Which round's model is reported: 'last' (the final round, evaluated on data.eval_split), or "
+        "'best-validation' (every evaluation uses the validation split; after the last round the test split is "
+        "scored once with the global state of the round with the best mean validation accuracy; needs a "
+        "validation split).",
+        default=Selection.LAST,
+    )
 
 
 @dataclass(frozen=True)
@@ -224,6 +247,11 @@ class FederationConfig:
         default=1.0,
     )
     client_gpus: float = _help("Simulation: GPU share per client (e.g. 0.25 runs 4 clients per GPU).", default=0.0)
+    evaluate_every: int = _help(
+        "Evaluate every N rounds, and always after the last (1 = every round). Evaluation on a large test split "
+        "can cost as much as training.",
+        default=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -243,6 +271,17 @@ class TrainConfig:
         "torch CPU threads per process; 0 = automatic: federation.client_cpus per simulated client, all cores for "
         "in-process paradigms.",
         default=0,
+    )
+    precision: Precision = _help(
+        "Forward-pass precision: fp32, bf16 or fp16 autocast, or auto (bf16 on a CUDA GPU with bf16 or a CPU with "
+        "AVX512-BF16/AMX, fp32 elsewhere). Trainable tensors, optimiser state and exchanged state stay fp32; "
+        "fp16 uses loss scaling; CUDA also gets TF32 matmuls. fp32 is bit-identical on every machine.",
+        default=Precision.FP32,
+    )
+    group_by_length: bool = _help(
+        "Batch training examples of similar length together (sorted within chunks of 50 batches, batches "
+        "shuffled with the seed): less padding, same reproducibility.",
+        default=False,
     )
 
 
@@ -383,6 +422,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(f.max_update_norm >= 0, "federation.max_update_norm", ">= 0 (0 = off)", f.max_update_norm)
     need(f.client_cpus > 0, "federation.client_cpus", "> 0", f.client_cpus)
     need(f.client_gpus >= 0, "federation.client_gpus", ">= 0", f.client_gpus)
+    need(f.evaluate_every >= 1, "federation.evaluate_every", "an integer >= 1", f.evaluate_every)
     need(t.lr > 0, "train.lr", "> 0", t.lr)
     need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)
     need(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0 = no cap)", t.max_steps)
@@ -407,6 +447,12 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(0 < d.test_fraction < 1, "data.test_fraction", "in (0, 1)", d.test_fraction)
     need(d.eval_split in ("test", "validation"), "data.eval_split", "'test' or 'validation'", d.eval_split)
     need(d.train_pool in ("train", "validation"), "data.train_pool", "'train' or 'validation'", d.train_pool)
+    need(d.selection == Selection.LAST or d.eval_split == "test", "data.eval_split",
+         "'test' under data.selection = 'best-validation' (rounds are evaluated on validation, the chosen round on "
+         "test); or set data.selection = 'last'", d.eval_split)
+    need(d.selection == Selection.LAST or d.train_pool == "train", "data.train_pool",
+         "'train' under data.selection = 'best-validation' (with 'validation' the clients train on the split the "
+         "round would be selected on); or set data.selection = 'last'", d.train_pool)
     need(len(set(d.labels)) == len(d.labels), "data.labels", "a list without repeats", list(d.labels))
     need(len(d.labels) != 1, "data.labels", "empty (read from the data) or at least 2 labels", list(d.labels))
     need(
@@ -501,10 +547,19 @@ def _check_privacy(cfg: ExperimentConfig) -> None:
 
 
 def _check_private_personalization(cfg: ExperimentConfig) -> None:
-    """Personalisation reads each language's own update (or fine-tuned state): refuse it where that breaks [privacy]."""
+    """Refuse combinations of the newer sections that cannot hold together: personalisation reads each language's
+    own update (or fine-tuned state), which [privacy] may hide or not cover, and keeps no per-round selection."""
     method, pv = cfg.personalization.method, cfg.privacy
+    if pv.dp == DpMode.EXAMPLE and cfg.train.group_by_length:
+        raise ConfigError("train.group_by_length = true makes a batch depend on its examples' lengths, while "
+                          "privacy.dp = 'example' accounts for batches drawn at random; set "
+                          "train.group_by_length = false or privacy.dp = 'none'/'client'.")
     if method == PersonalizationMethod.NONE:
         return
+    if cfg.data.selection == Selection.BEST_VALIDATION:
+        raise ConfigError(f"data.selection = 'best-validation' picks one round's global state, but "
+                          f"personalization.method = {method.value!r} keeps per-language states from the last round "
+                          "(or fine-tunes after it); set data.selection = 'last' or personalization.method = 'none'.")
     if pv.secure_aggregation:
         raise ConfigError(f"personalization.method = {method.value!r} needs each language's own update (or fine-tuned "
                           "state) on the server, which privacy.secure_aggregation = true hides by design; set "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mfpt.benchmarks import BENCHMARKS  # importing it also registers the benchmark sources in DATA_SOURCES
-from mfpt.config import DataConfig, ExperimentConfig, Partition
+from mfpt.config import DataConfig, ExperimentConfig, Partition, Selection
 
 # The schema, the registry and read_table are defined in mfpt.sources; callers keep importing them from here.
 from mfpt.sources import (  # noqa: F401
@@ -174,6 +174,12 @@ def prepare(cfg: ExperimentConfig) -> PreparedData:
                     f"Language {lang!r} has no {split!r} examples; a client needs both. Check the data's split "
                     f"column, data.test_fraction, or drop {lang!r} from data.languages."
                 )
+    if data.selection == Selection.BEST_VALIDATION:
+        for lang in languages:
+            if prepared.language_rows(lang, "validation").empty:
+                raise DataError(f"data.selection = 'best-validation' needs a validation split, but language {lang!r} "
+                                "has no 'validation' rows; give the data a split column with validation rows, or "
+                                "set data.selection = 'last'.")
     for lang in heldout:
         if prepared.language_rows(lang, data.eval_split).empty:
             raise DataError(f"Held-out language {lang!r} has no {data.eval_split!r} examples to evaluate on.")

@@ -24,6 +24,7 @@ from mfpt.results import ADAPTER_DIR, RunRecorder
 from mfpt.run_result import RunResult
 from mfpt.personal_strategy import PersonalizedStrategy, finetune_phase, strategy_mixins
 from mfpt.secure import run_secure_rounds
+from mfpt.selection import selects_on_validation
 from mfpt.strategy import NodeInfo, make_strategy
 
 log = logging.getLogger("mfpt")
@@ -167,6 +168,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
                                 evaluate_config=config_record(cfg), evaluate_fn=end_of_round)
         if len(result.arrays):
             final_state = result.arrays.to_torch_state_dict()
+    if selects_on_validation(cfg) and strategy.score_selected(grid, config_record(cfg)) is not None:
+        final_state = strategy.best_state  # the exported model is the one the run reports
     if cfg.personalization.method.value == "finetune":
         recorder.personalization_bytes = finetune_phase(grid, strategy, final_state, config_record(cfg))
     load_trainable_state(server.model, final_state, origin="final global state")

@@ -41,9 +41,10 @@ from mfpt.client_app import app as client_app
 from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, DataError, client_layout, resolve
 from mfpt.model import export_atomically, load_trainable_state, trainable_state
-from mfpt.results import ADAPTER_DIR, RunRecorder
+from mfpt.results import ADAPTER_DIR, RunRecorder, checkpoint_path, load_checkpoint
 from mfpt.run_result import RunResult, read_result
 from mfpt.runtime import Runtime, get_runtime
+from mfpt.selection import TEST, evaluates_in_round, round_split, selects_on_validation
 from mfpt.server_app import build_server_app
 from mfpt.specs import PARADIGMS
 from mfpt.train import EvalCounts, derive_seed, evaluate, steps_per_round, train
@@ -110,15 +111,16 @@ def _train_learner(runtime: Runtime, cfg: ExperimentConfig, learner: Learner, st
     return {"client": learner.name, "lang": learner.name, "loss": stats.mean_loss, "steps": stats.steps, "n": len(data)}
 
 
-def _evaluate_learners(runtime: Runtime, cfg: ExperimentConfig, learners: list[Learner]) -> dict[str, EvalCounts]:
+def _evaluate_learners(runtime: Runtime, cfg: ExperimentConfig, learners: list[Learner],
+                       split: str | None = None) -> dict[str, EvalCounts]:
     model = runtime.classifier.model
     counts: dict[str, EvalCounts] = {}
     for learner in learners:
         load_trainable_state(model, learner.state, origin=f"state of {learner.name}")
         for lang in learner.evaluates:
-            data = runtime.encoded(ClientSpec(lang, 0, heldout=True), cfg.data.eval_split)
+            data = runtime.encoded(ClientSpec(lang, 0, heldout=True), split or round_split(cfg))
             counts[lang] = evaluate(model, data, runtime.classifier.tokenizer, cfg.train.eval_batch_size,
-                                    runtime.classifier.device, len(runtime.data.labels))
+                                    runtime.classifier.device, len(runtime.data.labels), cfg.train.precision)
     return counts
 
 
@@ -154,11 +156,24 @@ def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, 
         rows = [_train_learner(runtime, cfg, learner, steps_per_round(len(learner.train_rows), cfg.train), round_)
                 for learner in learners]
         recorder.on_train(round_, rows, 0, 0)
-        recorder.on_evaluate(round_, _evaluate_learners(runtime, cfg, learners + heldout_by))
+        if evaluates_in_round(round_, cfg.federation.rounds, cfg.federation.evaluate_every):
+            recorder.on_evaluate(round_, _evaluate_learners(runtime, cfg, learners + heldout_by))
         recorder.end_round(round_, _flatten(learners + ([stage1] if stage1 else [])))
+    if selects_on_validation(cfg):
+        _score_selected(runtime, cfg, recorder, learners + ([stage1] if stage1 else []), learners + heldout_by)
     if shared is not None:
         _export_shared(runtime, recorder, shared)
     return recorder.finish()
+
+
+def _score_selected(runtime: Runtime, cfg: ExperimentConfig, recorder: RunRecorder, saved: list[Learner],
+                    evaluated: list[Learner]) -> None:
+    """best-validation: restore every learner from the selected round's checkpoint and score the test split once."""
+    chosen = recorder.selected_round()
+    if chosen is None:
+        return
+    _restore(saved, load_checkpoint(checkpoint_path(recorder.out_dir, chosen)).state)
+    recorder.on_selected(chosen, _evaluate_learners(runtime, cfg, evaluated, split=TEST))
 
 
 def _export_shared(runtime: Runtime, recorder: RunRecorder, learner: Learner) -> None:
@@ -230,6 +245,8 @@ def run_zeroshot(cfg: ExperimentConfig, resume: bool = False, quiet: bool = Fals
         recorder.on_train(1, [_train_learner(runtime, cfg, source, _source_steps(cfg, source), 0)], 0, 0)
         recorder.on_evaluate(1, _evaluate_learners(runtime, cfg, [source]))
         recorder.end_round(1, _flatten([source]))
+    if selects_on_validation(cfg):  # one round: it is the selected one
+        recorder.on_selected(1, _evaluate_learners(runtime, cfg, [source], split=TEST))
     _export_shared(runtime, recorder, source)
     return recorder.finish()
 

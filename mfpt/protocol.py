@@ -24,6 +24,8 @@ CONFIG = "config"
 ROUND_KEY = "mfpt.round"
 PROXIMAL_MU_KEY = "proximal-mu"  # set by Flower's FedProx itself: the client adds the proximal term
 CONFIG_PREFIX = "cfg."
+# The split an evaluation message asks for ('validation' or 'test'); absent = the config's data.eval_split.
+EVAL_SPLIT_KEY = "mfpt.eval-split"
 
 # MetricRecord keys (client -> server).
 CLIENT_KEY = "client-index"

@@ -145,9 +145,14 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) ->
     ]
     if result.privacy:
         parts += ["", "## Privacy", "", f"- {privacy_in_words(result.privacy)}"]
-    mean_by_round = _round_means(curves, result.languages, config_value(result, "data.eval_split"))
+    if result.selection:  # data.selection: which round's model the tables score, and why
+        parts += ["", "## Selected round", "", f"Round {result.selection['round']}: {result.selection['reason']}."]
+    on_validation = result.selection.get("rule") == "best-validation"
+    split = "validation" if on_validation else config_value(result, "data.eval_split")
+    mean_by_round = _round_means(curves, result.languages, split)
     if mean_by_round:
-        parts += ["", "## Mean accuracy by round", "", *_table_head(["round", *map(str, mean_by_round)]),
+        parts += ["", f"## Mean accuracy by round ({split})" if on_validation else "## Mean accuracy by round", "",
+                  *_table_head(["round", *map(str, mean_by_round)]),
                   _table_row(["mean acc", *map(pct, mean_by_round.values())])]
     return "\n".join(parts) + "\n"
 

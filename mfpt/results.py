@@ -26,6 +26,7 @@ from mfpt.errors import UserError
 from mfpt.report import render_run_report
 from mfpt.run_result import (RESULTS_FILE, Communication, LanguageScore, MeanScore, Personalization, RunResult,
                              write_result)
+from mfpt.selection import TEST, choice_for, round_means, round_split, selects_on_validation
 from mfpt.specs import protocol
 from mfpt.stats import mean
 from mfpt.train import EvalCounts
@@ -297,7 +298,7 @@ class RunRecorder:
                                                   "lang": node.client.lang, "node": node.node_id, "reason": reason}])
 
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None:
-        split = self.cfg.data.eval_split
+        split = round_split(self.cfg)
         rows = [{"round": round_, "split": split, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
         io.append_jsonl(self.out_dir / METRICS, rows)
@@ -308,6 +309,21 @@ class RunRecorder:
             accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
             shown = f"{100 * mean(trained):.1f}" if trained else "-"
             print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {shown} | {accs}", flush=True)
+
+    def on_selected(self, round_: int, counts: dict[str, EvalCounts]) -> None:
+        """best-validation: the test-split scores of the selected round's model (recorded once, after the last round)."""
+        rows = [{"round": round_, "split": TEST, "lang": lang, **language_metrics(c),
+                 "heldout": lang in self.cfg.data.heldout_languages, "selected": True} for lang, c in counts.items()]
+        io.append_jsonl(self.out_dir / METRICS, rows)
+        if not self.quiet:
+            trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
+            shown = f"{100 * mean(trained):.1f}" if trained else "-"
+            print(f"selected round {round_} (best mean validation accuracy): test acc | mean {shown}", flush=True)
+
+    def selected_round(self) -> int | None:
+        """The round data.selection picks from the evaluations recorded so far (None before any evaluation)."""
+        means = round_means(io.read_jsonl(self.out_dir / METRICS), round_split(self.cfg), list(self.cfg.data.languages))
+        return choice_for(self.cfg, means).round if means else None
 
     def on_privacy(self, round_: int, account: Mapping[str, Any]) -> None:
         """The privacy account after `round_`: one `epsilon` line per round in metrics.jsonl."""
@@ -356,11 +372,16 @@ class RunRecorder:
         """Write results.json and report.md from the last evaluated round in metrics.jsonl; return the result."""
         cfg = self.cfg
         curves = io.read_jsonl(self.out_dir / METRICS)
-        evaluated = [r for r in curves if r["split"] == cfg.data.eval_split]
+        languages = list(cfg.data.languages)
+        choice = choice_for(cfg, round_means(curves, round_split(cfg), languages))
+        if selects_on_validation(cfg):  # the one test scoring, of the selected round's model
+            evaluated = [r for r in curves if r["split"] == TEST and r.get("selected")]
+        else:
+            evaluated = [r for r in curves if r["split"] == cfg.data.eval_split]
         last = max((int(r["round"]) for r in evaluated), default=0)
         final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"])
                  for r in evaluated if int(r["round"]) == last}
-        languages, heldout = list(cfg.data.languages), list(cfg.data.heldout_languages)
+        heldout = list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}
         held = {lang: final[lang] for lang in heldout if lang in final}
         up = [c["bytes_up"] for c in self.comm]
@@ -384,6 +405,7 @@ class RunRecorder:
             heldout_average=mean_block(held, heldout),
             communication=communication, local_steps=self.local_steps, protocol=protocol(cfg),
             refused_updates=self.refusals, wall_seconds=round(time.time() - self.started, 2), config=to_dict(cfg),
+            selection=choice.to_json() if evaluated else {},
             versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             privacy=self.privacy,
             personalization=self._personalization(curves),

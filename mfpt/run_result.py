@@ -101,6 +101,8 @@ class RunResult:
     refused_updates: int
     wall_seconds: float
     config: dict[str, Any]
+    # Which round's model the scores are from and why (data.selection): {"rule", "round", "reason"}.
+    selection: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     # Private runs: {dp, epsilon (None = infinite), delta, noise_multiplier, clip_norm, secure_aggregation,

@@ -8,7 +8,9 @@ for another client or round is the same as building it afresh.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -16,6 +18,12 @@ from mfpt.config import ExperimentConfig
 from mfpt.data import ClientSpec, PreparedData, prepare
 from mfpt.model import ClassifierModel, build_model, trainable_state
 from mfpt.train import Encoded, encode
+
+
+# Tokenised splits a process keeps. A simulation process serves many clients in turn (300 at the paper's scale):
+# each one's split is cheap to tokenise again but would otherwise stay in memory for the whole run. 64 covers
+# every split of the demo's 16 languages (train + eval) and of the in-process paradigms' pools.
+ENCODED_ENTRIES = 64
 
 
 @dataclass
@@ -26,22 +34,25 @@ class Runtime:
     # The seeded trainable state the model was built with. In-process paradigms start every learner from it:
     # the cached model's own tensors hold whatever the previous run in this process trained last.
     initial_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    _encoded: dict[tuple, Encoded] = field(default_factory=dict)
+    # Least recently used first; at most ENCODED_ENTRIES splits are kept (see there).
+    _encoded: OrderedDict[tuple, Encoded] = field(default_factory=OrderedDict)
 
     def encoded(self, client: ClientSpec, split: str) -> Encoded:
         """`client`'s rows of `split`, tokenised on first use."""
-        key = (client, split)
-        if key not in self._encoded:
-            rows = self.data.client_rows(client, split)
-            self._encoded[key] = encode(rows, self.classifier.tokenizer, self.data.labels,
-                                        self.classifier.max_length, self.cfg.model.text_prefix)
-        return self._encoded[key]
+        return self._cached((client, split), lambda: self.data.client_rows(client, split))
 
     def encode_rows(self, key: tuple, rows) -> Encoded:
         """Tokenise arbitrary universal-schema rows once under `key` (pooled data of non-federated paradigms)."""
-        if key not in self._encoded:
-            self._encoded[key] = encode(rows, self.classifier.tokenizer, self.data.labels,
-                                        self.classifier.max_length, self.cfg.model.text_prefix)
+        return self._cached(key, lambda: rows)
+
+    def _cached(self, key: tuple, rows: Callable[[], Any]) -> Encoded:
+        if key in self._encoded:
+            self._encoded.move_to_end(key)
+            return self._encoded[key]
+        self._encoded[key] = encode(rows(), self.classifier.tokenizer, self.data.labels,
+                                    self.classifier.max_length, self.cfg.model.text_prefix)
+        while len(self._encoded) > ENCODED_ENTRIES:
+            self._encoded.popitem(last=False)
         return self._encoded[key]
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
@@ -30,9 +30,10 @@ from mfpt.config import ExperimentConfig, Weighting
 from mfpt.data import ClientSpec
 from mfpt.flower_dp import private_base
 from mfpt.model import UpdateError, check_update
-from mfpt.protocol import (ARRAYS, CLIENT_KEY, EVAL_LOSS_SUM_KEY, EXAMPLES_KEY, METRICS, ROUND_KEY, TRAIN_LOSS_KEY,
-                           TRAIN_METRICS, TRAIN_STEPS_KEY, WEIGHT_KEY, decode_confusion)
+from mfpt.protocol import (ARRAYS, CLIENT_KEY, CONFIG, EVAL_LOSS_SUM_KEY, EVAL_SPLIT_KEY, EXAMPLES_KEY, METRICS,
+                           ROUND_KEY, TRAIN_LOSS_KEY, TRAIN_METRICS, TRAIN_STEPS_KEY, WEIGHT_KEY, decode_confusion)
 from mfpt.registry import Registry
+from mfpt.selection import TEST, evaluates_in_round, is_better, round_split, selects_on_validation
 from mfpt.stats import mean
 from mfpt.train import EvalCounts, derive_seed
 
@@ -72,6 +73,8 @@ def _fedavgm(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
 # Server-optimiser state that must survive a resume (FedOpt family: m_t, v_t; FedAvgM: momentum_vector;
 # client-level DP with adaptive clipping: its current bound, mfpt.flower_dp).
 _STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "dp_clip_state")
+# Prefix of the best-validation round's number, mean accuracy and global state in server_state().
+_SELECTION = "selection"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class RoundListener:
     def on_missing(self, round_: int, node: NodeInfo, stage: str, reason: str) -> None: ...
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
     def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
+    def on_selected(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
 
 
 class MfptStrategy:
@@ -118,6 +122,11 @@ class MfptStrategy:
         self._unusable: set[int] = set()
         self._sampled: dict[str, set[int]] = {}
         self._global: dict[str, torch.Tensor] | None = None
+        # data.selection = best-validation: the round with the best mean validation accuracy so far, and its
+        # global state (kept in server_state(), so every round's checkpoint holds it and a resume keeps it).
+        self.best_round: int | None = None
+        self.best_accuracy: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------ sampling
     def _sample(self, server_round: int, fraction: float, with_heldout: bool) -> set[int]:
@@ -161,6 +170,12 @@ class MfptStrategy:
         """Flower's configure_evaluate for a seeded sample of clients plus every held-out language."""
         self.refresh_nodes(grid)
         config[ROUND_KEY] = self.round_offset + server_round
+        if not evaluates_in_round(self.round_offset + server_round, self.cfg.federation.rounds,
+                                  self.cfg.federation.evaluate_every):
+            self._sampled["evaluate"] = set()
+            return []  # federation.evaluate_every: no evaluation this round
+        config[EVAL_SPLIT_KEY] = round_split(self.cfg)
+        self._evaluated_state = arrays
         chosen = self._sample(server_round, self.cfg.federation.fraction_evaluate, with_heldout=True)
         self._sampled["evaluate"] = chosen
         messages = self._keep(super().configure_evaluate(server_round, arrays, config, grid), chosen)  # type: ignore[misc]
@@ -256,9 +271,39 @@ class MfptStrategy:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Pool confusion counts per language; return the unweighted mean over languages."""
         round_ = self.round_offset + server_round
+        if not evaluates_in_round(round_, self.cfg.federation.rounds, self.cfg.federation.evaluate_every):
+            return None
+        per_language = self._pool_evaluations(round_, "evaluate", replies)
+        self.listener.on_evaluate(round_, per_language, getattr(self, "_eval_bytes_down", 0))
+        trained = [c for lang, c in per_language.items() if lang in self.cfg.data.languages]
+        if not trained:
+            return None
+        accuracy = mean(c.accuracy for c in trained)
+        if selects_on_validation(self.cfg) and is_better(accuracy, self.best_accuracy):
+            self.best_round, self.best_accuracy = round_, accuracy
+            self.best_state = {k: v.clone() for k, v in self._evaluated_state.to_torch_state_dict().items()}
+        return MetricRecord({"accuracy": accuracy, "macro-f1": mean(c.macro_f1 for c in trained)})
+
+    def score_selected(self, grid: Grid, config: ConfigRecord) -> dict[str, EvalCounts] | None:
+        """best-validation: every client scores the test split once with the selected round's state (None if none)."""
+        if self.best_state is None or self.best_round is None:
+            return None
+        self.refresh_nodes(grid)
+        config = ConfigRecord({**dict(config), ROUND_KEY: self.best_round, EVAL_SPLIT_KEY: TEST})
+        content = RecordDict({ARRAYS: ArrayRecord(self.best_state), CONFIG: config})
+        self._sampled["test"] = set(self.nodes)
+        messages = [Message(content, dst_node_id=node_id, message_type=MessageType.EVALUATE)
+                    for node_id in sorted(self.nodes)]
+        replies = grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        counts = self._pool_evaluations(self.best_round, "test", replies)
+        self.listener.on_selected(self.best_round, counts)
+        return counts
+
+    def _pool_evaluations(self, round_: int, stage: str, replies: Iterable[Message]) -> dict[str, EvalCounts]:
+        """Each language's evaluation counts, pooled over its clients' replies (errors and unknown nodes refused)."""
         num_labels = len(self.cfg.data.labels)
         per_language: dict[str, EvalCounts] = {}
-        replies = self._record_missing(round_, "evaluate", list(replies))
+        replies = self._record_missing(round_, stage, list(replies))
         for msg in sorted(replies, key=lambda m: getattr(self._node(m), "index", -1)):
             node = self._node(msg)
             if msg.has_error() or node is None:
@@ -269,11 +314,7 @@ class MfptStrategy:
             counts = EvalCounts(num_labels, int(metrics[EXAMPLES_KEY]), float(metrics[EVAL_LOSS_SUM_KEY]),
                                 decode_confusion(metrics, num_labels))
             per_language[node.client.lang] = per_language.get(node.client.lang, EvalCounts(num_labels)) + counts
-        self.listener.on_evaluate(round_, per_language, getattr(self, "_eval_bytes_down", 0))
-        trained = [c for lang, c in per_language.items() if lang in self.cfg.data.languages]
-        if not trained:
-            return None
-        return MetricRecord({"accuracy": mean(c.accuracy for c in trained), "macro-f1": mean(c.macro_f1 for c in trained)})
+        return per_language
 
     # ------------------------------------------------------------------------------ resume
     def server_state(self) -> dict[str, np.ndarray]:
@@ -285,10 +326,20 @@ class MfptStrategy:
                 state.update({f"{attr}/{k}": np.asarray(v) for k, v in value.items()})
             elif isinstance(value, list):
                 state.update({f"{attr}/{i}": np.asarray(v) for i, v in enumerate(value)})
+        if self.best_state is not None:
+            state[f"{_SELECTION}/round"] = np.asarray([self.best_round], dtype=np.int64)
+            state[f"{_SELECTION}/accuracy"] = np.asarray([self.best_accuracy], dtype=np.float64)
+            state.update({f"{_SELECTION}/state/{k}": v.detach().cpu().numpy() for k, v in self.best_state.items()})
         return state
 
     def load_server_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what server_state() saved."""
+        if f"{_SELECTION}/round" in state:
+            self.best_round = int(np.asarray(state[f"{_SELECTION}/round"]).reshape(-1)[0])
+            self.best_accuracy = float(np.asarray(state[f"{_SELECTION}/accuracy"]).reshape(-1)[0])
+            prefix = f"{_SELECTION}/state/"
+            self.best_state = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items()
+                               if k.startswith(prefix)}
         for attr in _STATE_ATTRIBUTES:
             items = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attr + "/")}
             if not items:

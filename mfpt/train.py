@@ -14,9 +14,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mfpt.config import TrainConfig
+from mfpt.batching import length_grouped_order, shuffled_order
+from mfpt.config import Precision, TrainConfig
 from mfpt.data import LABEL, TEXT, TEXT_PAIR
 from mfpt.dpsgd import DpSgd
+from mfpt.precision import autocast_dtype, forward_context, grad_scaler
 
 
 @dataclass
@@ -131,10 +133,16 @@ def train(
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchor_on_device = {n: t.to(device) for n, t in anchor.items()} if anchor and proximal_mu > 0 else None
+    # Autocast covers the forward pass only: parameters, gradients and AdamW state stay fp32.
+    dtype = autocast_dtype(cfg.precision.value, device)
+    scaler = grad_scaler(dtype, device)
+    lengths = [len(f["input_ids"]) for f in data.features] if cfg.group_by_length else None
     stats = TrainStats()
     model.train()
     while stats.steps < num_steps:
-        for inputs, labels in batches(data, cfg.batch_size, tokenizer, rng.permutation(len(data))):
+        order = (length_grouped_order(lengths, cfg.batch_size, rng) if lengths is not None
+                 else shuffled_order(len(data), rng))
+        for inputs, labels in batches(data, cfg.batch_size, tokenizer, order):
             inputs = {k: v.to(device) for k, v in inputs.items()}
             if dp is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -148,16 +156,25 @@ def train(
                 if stats.steps >= num_steps:
                     break
                 continue
-            logits = model(**inputs).logits
-            loss = F.cross_entropy(logits, labels.to(device))
+            with forward_context(dtype, device):
+                logits = model(**inputs).logits
+            loss = F.cross_entropy(logits.float(), labels.to(device))
             objective = loss
             if anchor_on_device is not None:
                 objective = loss + proximal_term(named, anchor_on_device, proximal_mu)
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            if scaler is not None:
+                scaler.scale(objective).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            else:
+                objective.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             stats.steps += 1
             stats.examples_seen += len(labels)
             stats.loss_sum += loss.item() * len(labels)
@@ -172,12 +189,16 @@ def proximal_term(params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, data: Encoded, tokenizer: Any, batch_size: int, device: torch.device, num_labels: int) -> EvalCounts:
-    """Loss sum and confusion matrix of the model on `data` (no gradients, eval mode)."""
+def evaluate(model: torch.nn.Module, data: Encoded, tokenizer: Any, batch_size: int, device: torch.device, num_labels: int,
+             precision: Precision = Precision.FP32) -> EvalCounts:
+    """Loss sum and confusion matrix of the model on `data` (no gradients, eval mode, forward under `precision`)."""
     model.eval()
     counts = EvalCounts(num_labels)
+    dtype = autocast_dtype(precision.value, device)
     for inputs, labels in batches(data, batch_size, tokenizer):
-        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
+        with forward_context(dtype, device):
+            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
+        logits = logits.float()
         counts.loss_sum += F.cross_entropy(logits, labels.to(device), reduction="sum").item()
         predictions = logits.argmax(-1).cpu().numpy()
         np.add.at(counts.confusion, (labels.numpy(), predictions), 1)

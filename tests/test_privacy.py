@@ -57,6 +57,9 @@ DP = {"data.languages": LANGS, "data.labels": ["a", "b"], "privacy.dp": "client"
      ["personalization.method", "privacy.secure_aggregation"]),
     ({**DP, "personalization.method": "update-similarity"}, ["personalization.method", "privacy.dp"]),
     ({"privacy.dp": "example", "personalization.method": "finetune"}, ["personalization.method", "privacy.dp"]),
+    ({"privacy.dp": "example", "train.group_by_length": True}, ["train.group_by_length", "privacy.dp"]),
+    ({"data.selection": "best-validation", "personalization.method": "distance-weighted"},
+     ["data.selection", "personalization.method"]),
 ])
 def test_bad_privacy_combinations_are_refused_naming_the_keys(overrides, keys):
     with pytest.raises(ConfigError) as err:

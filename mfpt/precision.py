@@ -1,0 +1,61 @@
+"""Numeric precision of the forward pass: train.precision resolved to an autocast dtype for a device.
+
+Only the forward pass runs under autocast; the trainable tensors, their gradients, the optimiser state and
+everything a client sends stay fp32, so a federated update is the same kind of object under every precision.
+On CUDA, fp32 matmuls also use TF32 (a process setting, made once when a CUDA device is first used here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import ContextManager
+
+import torch
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), read from /proc/cpuinfo or torch."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split())
+    except OSError:
+        flags = set()
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return True
+    # Elsewhere (no /proc), torch's dispatch level names AMX when the CPU has it.
+    return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32 (`auto`: bf16 where it is fast)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+    return _DTYPES.get(precision)
+
+
+def forward_context(dtype: torch.dtype | None, device: torch.device) -> ContextManager:
+    """Autocast around a forward pass (a no-op for fp32); enables TF32 matmuls on CUDA."""
+    if device.type == "cuda":
+        _allow_tf32()
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not."""
+    if dtype is not torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+@functools.lru_cache(maxsize=1)
+def _allow_tf32() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
