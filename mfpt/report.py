@@ -132,8 +132,11 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) ->
     """report.md of one run: per-language tables, parameters, communication, per-round mean accuracy."""
     comm = result.communication
     trainable, total = result.trainable_params, result.total_params
-    parts = [
-        *_run_tables(result),
+    parts = [*_run_tables(result)]
+    if result.unscored:
+        parts += ["", f"**Not scored in the reported round:** {', '.join(result.unscored)} (their evaluation was "
+                      "missing or refused; metrics.jsonl says why). Every mean above leaves them out."]
+    parts += [
         "",
         "## Cost",
         "",

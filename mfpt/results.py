@@ -409,7 +409,11 @@ class RunRecorder:
             versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             privacy=self.privacy,
             personalization=self._personalization(curves),
+            unscored=[lang for lang in languages + heldout if lang not in final],
         )
+        if result.unscored and not self.quiet:
+            print(f"warning: no score in the reported round for {', '.join(result.unscored)} (evaluation missing or "
+                  f"refused; metrics.jsonl says which): the means leave them out.", flush=True)
         write_result(self.out_dir, result)
         io.write_text(self.out_dir / "report.md", render_run_report(result, curves))
         return result

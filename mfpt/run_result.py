@@ -109,6 +109,9 @@ class RunResult:
     # accountant, ...} (mfpt.privacy.PrivacyPlan.summary); None for runs without [privacy].
     privacy: dict[str, Any] | None = None
     personalization: Personalization | None = None
+    # Trained or held-out languages with no score in the reported round (their evaluation was missing or refused):
+    # the means above leave them out, so a mean over fewer languages is never mistaken for the full one.
+    unscored: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------------------------------- reading

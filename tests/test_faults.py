@@ -382,3 +382,23 @@ def test_audit_mod_refuses_arrays_in_an_evaluate_reply():
     request = _request("evaluate", {"prompt": torch.zeros(4, 8)})
     bad = Message(RecordDict({"arrays": ArrayRecord({"prompt": torch.zeros(4, 8)})}), reply_to=request)
     assert audit_mod(request, None, lambda m, c: bad).has_error()
+
+
+def test_a_language_without_a_final_score_is_named_and_left_out_of_the_means(make_config, tmp_path):
+    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 2, "federation.min_clients": 2})
+    grid = InProcessGrid(3)
+
+    def crash(msg: Message) -> bool:
+        # hau's node dies before the last round's evaluation: the run completes without hau's final score.
+        config = msg.content.config_records.get("config")
+        round_ = int(config["mfpt.round"]) if config is not None and "mfpt.round" in config else 0
+        if round_ == 2 and msg.metadata.message_type == "evaluate":
+            grid.alive.discard(102)
+        return False
+
+    grid.crash = crash
+    result = run_federated(grid, cfg, quiet=True)
+    assert result.unscored == ["hau"] and set(result.per_language) == {"eng", "swh"}
+    assert result.average.accuracy == pytest.approx(np.mean([s.accuracy for s in result.per_language.values()]))
+    report = (Path(cfg.output_dir) / "report.md").read_text(encoding="utf-8")
+    assert "Not scored in the reported round:** hau" in report
