@@ -144,33 +144,27 @@ def train(
                  else shuffled_order(len(data), rng))
         for inputs, labels in batches(data, cfg.batch_size, tokenizer, order):
             inputs = {k: v.to(device) for k, v in inputs.items()}
+            optimizer.zero_grad(set_to_none=True)
             if dp is not None:
-                optimizer.zero_grad(set_to_none=True)
-                loss = dp.step_gradients(model, inputs, labels.to(device))  # clipped per example, noised
+                # DP-SGD: each example's gradient clipped, the sum noised (mfpt.dpsgd). bf16 autocast only: fp16
+                # would need loss scaling of every per-example gradient.
+                with forward_context(dtype if dtype == torch.bfloat16 else None, device):
+                    loss = dp.step_gradients(model, inputs, labels.to(device))
                 if anchor_on_device is not None:  # data-independent: added after the noise, costs no privacy
                     proximal_term(named, anchor_on_device, proximal_mu).backward()
-                optimizer.step()
-                stats.steps += 1
-                stats.examples_seen += len(labels)
-                stats.loss_sum += loss.item() * len(labels)
-                if stats.steps >= num_steps:
-                    break
-                continue
-            with forward_context(dtype, device):
-                logits = model(**inputs).logits
-            loss = F.cross_entropy(logits.float(), labels.to(device))
-            objective = loss
-            if anchor_on_device is not None:
-                objective = loss + proximal_term(named, anchor_on_device, proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(objective).backward()
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             else:
-                objective.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler is not None:
+                with forward_context(dtype, device):
+                    logits = model(**inputs).logits
+                loss = F.cross_entropy(logits.float(), labels.to(device))
+                objective = loss if anchor_on_device is None else loss + proximal_term(named, anchor_on_device, proximal_mu)
+                if scaler is not None:
+                    scaler.scale(objective).backward()
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                else:
+                    objective.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if scaler is not None and dp is None:
                 scaler.step(optimizer)
                 scaler.update()
             else:

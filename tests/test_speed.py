@@ -17,6 +17,7 @@ from mfpt import precision as precision_module
 from mfpt.batching import length_grouped_order, shuffled_order
 from mfpt.config import ConfigError, Precision, describe
 from mfpt.data import DataError
+from mfpt.dpsgd import DpSgd
 from mfpt.federation import run_federated
 from mfpt.model import build_model
 from mfpt.paradigms import run_experiment
@@ -97,8 +98,8 @@ def test_auto_precision_is_bf16_only_where_the_device_runs_it_fast(monkeypatch):
     assert autocast_dtype("fp16", cpu) is torch.float16
 
 
-def _activation_dtypes(cfg, precision: str, monkeypatch=None):
-    """Train 2 steps under `precision`; the dtypes seen at a frozen Linear's output, and the model afterwards."""
+def _activation_dtypes(cfg, precision: str, monkeypatch=None, dp=None):
+    """Train 2 steps under `precision` (DP-SGD with `dp`); the dtypes seen at a frozen Linear's output, and the model."""
     cfg = cfg.replace(**{"train.precision": precision})
     classifier = build_model(cfg, len(LABELS))
     frame = pd.read_json(TINY_DATA, lines=True)
@@ -108,7 +109,7 @@ def _activation_dtypes(cfg, precision: str, monkeypatch=None):
     linear = next(m for n, m in classifier.model.named_modules() if isinstance(m, torch.nn.Linear) and "query" in n)
     handle = linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     try:
-        stats = train(classifier.model, data, classifier.tokenizer, cfg.train, 2, seed=0, device=torch.device("cpu"))
+        stats = train(classifier.model, data, classifier.tokenizer, cfg.train, 2, seed=0, device=torch.device("cpu"), dp=dp)
     finally:
         handle.remove()
     return seen, classifier.model, stats
@@ -124,6 +125,15 @@ def test_bf16_runs_the_forward_in_bf16_and_keeps_trainable_tensors_fp32(make_con
     assert np.isfinite(stats.mean_loss) and stats.steps == 2
     seen32, _, _ = _activation_dtypes(cfg, "fp32")
     assert set(seen32) == {torch.float32}
+
+
+def test_dp_sgd_runs_its_forward_in_bf16_but_never_in_fp16(make_config, tmp_path):
+    cfg = _cfg(make_config, tmp_path)
+    seen, model, stats = _activation_dtypes(cfg, "bf16", dp=DpSgd(clip_norm=1.0, noise_multiplier=1.0))
+    assert seen and set(seen) == {torch.bfloat16} and np.isfinite(stats.mean_loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    seen16, _, _ = _activation_dtypes(cfg, "fp16", dp=DpSgd(clip_norm=1.0, noise_multiplier=1.0))
+    assert set(seen16) == {torch.float32}  # per-example gradients without loss scaling would underflow in fp16
 
 
 def test_fp16_scales_the_loss_and_still_steps_fp32_tensors(make_config, tmp_path):
