@@ -11,6 +11,7 @@ The RDP analysis assumes Poisson sampling; mfpt samples fixed-size batches and c
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -36,6 +37,8 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     return float(accountant.get_epsilon(delta=float(delta)))
 
 
+# Memoised: a bisection over the accountant takes seconds, and every client asks again each round (example_dp).
+@functools.lru_cache(maxsize=256)
 def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, delta: float,
                       tolerance: float = 0.005) -> float:
     """The noise multiplier whose epsilon after `steps` is at most `target_epsilon` and within `tolerance` of it."""
