@@ -16,6 +16,13 @@ test examples (same steps, so the figures should agree within noise).
 
 Run:  python benchmarks/bench_training.py [--model DIR] [--steps 20] [--repeats 3] [--languages eng,swh,hau]
       [--max-length 64] [--set peft.num_virtual_tokens=32] (CUDA is used when present: train.device = auto)
+At the paper's scale (a GPU, or a CPU-only site sizing its hardware):
+      python benchmarks/bench_training.py --shape xlm-roberta-base --preset configs/paper/xnli.toml \
+          --preset-test-examples 5010 --steps 20 --repeats 2
+--shape builds an encoder of that architecture with random weights (no hub needed: speed does not depend on the
+weights), with the offline encoder's tokenizer. --preset takes the batch size, max_seq_length and prompt from a
+preset and prints the hours its training and evaluation would take at the measured speeds (clients one after
+another, so an upper bound where several train at once).
 It prints its figures; nothing is asserted (speed is measured here, never in unit tests).
 """
 
@@ -59,6 +66,54 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     return 2 * size ** 3 / best
 
 
+SHAPES = {
+    # xlm-roberta-base's published config (the paper's encoder); vocab_size follows the tokenizer actually used.
+    "xlm-roberta-base": dict(model_type="xlm-roberta", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1),
+}
+
+
+def random_encoder(shape: str, tokenizer_dir: Path, out: Path) -> Path:
+    """A checkpoint folder with `shape`'s architecture, random weights and the tokenizer of `tokenizer_dir`."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    params = dict(SHAPES[shape])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(params.pop("model_type"), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **params)
+    torch.manual_seed(0)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    AutoModel.from_config(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # a folder with config.json is always complete
+    return out
+
+
+def preset_estimate(preset, seconds_per_step: float, seconds_per_example: float, test_examples: int) -> str:
+    """Hours a preset's training and evaluation take at the measured per-step and per-example speeds."""
+    from mfpt.selection import evaluated_rounds
+    from mfpt.train import steps_per_round
+
+    fed, data = preset.federation, preset.data
+    languages = len(data.languages)
+    if not data.train_per_language:
+        raise SystemExit(f"benchmark: {preset.name} has data.train_per_language = 0 (all of a benchmark's rows); "
+                         "the estimate needs a number of training examples per language.")
+    steps = fed.rounds * round(languages * fed.fraction_train) * steps_per_round(data.train_per_language, preset.train)
+    evaluations = len(evaluated_rounds(fed.rounds, fed.evaluate_every))
+    examples = evaluations * round(languages * fed.fraction_evaluate) * test_examples
+    train_h, eval_h = steps * seconds_per_step / 3600, examples * seconds_per_example / 3600
+    return (f"{preset.name}: {steps:,} training steps ({fed.rounds} rounds x {languages} clients x "
+            f"{steps_per_round(data.train_per_language, preset.train)} steps) = {train_h:.1f} h, and {evaluations} "
+            f"evaluations of {test_examples:,} test examples x {languages} languages = {eval_h:.1f} h: "
+            f"{train_h + eval_h:.1f} h for one run, clients one after another")
+
+
 class FlopCounter:
     """Matmul FLOPs of every forward of a BERT/XLM-R-shaped encoder with `prefix` virtual tokens per layer."""
 
@@ -90,11 +145,30 @@ def main() -> int:
     parser.add_argument("--eval-examples", type=int, default=192)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="more overrides of configs/demo.toml (e.g. peft.num_virtual_tokens=32)")
+    parser.add_argument("--shape", choices=sorted(SHAPES),
+                        help="benchmark an encoder of this architecture with random weights (tokenizer: --model's)")
+    parser.add_argument("--preset", type=Path, help="take batch size, max_seq_length and [peft] from this preset and "
+                        "print the hours it would take")
+    parser.add_argument("--preset-test-examples", type=int, default=0,
+                        help="test examples per language for the estimate (default: the preset's "
+                             "data.test_per_language; XNLI's full test split is 5010)")
     args = parser.parse_args()
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"benchmark: no checkpoint at {args.model}; run `make encoder` or pass --model DIR.")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    preset = load_config(args.preset) if args.preset else None
+    test_examples = args.preset_test_examples or (preset.data.test_per_language if preset else 0)
+    if preset is not None:
+        if not test_examples:
+            sys.exit(f"benchmark: {args.preset} scores every test example (data.test_per_language = 0); "
+                     "pass --preset-test-examples N (XNLI: 5010).")
+        p = preset.peft
+        args.set = [f"peft.method=\"{p.method.value}\"", f"peft.num_virtual_tokens={p.num_virtual_tokens}",
+                    f"peft.prefix_projection={str(p.prefix_projection).lower()}", *args.set]
+        args.batch_size, args.max_length = preset.train.batch_size, preset.model.max_seq_length
+    if args.shape:
+        args.model = str(random_encoder(args.shape, Path(args.model), Path("/tmp") / f"mfpt-bench-{args.shape}"))
     languages = args.languages.split(",")
     cfg = load_config(ROOT / "configs" / "demo.toml", [*args.set, f"model.name={args.model}",
                                                        f"data.languages={languages!r}".replace("'", '"'),
@@ -125,23 +199,23 @@ def main() -> int:
     hf_data = Dataset.from_list(rows)
     collator = DataCollatorWithPadding(tokenizer)
 
-    def run_mfpt(precision: str, group: bool = False) -> tuple[float, float, float]:
+    def run_mfpt(precision: str, group: bool = False, steps: int = args.steps) -> tuple[float, float, float]:
         load_trainable_state(model, initial)
         train_cfg = cfg.replace(**{"train.precision": precision, "train.group_by_length": group}).train
         counter.take()
         start = time.perf_counter()
-        stats = train(model, data, tokenizer, train_cfg, args.steps, seed=0, device=device)
+        stats = train(model, data, tokenizer, train_cfg, steps, seed=0, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start, counter.take(), stats.mean_loss
 
-    def run_trainer(bf16: bool) -> tuple[float, float, float]:
+    def run_trainer(bf16: bool, steps: int = args.steps) -> tuple[float, float, float]:
         load_trainable_state(model, initial)
         out = Path("/tmp/mfpt-bench-trainer")
         # Trainer's defaults, as a user would write them, with the same batch, steps and learning rate as mfpt;
         # no checkpoints, logs or reports (they would only add I/O to its side).
         targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=args.batch_size,
-                                  max_steps=args.steps, learning_rate=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                  max_steps=steps, learning_rate=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   max_grad_norm=cfg.train.grad_clip, lr_scheduler_type="constant",
                                   warmup_steps=0, bf16=bf16, save_strategy="no", logging_strategy="no",
                                   report_to=[], seed=0, disable_tqdm=True, use_cpu=device.type == "cpu")
@@ -154,27 +228,28 @@ def main() -> int:
         return time.perf_counter() - start, counter.take(), float(result.training_loss)
 
     variants = {
-        "mfpt fp32": lambda: run_mfpt("fp32"),
-        "Trainer fp32 (defaults)": lambda: run_trainer(False),
-        "mfpt bf16": lambda: run_mfpt("bf16"),
-        "Trainer bf16": lambda: run_trainer(True),
-        "mfpt bf16 + group_by_length": lambda: run_mfpt("bf16", True),
+        "mfpt fp32": lambda steps=args.steps: run_mfpt("fp32", steps=steps),
+        "Trainer fp32 (defaults)": lambda steps=args.steps: run_trainer(False, steps=steps),
+        "mfpt bf16": lambda steps=args.steps: run_mfpt("bf16", steps=steps),
+        "Trainer bf16": lambda steps=args.steps: run_trainer(True, steps=steps),
+        "mfpt bf16 + group_by_length": lambda steps=args.steps: run_mfpt("bf16", True, steps=steps),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     flops: dict[str, float] = {}
     losses: dict[str, float] = {}
     accuracy: dict[str, float] = {}
-    for name, fn in variants.items():  # one warm-up run each (allocator, oneDNN kernels, Trainer's first call)
-        fn()
-    for _ in range(args.repeats):
+    eval_seconds: dict[str, float] = {}
+    for name, fn in variants.items():  # a 2-step warm-up each (allocator, oneDNN kernels, Trainer's first call)
+        fn(min(2, args.steps))
+    for repeat in range(args.repeats):
         for name, fn in variants.items():
             seconds, flops[name], losses[name] = fn()
             times[name].append(seconds)
-    for name, fn in variants.items():
-        fn()
-        precision = "bf16" if "bf16" in name else "fp32"
-        counts = evaluate(model, test, tokenizer, 64, device, num_labels, cfg.replace(**{"train.precision": precision}).train.precision)
-        accuracy[name] = counts.accuracy
+            if repeat == args.repeats - 1:  # the state this run trained, scored on the same test examples for all
+                precision = cfg.replace(**{"train.precision": "bf16" if "bf16" in name else "fp32"}).train.precision
+                start = time.perf_counter()
+                accuracy[name] = evaluate(model, test, tokenizer, 64, device, num_labels, precision).accuracy
+                eval_seconds[name] = time.perf_counter() - start
 
     threads = torch.get_num_threads()
     peak32 = matmul_peak(torch.float32, device)
@@ -197,6 +272,11 @@ def main() -> int:
               f"{rate / 1e9:8.1f} {100 * rate / peak:9.0f}% {losses[name]:6.3f} {100 * accuracy[name]:8.1f}%")
     print(f"(test acc on {len(test)} test examples after {args.steps} steps from the same initial state; "
           f"'vs Trainer fp32' = Trainer fp32 time / variant time)")
+    if preset is not None:
+        for name in ("mfpt fp32", "mfpt bf16", "mfpt bf16 + group_by_length"):
+            per_example = eval_seconds[name] / len(test)
+            print(f"estimate with {name} ({args.steps / median[name]:.2f} steps/s, {1 / per_example:.0f} test "
+                  f"examples/s): " + preset_estimate(preset, median[name] / args.steps, per_example, test_examples))
     return 0
 
 

@@ -42,6 +42,8 @@ def sweep_command(out: Path) -> list[str]:
     heldout = "[" + ",".join(f'"{lang}"' for lang in HELDOUT) + "]"
     return [sys.executable, "-m", "mfpt.cli", "sweep", str(ROOT / "configs" / "demo.toml"),
             "--set", f"data.heldout_languages={heldout}", "--set", "personalization.finetune_steps=20",
+            # fp32: the table must not depend on whether a CPU has bf16 (configs/demo.toml says "auto").
+            "--set", 'train.precision="fp32"',
             "--grid", "personalization.method=" + ",".join(METHODS), "--seeds", ",".join(map(str, SEEDS)),
             "--out", str(out), "--title", "Personalisation on udhr-topics"]
 

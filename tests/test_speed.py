@@ -343,3 +343,37 @@ def test_best_validation_state_survives_a_server_crash_and_resume(make_config, t
     resumed = run_federated(InProcessGrid(3), cut, resume=True, quiet=True)
     assert resumed.selection == full.selection
     assert resumed.per_language == full.per_language
+
+
+# ------------------------------------------------------------------------------------------ the benchmark's estimate
+
+
+def _bench_training():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_training.py"
+    spec = importlib.util.spec_from_file_location("bench_training", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_preset_estimate_counts_the_xnli_presets_steps_and_evaluations():
+    """50 rounds x 15 clients x ceil(2000/32)=63 steps; evaluate_every=5 -> 10 evaluations of 15 x 5010 examples."""
+    from mfpt.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    preset = load_config(root / "configs" / "paper" / "xnli.toml", ["federation.evaluate_every=5"])
+    line = _bench_training().preset_estimate(preset, seconds_per_step=0.5, seconds_per_example=0.01, test_examples=5010)
+    assert "47,250 training steps" in line and "10 evaluations of 5,010" in line
+    # 47,250 x 0.5 s = 6.56 h of training, 10 x 15 x 5,010 x 0.01 s = 2.09 h of evaluation: 8.65 h
+    assert "= 6.6 h" in line and "= 2.1 h" in line and "8.7 h for one run" in line
+
+
+def test_preset_estimate_refuses_a_preset_without_a_training_size():
+    from mfpt.config import load_config
+
+    preset = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper" / "xnli.toml",
+                         ["data.train_per_language=0"])
+    with pytest.raises(SystemExit, match="train_per_language = 0"):
+        _bench_training().preset_estimate(preset, 1.0, 1.0, 5010)
