@@ -261,7 +261,7 @@ def main() -> int:
     print(f"model {args.model}: {cfg.peft.method.value} with {cfg.peft.num_virtual_tokens} virtual tokens, "
           f"{classifier.trainable_params:,} trainable of {classifier.total_params:,}; {where}")
     print(f"{len(data)} training examples ({', '.join(prepared.languages)}), batch {args.batch_size}, {args.steps} steps, "
-          f"max_seq_length {args.max_length}; median of {args.repeats} alternating runs after one warm-up each")
+          f"max_seq_length {args.max_length}; median of {args.repeats} alternating runs after a 2-step warm-up each")
     print(f"measured matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
     print(f"{'variant':<30} {'s/run':>7} {'steps/s':>8} {'vs Trainer fp32':>16} {'GFLOP/s':>8} {'% of peak':>10} "
           f"{'loss':>6} {'test acc':>9}")
