@@ -14,6 +14,7 @@ import torch
 from flwr.supercore.task_identity import TaskIdentity
 
 from mfpt import precision as precision_module
+from mfpt import client as client_module
 from mfpt.batching import length_grouped_order, shuffled_order
 from mfpt.config import ConfigError, Precision, describe
 from mfpt.data import DataError
@@ -348,14 +349,34 @@ def test_best_validation_state_survives_a_server_crash_and_resume(make_config, t
 # ------------------------------------------------------------------------------------------ the benchmark's estimate
 
 
-def _bench_training():
+def _benchmark(name: str):
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_training.py"
-    spec = importlib.util.spec_from_file_location("bench_training", path)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench_training():
+    return _benchmark("bench_training")
+
+
+def test_bench_federation_clock_sees_every_round_and_the_naive_client_runs(make_config, tmp_path):
+    """The benchmark's instrumentation still fits the recorder and the client (it broke silently once)."""
+    bench = _benchmark("bench_federation")
+    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 3, "train.max_steps": 1})
+    for naive in (False, True):
+        wall, rounds = bench.federation(cfg.replace(output_dir=str(tmp_path / f"run-{naive}")), len(LANGS), naive)
+        assert len(rounds) == 2  # rounds 2 and 3: the first also loads the model
+        assert all(0 < compute < round_wall for round_wall, compute in rounds) and wall > sum(w for w, _ in rounds)
+    assert client_module.get_runtime is not bench.naive_runtime  # the patches are undone
+
+
+def test_bench_federation_memory_figures_are_this_process_own():
+    bench = _benchmark("bench_federation")
+    assert bench.status_mb("VmHWM") >= bench.status_mb("VmRSS") > 0
 
 
 def test_preset_estimate_counts_the_xnli_presets_steps_and_evaluations():
