@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mfpt.config import load_config  # noqa: E402
+from mfpt.config import Precision, load_config  # noqa: E402
 from mfpt.data import ClientSpec, prepare  # noqa: E402
 from mfpt.model import build_model, load_trainable_state, trainable_state  # noqa: E402
 from mfpt.precision import cpu_has_fast_bf16  # noqa: E402
@@ -104,12 +104,13 @@ def preset_estimate(preset, seconds_per_step: float, seconds_per_example: float,
     if not data.train_per_language:
         raise SystemExit(f"benchmark: {preset.name} has data.train_per_language = 0 (all of a benchmark's rows); "
                          "the estimate needs a number of training examples per language.")
-    steps = fed.rounds * round(languages * fed.fraction_train) * steps_per_round(data.train_per_language, preset.train)
+    per_round = steps_per_round(data.train_per_language, preset.train)
+    steps = fed.rounds * round(languages * fed.fraction_train) * per_round
     evaluations = len(evaluated_rounds(fed.rounds, fed.evaluate_every))
     examples = evaluations * round(languages * fed.fraction_evaluate) * test_examples
     train_h, eval_h = steps * seconds_per_step / 3600, examples * seconds_per_example / 3600
     return (f"{preset.name}: {steps:,} training steps ({fed.rounds} rounds x {languages} clients x "
-            f"{steps_per_round(data.train_per_language, preset.train)} steps) = {train_h:.1f} h, and {evaluations} "
+            f"{per_round} steps) = {train_h:.1f} h, and {evaluations} "
             f"evaluations of {test_examples:,} test examples x {languages} languages = {eval_h:.1f} h: "
             f"{train_h + eval_h:.1f} h for one run, clients one after another")
 
@@ -199,7 +200,7 @@ def main() -> int:
     hf_data = Dataset.from_list(rows)
     collator = DataCollatorWithPadding(tokenizer)
 
-    def run_mfpt(precision: str, group: bool = False, steps: int = args.steps) -> tuple[float, float, float]:
+    def run_mfpt(precision: str, group: bool, steps: int) -> tuple[float, float, float]:
         load_trainable_state(model, initial)
         train_cfg = cfg.replace(**{"train.precision": precision, "train.group_by_length": group}).train
         counter.take()
@@ -209,7 +210,7 @@ def main() -> int:
             torch.cuda.synchronize()
         return time.perf_counter() - start, counter.take(), stats.mean_loss
 
-    def run_trainer(bf16: bool, steps: int = args.steps) -> tuple[float, float, float]:
+    def run_trainer(bf16: bool, steps: int) -> tuple[float, float, float]:
         load_trainable_state(model, initial)
         out = Path("/tmp/mfpt-bench-trainer")
         # Trainer's defaults, as a user would write them, with the same batch, steps and learning rate as mfpt;
@@ -228,11 +229,11 @@ def main() -> int:
         return time.perf_counter() - start, counter.take(), float(result.training_loss)
 
     variants = {
-        "mfpt fp32": lambda steps=args.steps: run_mfpt("fp32", steps=steps),
-        "Trainer fp32 (defaults)": lambda steps=args.steps: run_trainer(False, steps=steps),
-        "mfpt bf16": lambda steps=args.steps: run_mfpt("bf16", steps=steps),
-        "Trainer bf16": lambda steps=args.steps: run_trainer(True, steps=steps),
-        "mfpt bf16 + group_by_length": lambda steps=args.steps: run_mfpt("bf16", True, steps=steps),
+        "mfpt fp32": lambda steps=args.steps: run_mfpt("fp32", False, steps),
+        "Trainer fp32 (defaults)": lambda steps=args.steps: run_trainer(False, steps),
+        "mfpt bf16": lambda steps=args.steps: run_mfpt("bf16", False, steps),
+        "Trainer bf16": lambda steps=args.steps: run_trainer(True, steps),
+        "mfpt bf16 + group_by_length": lambda steps=args.steps: run_mfpt("bf16", True, steps),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     flops: dict[str, float] = {}
@@ -246,7 +247,7 @@ def main() -> int:
             seconds, flops[name], losses[name] = fn()
             times[name].append(seconds)
             if repeat == args.repeats - 1:  # the state this run trained, scored on the same test examples for all
-                precision = cfg.replace(**{"train.precision": "bf16" if "bf16" in name else "fp32"}).train.precision
+                precision = Precision.BF16 if "bf16" in name else Precision.FP32
                 start = time.perf_counter()
                 accuracy[name] = evaluate(model, test, tokenizer, 64, device, num_labels, precision).accuracy
                 eval_seconds[name] = time.perf_counter() - start

@@ -16,7 +16,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from mfpt import precision as precision_module
 from mfpt import client as client_module
 from mfpt.batching import length_grouped_order, shuffled_order
-from mfpt.config import ConfigError, Precision, describe
+from mfpt.config import ConfigError, Precision, describe, load_config
 from mfpt.data import DataError
 from mfpt.dpsgd import DpSgd
 from mfpt.federation import run_federated
@@ -349,18 +349,18 @@ def test_best_validation_state_survives_a_server_crash_and_resume(make_config, t
 # ------------------------------------------------------------------------------------------ the benchmark's estimate
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def _benchmark(name: str):
+    """A script of benchmarks/ imported as a module (benchmarks/ is not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    path = REPO / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _bench_training():
-    return _benchmark("bench_training")
 
 
 def test_bench_federation_clock_sees_every_round_and_the_naive_client_runs(make_config, tmp_path):
@@ -381,20 +381,14 @@ def test_bench_federation_memory_figures_are_this_process_own():
 
 def test_preset_estimate_counts_the_xnli_presets_steps_and_evaluations():
     """50 rounds x 15 clients x ceil(2000/32)=63 steps; evaluate_every=5 -> 10 evaluations of 15 x 5010 examples."""
-    from mfpt.config import load_config
-
-    root = Path(__file__).resolve().parent.parent
-    preset = load_config(root / "configs" / "paper" / "xnli.toml", ["federation.evaluate_every=5"])
-    line = _bench_training().preset_estimate(preset, seconds_per_step=0.5, seconds_per_example=0.01, test_examples=5010)
+    preset = load_config(REPO / "configs" / "paper" / "xnli.toml", ["federation.evaluate_every=5"])
+    line = _benchmark("bench_training").preset_estimate(preset, seconds_per_step=0.5, seconds_per_example=0.01, test_examples=5010)
     assert "47,250 training steps" in line and "10 evaluations of 5,010" in line
     # 47,250 x 0.5 s = 6.56 h of training, 10 x 15 x 5,010 x 0.01 s = 2.09 h of evaluation: 8.65 h
     assert "= 6.6 h" in line and "= 2.1 h" in line and "8.7 h for one run" in line
 
 
 def test_preset_estimate_refuses_a_preset_without_a_training_size():
-    from mfpt.config import load_config
-
-    preset = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper" / "xnli.toml",
-                         ["data.train_per_language=0"])
+    preset = load_config(REPO / "configs" / "paper" / "xnli.toml", ["data.train_per_language=0"])
     with pytest.raises(SystemExit, match="train_per_language = 0"):
-        _bench_training().preset_estimate(preset, 1.0, 1.0, 5010)
+        _benchmark("bench_training").preset_estimate(preset, 1.0, 1.0, 5010)
