@@ -22,11 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mfpt.config import load_config  # noqa: E402
-from mfpt.data import ClientSpec, prepare  # noqa: E402
-from mfpt.model import build_model, load_trainable_state, trainable_state  # noqa: E402
-from mfpt.runtime import get_runtime  # noqa: E402
-from mfpt.train import Encoded, encode, evaluate, steps_per_round, train  # noqa: E402
+from mfpt.config import load_config
+from mfpt.data.clients import ClientSpec, prepare
+from mfpt.model.factory import build_model
+from mfpt.model.state import load_trainable_state, trainable_state
+from mfpt.train.encoding import Encoded, encode
+from mfpt.train.evaluation import evaluate
+from mfpt.train.loop import steps_per_round, train
+from mfpt.train.runtime import get_runtime
 
 
 def timed(fn, repeats: int) -> float:

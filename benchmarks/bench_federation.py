@@ -3,7 +3,7 @@
 1. Overhead per round: a real federation (mfpt's ServerApp logic, Flower messages and records, the real ClientApp
    with its audit mod) on an in-process Flower Grid that hands each message to the ClientApp in this process, one
    after another. Client compute is the time spent inside the training loop and the evaluation
-   (mfpt.train.train / evaluate); overhead is the rest of the round's wall time: messages, (de)serialising the
+   (mfpt.train.loop.train / evaluate); overhead is the rest of the round's wall time: messages, (de)serialising the
    trainable state, config decoding, update checks, aggregation, recording and the round's checkpoint.
 2. The same federation with a naive client that rebuilds the model and re-reads and re-tokenises its data for
    every message, as Flower's quickstart does (`Net()` and `load_data()` inside each handler); runs alternate.
@@ -38,12 +38,12 @@ from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-import mfpt.client as client_module  # noqa: E402
-import mfpt.runtime as runtime_module  # noqa: E402
+import mfpt.federation.node as client_module  # noqa: E402
+import mfpt.train.runtime as runtime_module  # noqa: E402
 from mfpt.client_app import app as client_app  # noqa: E402
-from mfpt.config import load_config  # noqa: E402
-from mfpt.federation import run_federated  # noqa: E402
-from mfpt.results import RunRecorder  # noqa: E402
+from mfpt.config import load_config
+from mfpt.federation.server import run_federated
+from mfpt.results.recorder import RunRecorder
 
 
 class InProcessGrid(Grid):

@@ -1,6 +1,6 @@
 """Benchmark of mfpt's training loop against Hugging Face `Trainer` + peft, side by side in one process.
 
-Both train the same peft model (built once by mfpt.model.build_model from the demo config; every run starts from the
+Both train the same peft model (built once by mfpt.model.factory.build_model from the demo config; every run starts from the
 same initial trainable state) on the same tokenised examples, with the same batch size, learning rate and number of
 steps. Runs alternate (mfpt, Trainer, mfpt, Trainer, ...) so that a busy machine slows both alike; the median of
 `--repeats` runs is compared. Variants:
@@ -42,11 +42,14 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mfpt.config import Precision, load_config  # noqa: E402
-from mfpt.data import ClientSpec, prepare  # noqa: E402
-from mfpt.model import build_model, load_trainable_state, trainable_state  # noqa: E402
-from mfpt.precision import cpu_has_fast_bf16  # noqa: E402
-from mfpt.train import Encoded, encode, evaluate, train  # noqa: E402
+from mfpt.config import Precision, load_config
+from mfpt.data.clients import ClientSpec, prepare
+from mfpt.model.factory import build_model
+from mfpt.model.state import load_trainable_state, trainable_state
+from mfpt.train.encoding import Encoded, encode
+from mfpt.train.evaluation import evaluate
+from mfpt.train.loop import train
+from mfpt.train.precision import cpu_has_fast_bf16
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -96,8 +99,8 @@ def random_encoder(shape: str, tokenizer_dir: Path, out: Path) -> Path:
 
 def preset_estimate(preset, seconds_per_step: float, seconds_per_example: float, test_examples: int) -> str:
     """Hours a preset's training and evaluation take at the measured per-step and per-example speeds."""
-    from mfpt.selection import evaluated_rounds
-    from mfpt.train import steps_per_round
+    from mfpt.train.loop import steps_per_round
+    from mfpt.train.schedule import evaluated_rounds
 
     fed, data = preset.federation, preset.data
     languages = len(data.languages)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # the udhr-topics builder
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mfpt.udhr import ARTICLE_TOPIC  # noqa: E402
+from udhr_topics import ARTICLE_TOPIC  # noqa: E402
 
 # The first design (rejected): six themes of the same 30 articles.
 SIX_THEMES = {**{a: "life_liberty" for a in range(1, 6)}, **{a: "justice_law" for a in range(6, 12)},

@@ -1,7 +1,7 @@
-"""The Flower ClientApp: an adapter between Flower's messages and `mfpt.client.ClientNode`.
+"""The Flower ClientApp: an adapter between Flower's messages and `mfpt.federation.node.ClientNode`.
 
 Every reply carries exactly the trainable tensors (train) and scalar metrics; never text, token ids or
-per-example outputs. The audit mod logs and checks each reply before it leaves the node (mfpt/audit.py).
+per-example outputs. The audit mod logs and checks each reply before it leaves the node (mfpt/federation/mods/reply_audit.py).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mfpt.audit import audit_mod
-from mfpt.client import ClientNode
-from mfpt.flower_dp import clipping_mod
-from mfpt.protocol import ARRAYS, CONFIG, METRICS, PERSONAL_ARRAYS
-from mfpt.secure import is_secure_train, legacy_train, secure_mod
+from mfpt.federation.mods.dp_clipping import clipping_mod
+from mfpt.federation.mods.reply_audit import audit_mod
+from mfpt.federation.node import ClientNode
+from mfpt.federation.protocol import ARRAYS, CONFIG, METRICS, PERSONAL_ARRAYS
+from mfpt.federation.secure_aggregation import is_secure_train, legacy_train, secure_mod
 
 # The audit mod is outermost, so it checks the reply exactly as it leaves (after client-side DP clipping).
 app = ClientApp(mods=[audit_mod, secure_mod, clipping_mod])

@@ -1,4 +1,4 @@
-"""Rebuild mfpt/resources/iso639-3.tsv, the ISO 639-3 table behind mfpt.languages, from the iso639-lang wheel.
+"""Rebuild mfpt/core/resources/iso639-3.tsv, the ISO 639-3 table behind mfpt.core.languages, from the iso639-lang wheel.
 
 Usage: pip install iso639-lang==2.6.3 && python scripts/build_iso639_table.py
 iso639-lang (MIT) repackages SIL's ISO 639-3 code tables (2025-07-15), which SIL lets anyone use and redistribute.
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "mfpt" / "resources" / "iso639-3.tsv"
+OUT = Path(__file__).resolve().parents[1] / "mfpt" / "core" / "resources" / "iso639-3.tsv"
 COLUMNS = ("code", "part1", "part2b", "scope", "type", "macro", "replaced_by", "name")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mfpt import offline_encoder as oe  # noqa: E402
+import offline_encoder as oe  # noqa: E402
 
 UDHR_JSONL = Path(__file__).resolve().parents[1] / "data" / "udhr-topics" / "udhr-topics.jsonl"
 
@@ -30,8 +30,8 @@ def verify(out: Path) -> None:
     print(f"vocabulary: {len(model.pieces)} pieces and scores identical in the bin and tokenizer.json")
     if not UDHR_JSONL.is_file():
         raise oe.OfflineEncoderError(f"{UDHR_JSONL} is missing: run `python scripts/build_udhr_topics.py` first")
-    from mfpt.io import read_jsonl
-    from mfpt.udhr import article_texts
+    from mfpt.core.files import read_jsonl
+    from udhr_topics import article_texts
 
     languages = list(oe.RETRIEVAL_FLOORS)
     rows = [r for r in read_jsonl(UDHR_JSONL) if r["lang"] in {"eng", *languages}]

@@ -17,8 +17,9 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mfpt import udhr  # noqa: E402
-from mfpt.io import write_text  # noqa: E402
+import udhr_topics as udhr  # noqa: E402
+
+from mfpt.core.files import write_text
 
 DEFAULT_OUT = Path("data/udhr-topics")
 
@@ -43,7 +44,7 @@ def token_counter() -> tuple[Callable[[str], int], str]:
     try:
         from tokenizers import Tokenizer
 
-        from mfpt.offline_encoder import tokenizer_json_path
+        from offline_encoder import tokenizer_json_path
 
         tok = Tokenizer.from_file(str(tokenizer_json_path()))
         return (lambda text: len(tok.encode(text, add_special_tokens=False).ids)), "XLM-R tokens"
@@ -103,7 +104,7 @@ Articles are grouped into the four columns of René Cassin's "portico" reading o
 the structure its principal drafter gave it: the person (1-11, with the foundation articles 1-2), the
 person in civil society (12-17), political liberties (18-21), and economic, social and cultural rights
 (22-27), with the pediment on social and international order and duties (28-30) joined to the last
-column it concludes. `mfpt/udhr.py:ARTICLE_TOPIC` gives the reason for each article.
+column it concludes. `scripts/udhr_topics.py:ARTICLE_TOPIC` gives the reason for each article.
 
 ### How labels were chosen (measured)
 A first design with six finer themes was measured before any training: with whole articles held out,
@@ -146,7 +147,7 @@ Remaining very short sentences come from a few declarations with legacy-font tex
 Every declaration of the package with all 30 articles non-empty, one per ISO 639-3 code. Where a code has
 several declarations the variant is fixed: {variants}; otherwise the declaration whose code equals the ISO
 code, else the first code in sorted order. `und` (ten unidentified languages) is excluded. The demo set
-(`mfpt.udhr.DEMO_LANGUAGES`) is {', '.join(f'`{c}`' for c in udhr.DEMO_LANGUAGES)}; its low-resource African
+(`scripts/udhr_topics.py: DEMO_LANGUAGES`) is {', '.join(f'`{c}`' for c in udhr.DEMO_LANGUAGES)}; its low-resource African
 block (`LOW_RESOURCE`) is {', '.join(f'`{c}`' for c in udhr.LOW_RESOURCE)}.
 
 | lang | udhr_code | name | train | test | set |

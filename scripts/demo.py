@@ -1,6 +1,6 @@
 """`make demo`: federated prompt tuning vs local training on udhr-topics, then one report.
 
-The two runs are a small sweep (`mfpt.sweep`): each paradigm runs in its own process with live progress, a
+The two runs are a small sweep (`mfpt.experiments.sweep`): each paradigm runs in its own process with live progress, a
 finished run is reused and a half-done one resumed, so an interrupted demo continues where it stopped.
 The report is runs/demo/report.md: `mfpt report` over the two run folders (tables, gains, curves, distances).
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mfpt.config import load_config, parse_override  # noqa: E402
-from mfpt.report import render_results, write_report  # noqa: E402
-from mfpt.runs import load_runs  # noqa: E402
-from mfpt.sweep import plan_sweep, run_sweep, streaming_runner  # noqa: E402
+from mfpt.analysis.grouping import load_runs
+from mfpt.analysis.report import render_results, write_report
+from mfpt.config import load_config, parse_override
+from mfpt.experiments.sweep import plan_sweep, run_sweep, streaming_runner
 
 CONFIG = ROOT / "configs" / "demo.toml"
 OUT = ROOT / "runs" / "demo"

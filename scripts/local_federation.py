@@ -22,7 +22,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -102,8 +101,8 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
 
 def split_by_language(universal: str | Path, out_dir: str | Path, languages: list[str] | None = None) -> dict[str, Path]:
     """Write one JSONL file per language (rows in their original order); return {lang: path}."""
-    from mfpt.data import LANG, read_table
-    from mfpt.languages import normalize_language
+    from mfpt.core.languages import normalize_language
+    from mfpt.data.sources import LANG, read_table
 
     frame = read_table(universal)
     wanted = [normalize_language(code) for code in languages] if languages else sorted(set(frame[LANG]))

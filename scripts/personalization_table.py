@@ -26,10 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mfpt.distance import correlate  # noqa: E402
-from mfpt.personalization import distance_to_federation, uriel_distances  # noqa: E402
-from mfpt.run_result import read_result  # noqa: E402
-from mfpt.stats import mean_std  # noqa: E402
+from mfpt.analysis.distance import correlate
+from mfpt.core.stats import mean_std
+from mfpt.data.uriel import distance_array
+from mfpt.federation.strategies.language_kernels import distance_to_federation
+from mfpt.results.schema import read_result
 
 OUT = ROOT / "runs" / "personalization"
 HELDOUT = ["por", "nld", "lin", "jpn"]
@@ -100,7 +101,7 @@ def main() -> int:
         print(f"| {name} | {','.join(map(str, sorted(by_seed)))} | " + " | ".join(
             cell([means[k] for _, means in by_seed.values()]) for k in ("mean", "low", "held")) + " |")
     trained_plus = languages + HELDOUT
-    distance = uriel_distances(trained_plus, "syntactic")
+    distance = distance_array(trained_plus, "syntactic")
     to_fed = distance_to_federation(distance, trained_plus, trained_plus, languages)
     print("\nGain over `none` (points, paired by seed, mean over seeds) against the mean syntactic distance to the "
           "trained languages:\n")

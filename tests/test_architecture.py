@@ -1,84 +1,76 @@
-"""The shape of the package: no import cycles, thin Flower adapters, and one spec per variant in every registry."""
+"""The shape of the package: layers that hold, no import cycle, thin Flower adapters, one spec per variant."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from mfpt.config import Paradigm, PeftMethod
-from mfpt.specs import METHODS, PARADIGMS
+from mfpt.config.specs import METHODS, PARADIGMS
 
-PACKAGE = Path(__file__).resolve().parent.parent / "mfpt"
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "mfpt"
+# The modules that sit in the package root: the Flower app's two adapters (Flower's own example layout).
+ROOT_MODULES = {"__init__.py", "client_app.py", "server_app.py"}
 
 
-def _in_type_checking_block(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return True
-    return False
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    """import-linter over the contracts of `cwd`/pyproject.toml, in a fresh process (its graph cache off)."""
+    return subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports; "
+                           "sys.exit(lint_imports(no_cache=True, no_logo=True))"],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Every runtime import between mfpt modules, at any depth of a file (function-level ones included)."""
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-        for node in ast.walk(tree):
-            if _in_type_checking_block(node, parents):
-                continue
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            for target in targets:
-                if target in modules and target != name and target != "mfpt":
-                    graph[name].add(target)
-    return graph
+def _contract(name: str) -> dict:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]["contracts"]
+    return next(c for c in contracts if c["name"] == name)
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as [a, b, ..., a], or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for start in sorted(graph):
-        if start not in state and (cycle := visit(start)):
-            return cycle
-    return None
+def test_the_layers_hold_and_nothing_imports_in_a_cycle():
+    done = _lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "layers KEPT" in done.stdout and "no import cycles KEPT" in done.stdout
 
 
-def test_the_package_has_no_import_cycle():
-    graph = import_graph()
-    assert len(graph) > 20 and "mfpt.protocol" in graph["mfpt.strategy"]
-    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+def test_every_package_and_root_module_has_a_layer():
+    layered = {name.strip() for layer in _contract("layers")["layers"] for name in layer.split("|")}
+    packages = {f"mfpt.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    modules = {f"mfpt.{p.stem}" for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    assert layered == packages | modules
+    assert {p.name for p in PACKAGE.glob("*.py")} == ROOT_MODULES
 
 
-def test_the_cycle_finder_finds_a_cycle():
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
+def test_the_layer_check_fails_on_an_upward_import_and_on_a_cycle(tmp_path):
+    """The same contracts on a two-layer toy package: an import from the lower layer up, then a cycle."""
+    package = tmp_path / "toy"
+    for sub in ("low", "high"):
+        (package / sub).mkdir(parents=True)
+        (package / sub / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "high" / "a.py").write_text("from toy.low import b\n")
+    (package / "low" / "b.py").write_text("def f():\n    from toy.high import a\n")  # function-level: still counted
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent("""\
+        [tool.importlinter]
+        root_package = "toy"
+        [[tool.importlinter.contracts]]
+        name = "layers"
+        type = "layers"
+        layers = ["toy.high", "toy.low"]
+        [[tool.importlinter.contracts]]
+        name = "no import cycles"
+        type = "acyclic_siblings"
+        ancestors = ["toy"]
+        """))
+    done = _lint_imports(tmp_path)
+    assert done.returncode == 1
+    assert "layers BROKEN" in done.stdout and "toy.low.b -> toy.high.a" in done.stdout
+    assert "no import cycles BROKEN" in done.stdout
 
 
 @pytest.mark.parametrize("app", ["client_app.py", "server_app.py"])
@@ -87,7 +79,7 @@ def test_flower_apps_are_thin_adapters(app):
     assert len(source.splitlines()) <= 80
     imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
     assert "mfpt.client_app" not in imported and "mfpt.server_app" not in imported, "neither app imports the other"
-    assert "mfpt.strategy" not in imported
+    assert not any(name.startswith("mfpt.federation.strategies") for name in imported)
 
 
 def test_message_keys_live_only_in_the_protocol_module():
@@ -95,8 +87,9 @@ def test_message_keys_live_only_in_the_protocol_module():
         if path.name == "protocol.py":
             continue
         source = path.read_text(encoding="utf-8")
-        for literal in ('"train-loss"', '"num-examples"', '"client-index"', '"proximal-mu"', '"cm-', '"eval-loss-sum"'):
-            assert literal not in source, f"{path.name} spells the message key {literal}; import it from mfpt.protocol"
+        for literal in ('"train-loss"', '"num-examples"', '"client-index"', '"proximal-mu"', '"cm-', '"eval-loss-sum"',
+                        '"mfpt.round"', '"mfpt.eval-split"'):
+            assert literal not in source, f"{path} spells the message key {literal}; import it from mfpt.federation.protocol"
 
 
 @pytest.mark.parametrize("paradigm", list(Paradigm))
@@ -115,16 +108,31 @@ def test_every_method_has_one_spec(method):
     assert set(METHODS.names()) == {m.value for m in PeftMethod}
 
 
-def _readme_layout() -> list[str]:
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
-    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
-    return [line.split()[0] for line in block.splitlines() if line.startswith("  ") and line.split()[0].endswith(".py")]
+def documented_layout(text: str) -> set[str]:
+    """The module paths (e.g. 'mfpt/core/errors.py') in the first code block after '## Layout' of a Markdown text;
+    folders are lines ending in '/', nested by two spaces of indentation."""
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    folders: list[str] = []
+    found = set()
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        folders = folders[:depth]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        elif name.endswith(".py"):
+            found.add("/".join([*folders, name]))
+    return found
 
 
-def test_readme_layout_lists_every_module_in_layer_order():
-    listed = [name[:-3] for name in _readme_layout()]
-    assert sorted(listed) == sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-    position = {f"mfpt.{name}": i for i, name in enumerate(listed)}
-    upward = [(m, d) for m, deps in import_graph().items() for d in deps
-              if m in position and d in position and position[d] > position[m]]
-    assert not upward, f"modules importing from a later layer of the README layout: {upward}"
+def test_the_architecture_page_lists_every_module():
+    listed = documented_layout((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+    actual = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert listed == actual, f"missing from docs: {sorted(actual - listed)}; gone from the package: {sorted(listed - actual)}"
+
+
+def test_the_layout_reader_nests_folders():
+    text = "## Layout\n```\nmfpt/\n  a.py  x\n  core/  y\n    b.py\n  c.py\n```\n"
+    assert documented_layout(text) == {"mfpt/a.py", "mfpt/core/b.py", "mfpt/c.py"}

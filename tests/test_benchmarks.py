@@ -10,13 +10,17 @@ from typing import Any
 import datasets
 import pandas as pd
 import pytest
+from conftest import BENCHMARK_FIXTURES, FakeHub, hub_cases
 
-from mfpt.benchmarks import BENCHMARKS, SIB200_CODES
 from mfpt.config import DataConfig, load_config
-from mfpt.data import DATA_SOURCES, DataError, load_source
-from mfpt.languages import normalize_languages
+from mfpt.core.languages import normalize_languages
+from mfpt.data.benchmarks import BENCHMARKS, SIB200_CODES
+from mfpt.data.clients import load_source
+from mfpt.data.sources import DATA_SOURCES, DataError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
+FIXTURES = BENCHMARK_FIXTURES
+HUB_CASES = hub_cases()
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
 
 # name -> (languages asked for, canonical codes expected, train_pool)
@@ -163,58 +167,8 @@ def test_load_source_reaches_the_benchmark_loaders() -> None:
 # --------------------------------------------------------------------------------------------- hub path
 
 
-class FakeHub:
-    """Stands in for datasets.load_dataset: serves rows in the hub's schema and records what was asked."""
-
-    def __init__(self, features: datasets.Features, rows: dict[str, list[Any]], script_based: bool = False,
-                 parquet_export: bool = True) -> None:
-        self.features, self.rows, self.script_based, self.parquet_export = features, rows, script_based, parquet_export
-        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> datasets.Dataset:
-        self.calls.append((args, kwargs))
-        if self.script_based and args[0] != "parquet":
-            raise RuntimeError(f"Dataset scripts are no longer supported, but found {args[0].split('/')[-1]}.py")
-        if args[0] == "parquet" and not self.parquet_export:
-            # What datasets raises when the refs/convert/parquet branch or its files do not exist.
-            raise FileNotFoundError(f"Unable to find '{kwargs['data_files']}'\n(more lines of detail)")
-        return datasets.Dataset.from_dict(self.rows, features=self.features)
 
 
-HUB_CASES: dict[str, tuple[datasets.Features, dict[str, list[Any]], tuple[str, ...], dict[str, str]]] = {
-    "xnli": (
-        datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
-                           "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])}),
-        {"premise": ["p0", "p1", "p2"], "hypothesis": ["h0", "h1", "h2"], "label": [2, 0, 1]},
-        ("sw",),
-        {"p0": "contradiction", "p1": "entailment", "p2": "neutral"},
-    ),
-    "xglue-nc": (
-        datasets.Features({"news_title": datasets.Value("string"), "news_body": datasets.Value("string"),
-                           "news_category": datasets.ClassLabel(names=[
-                               "foodanddrink", "sports", "travel", "finance", "lifestyle", "news", "entertainment",
-                               "health", "video", "autos"])}),
-        {"news_title": ["t0", "t1"], "news_body": ["b0", "b1"], "news_category": [0, 9]},
-        ("de",),
-        {"t0 b0": "foodanddrink", "t1 b1": "autos"},
-    ),
-    "masakhanews": (
-        datasets.Features({"label": datasets.ClassLabel(names=list(BENCHMARKS["masakhanews"].labels)),
-                           "headline": datasets.Value("string"), "text": datasets.Value("string"),
-                           "headline_text": datasets.Value("string"), "url": datasets.Value("string")}),
-        {"label": [4, 6], "headline": ["H0", "H1"], "text": ["T0", "T1"], "headline_text": ["H0 T0", "H1 T1"],
-         "url": ["u0", "u1"]},
-        ("yo",),
-        {"H0 T0": "religion", "H1 T1": "technology"},
-    ),
-    "sib200": (
-        datasets.Features({"index_id": datasets.Value("int64"), "category": datasets.Value("string"),
-                           "text": datasets.Value("string")}),
-        {"index_id": [1, 2], "category": ["travel", "science/technology"], "text": ["s0", "s1"]},
-        ("zh-Hant",),
-        {"s0": "travel", "s1": "science/technology"},
-    ),
-}
 
 HUB_LANG = {"xnli": "swh", "xglue-nc": "deu", "masakhanews": "yor", "sib200": "cmn_Hant"}
 
@@ -288,7 +242,7 @@ def test_hub_failure_is_one_line_naming_the_hub_id_and_the_local_layout(monkeypa
 
 
 def test_hub_read_is_pinned_to_the_resolved_revision(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mfpt.benchmarks as benchmarks
+    import mfpt.data.benchmarks as benchmarks
 
     features, rows, languages, _ = HUB_CASES["xnli"]
     fake = FakeHub(features, rows)
@@ -303,7 +257,7 @@ def test_hub_read_is_pinned_to_the_resolved_revision(monkeypatch: pytest.MonkeyP
 
 
 def test_parquet_export_read_records_the_export_commit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mfpt.benchmarks as benchmarks
+    import mfpt.data.benchmarks as benchmarks
 
     features, rows, _, _ = HUB_CASES["masakhanews"]
     fake = FakeHub(features, rows, script_based=True)
@@ -400,7 +354,7 @@ def test_paper_presets_validate(path: Path) -> None:
     cfg = load_config(path)
     info = BENCHMARKS[cfg.data.source]
     assert path.stem == cfg.data.source
-    from mfpt.languages import normalize_languages
+    from mfpt.core.languages import normalize_languages
 
     languages = normalize_languages(cfg.data.languages) or info.languages
     assert set(languages) <= set(info.languages)
@@ -418,9 +372,9 @@ def test_paper_presets_have_about_the_papers_trainable_parameters():
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    from mfpt.benchmarks import BENCHMARKS
     from mfpt.config import load_config
-    from mfpt.model import apply_method, count_parameters
+    from mfpt.data.benchmarks import BENCHMARKS
+    from mfpt.model.factory import apply_method, count_parameters
 
     for preset in sorted((Path(__file__).resolve().parent.parent / "configs" / "paper").glob("*.toml")):
         cfg = load_config(preset)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TINY_DATA
+
 from mfpt.cli import main
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import sys
 import tomllib
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import torch
 from packaging.requirements import Requirement
 from torch import nn
 
-from mfpt import compat
-from mfpt.compat import UnsupportedStackError, expose_past_key_values, stack_problem, supported_ranges
+from mfpt.model import compat
+from mfpt.model.compat import UnsupportedStackError, expose_past_key_values, stack_problem, supported_ranges
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +174,7 @@ def test_prefix_tuning_trains_on_the_installed_transformers(tiny_xlmr):
     from transformers import AutoModelForSequenceClassification
 
     from mfpt.config import load_config
-    from mfpt.model import apply_method
+    from mfpt.model.factory import apply_method
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_xlmr), num_labels=3)

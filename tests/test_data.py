@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import TINY_DATA
+
 from mfpt.config import Partition, load_config
-from mfpt.data import DataError, prepare, read_table, shard_indices, split_missing, stratified_sample
+from mfpt.data.clients import prepare, shard_indices, split_missing, stratified_sample
+from mfpt.data.sources import DataError, read_table
 
 
 def _cfg(path, **overrides):
@@ -161,7 +162,7 @@ def test_labels_outside_the_declared_set(tmp_path):
 
 
 def test_resolve_normalises_every_language_list_and_checks_low_resource():
-    from mfpt.data import resolve
+    from mfpt.data.clients import resolve
 
     cfg = resolve(_cfg(TINY_DATA, **{"data.languages": ["en", "sw", "ha"], "data.heldout_languages": ["yo"],
                                      "data.low_resource": ["sw", "yo"]}))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from conftest import TINY_DATA
+from conftest import TINY_DATA, table_rows
+
 from mfpt.config import load_config
-from mfpt.data import prepare
-from mfpt.run_result import read_result
-from test_report import table_rows
+from mfpt.data.clients import prepare
+from mfpt.results.schema import read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 

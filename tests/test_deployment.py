@@ -24,9 +24,9 @@ pytest.importorskip("flwr")
 # Real SuperLink/SuperNode processes: about six minutes on 2 cores; `make test-latest` leaves them out.
 pytestmark = pytest.mark.slow
 
-from mfpt.results import load_checkpoint  # noqa: E402
-
 from conftest import TINY_DATA  # noqa: E402
+
+from mfpt.results.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["eng", "swh", "hau"]
@@ -44,7 +44,7 @@ def write_experiment(path: Path, model: Path, out_dir: Path, languages: list[str
     """An experiment TOML as an operator writes it: absolute paths, languages and labels spelled out, so the
     server never needs the data (it has none)."""
     fed = {"rounds": 2, "round_timeout": 60.0, **federation}
-    lines = [f'name = "deploy-test"', "seed = 0", f'output_dir = "{out_dir}"', "", "[model]", f'name = "{model}"',
+    lines = ['name = "deploy-test"', "seed = 0", f'output_dir = "{out_dir}"', "", "[model]", f'name = "{model}"',
              "max_seq_length = 32", "", "[peft]", "num_virtual_tokens = 4", "", "[data]", 'source = "files"',
              f'path = "{TINY_DATA}"', f"languages = {json.dumps(languages)}", f"labels = {json.dumps(LABELS)}", "",
              "[federation]", *[f"{k} = {json.dumps(v)}" for k, v in fed.items()], "", "[train]", "batch_size = 8",
@@ -100,7 +100,7 @@ def deployed(tmp_path_factory, tiny_xlmr, node_files):
 
 def test_deployment_matches_simulation_and_nodes_send_only_tensors_and_scalars(deployed, tiny_xlmr, tmp_path):
     from mfpt.config import load_config
-    from mfpt.paradigms import run_federated_simulation
+    from mfpt.experiments.paradigms import run_federated_simulation
 
     assert deployed["status"] == "finished:completed"
     cfg = load_config(deployed["experiment"], {"output_dir": str(tmp_path / "sim")})
@@ -225,8 +225,8 @@ def test_secure_aggregation_completes_on_the_loopback_deployment(tmp_path, tiny_
 @pytest.mark.parametrize("method", ["distance-weighted", "update-similarity", "finetune"])
 def test_personalised_methods_on_the_deployment_equal_the_simulation(method, tmp_path, tiny_xlmr, node_files):
     from mfpt.config import load_config
-    from mfpt.paradigms import run_federated_simulation
-    from mfpt.run_result import read_result
+    from mfpt.experiments.paradigms import run_federated_simulation
+    from mfpt.results.schema import read_result
 
     out = tmp_path / "out"
     experiment = write_experiment(tmp_path / "experiment.toml", tiny_xlmr, out, LANGS,

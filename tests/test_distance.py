@@ -12,17 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mfpt import distance
-from mfpt.distance import (
-    KINDS,
-    DistanceAnalysisError,
-    LanguageNotInURIELError,
-    add_cli,
-    correlate,
-    distance_analysis,
-    distance_matrix,
-)
-from mfpt.figures import plot_distance_analysis
+from mfpt.analysis.distance import DistanceAnalysisError, correlate, distance_analysis
+from mfpt.analysis.figures import plot_distance_analysis
+from mfpt.data import uriel as distance
+from mfpt.data.uriel import KINDS, LanguageNotInURIELError, distance_matrix
 
 LANGS = ["eng", "swh", "hau", "yor", "amh", "fra", "deu", "hin", "tha", "urd"]
 
@@ -51,7 +44,7 @@ def test_matrix_is_a_distance_in_unit_interval(tables: dict[str, pd.DataFrame], 
     assert values.min() >= 0.0 and values.max() <= 1.0
 
 
-# Reference values: offline.md section C's table, computed with the recipe in mfpt.distance's docstring
+# Reference values: offline.md section C's table, computed with the recipe in mfpt.data.uriel's docstring
 # (URIEL's definitions) from the lang2vec 1.1.2 data and printed with 2 decimals, so they hold to +-0.005.
 # They are not lang2vec's official precomputed distances, which the PyPI build lacks (see the caveat).
 NOTES_TABLE = [
@@ -249,9 +242,9 @@ def test_analysis_refuses_gains_for_languages_outside_the_run() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mfpt")
-    add_cli(parser.add_subparsers())
-    return parser
+    from mfpt.cli import build_parser
+
+    return build_parser()
 
 
 def test_cli_prints_six_matrices_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from mfpt import strategy as strategy_module
-from mfpt.model import build_model, trainable_state
-from mfpt.paradigms import run_experiment
-from mfpt.results import load_checkpoint
+from mfpt.experiments.paradigms import run_experiment
+from mfpt.federation.strategies import base as strategy_module
+from mfpt.model.factory import build_model
+from mfpt.model.state import trainable_state
+from mfpt.results.checkpoints import load_checkpoint
 
 LANGS = ["eng", "swh", "yor"]
 
@@ -19,8 +20,9 @@ LANGS = ["eng", "swh", "yor"]
 @pytest.fixture(scope="module")
 def federated_run(tmp_path_factory, tiny_xlmr):
     """One real simulation shared by the tests below (Ray start-up dominates its ~20 s)."""
-    from mfpt.config import load_config
     from conftest import TINY_DATA
+
+    from mfpt.config import load_config
 
     out = tmp_path_factory.mktemp("fed") / "run"
     cfg = load_config(None, {"name": "e2e", "output_dir": str(out), "model.name": str(tiny_xlmr), "model.max_seq_length": 32,
@@ -82,12 +84,12 @@ def test_metrics_checkpoints_report_and_adapter(federated_run):
 
     from transformers import AutoModelForSequenceClassification
 
-    from mfpt.model import load_adapter
+    from mfpt.model.export import load_adapter
 
     base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, num_labels=3)
     exported = load_adapter(base, out / "adapter")
     ours = build_model(cfg.replace(**{"data.languages": LANGS, "data.labels": ["health", "politics", "sport"]}), 3)
-    from mfpt.model import load_trainable_state
+    from mfpt.model.state import load_trainable_state
 
     load_trainable_state(ours.model, final.state)
     batch = ours.tokenizer(["kiballni the today"], return_tensors="pt")

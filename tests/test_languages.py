@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from mfpt.benchmarks import BENCHMARKS
-from mfpt.languages import (
+from mfpt.core.languages import (
     DEFAULT_SCRIPT,
     MACRO_DOMINANT,
     UnknownLanguageError,
@@ -17,6 +16,7 @@ from mfpt.languages import (
     normalize_language,
     normalize_languages,
 )
+from mfpt.data.benchmarks import BENCHMARKS
 
 ALL_BENCHMARK_CODES = [(name, code) for name, info in BENCHMARKS.items() for code in info.native_codes]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mfpt.config import PeftMethod
-from mfpt.model import (UpdateError, apply_method, build_model, check_update, count_parameters,
-                        load_trainable_state, state_spec, trainable_state)
-from mfpt.specs import METHODS as SPECS
+from mfpt.config.specs import METHODS as SPECS
+from mfpt.model.factory import apply_method, build_model, count_parameters
+from mfpt.model.state import UpdateError, check_update, load_trainable_state, state_spec, trainable_state
 
 METHODS = SPECS.names()
 

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import offline_encoder as oe
 import pytest
-
-from mfpt import offline_encoder as oe
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "models" / "multilingual-e5-small"

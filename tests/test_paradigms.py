@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections import Counter
 import re
+from collections import Counter
 
 import pytest
 
-from mfpt import io, paradigms
-from mfpt.data import ClientSpec
-from mfpt.paradigms import run_experiment
-from mfpt.results import ResumeError
-from mfpt.run_result import SCHEMA_VERSION, RunResult, read_result
-from mfpt.specs import PARADIGMS
-from mfpt.runtime import Runtime, get_runtime
-from mfpt.train import steps_per_round
+from mfpt.config.specs import PARADIGMS
+from mfpt.core import files
+from mfpt.data.clients import ClientSpec
+from mfpt.experiments import paradigms
+from mfpt.experiments.paradigms import run_experiment
+from mfpt.results.checkpoints import ResumeError
+from mfpt.results.schema import SCHEMA_VERSION, RunResult, read_result
+from mfpt.train.loop import steps_per_round
+from mfpt.train.runtime import Runtime, get_runtime
 
 SCHEMA = {"name", "paradigm", "method", "model", "seed", "trainable_params", "total_params", "rounds", "languages",
           "heldout_languages", "low_resource", "labels", "per_language", "heldout", "average", "low_resource_average",
@@ -67,7 +68,7 @@ def test_every_paradigm_writes_the_shared_schema(config, paradigm: str) -> None:
     result = run_experiment(cfg, quiet=True)
     results = result.to_json()
     assert set(results) == SCHEMA and results["schema_version"] == SCHEMA_VERSION
-    assert io.read_json(f"{cfg.output_dir}/results.json") == results
+    assert files.read_json(f"{cfg.output_dir}/results.json") == results
     assert RunResult.from_json(results) == result == read_result(cfg.output_dir)
     assert results["paradigm"] == paradigm and list(results["per_language"]) == LANGS
     assert results["protocol"] and results["low_resource_average"]["accuracy"] == results["per_language"]["hau"]["accuracy"]
@@ -152,9 +153,9 @@ def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path,
     whole = run_experiment(config("transfer", output_dir=str(tmp_path / "whole")), quiet=True).to_json()
     cfg = config("transfer", output_dir=str(tmp_path / "cut"))
     interrupt_at_round(cfg, monkeypatch, 1)
-    assert io.read_json(tmp_path / "cut" / "progress.json")["completed_round"] == 0
+    assert files.read_json(tmp_path / "cut" / "progress.json")["completed_round"] == 0
     resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
-    rows = io.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    rows = files.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert sum(1 for r in rows if r["round"] == 0 and r["split"] == "train") == 1  # stage 1 recorded once
     assert resumed["local_steps"] == whole["local_steps"]
     assert resumed["per_language"] == whole["per_language"] and resumed["heldout"] == whole["heldout"]
@@ -173,7 +174,7 @@ def test_damaged_checkpoint_resumes_from_the_last_intact_round(config, tmp_path,
         resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
     warnings = " ".join(r.getMessage() for r in caplog.records)
     assert str(damaged) in warnings and "resuming from round 1" in warnings
-    rows = io.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    rows = files.read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert Counter((r["round"], r["lang"]) for r in rows if r["split"] == "train") == Counter(
         {(round_, lang): 1 for round_ in (1, 2, 3) for lang in LANGS})  # round 2 re-recorded, never counted twice
     assert resumed["local_steps"] == whole["local_steps"]
@@ -196,7 +197,7 @@ def test_resume_drops_a_metrics_line_cut_short_by_the_crash(config, tmp_path, mo
         handle.write('{"round": 2, "split": "tra')  # the append the crash interrupted
     resumed = run_experiment(cfg, resume=True, quiet=True).to_json()
     assert resumed["per_language"] == whole["per_language"] and resumed["local_steps"] == whole["local_steps"]
-    assert all(r["round"] in (1, 2) for r in io.read_jsonl(tmp_path / "cut" / "metrics.jsonl"))
+    assert all(r["round"] in (1, 2) for r in files.read_jsonl(tmp_path / "cut" / "metrics.jsonl"))
 
 
 def test_resume_accepts_a_config_written_before_newer_sections_but_not_another_setting(config, tmp_path, monkeypatch) -> None:

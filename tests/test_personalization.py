@@ -11,34 +11,44 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import LABELS, LANGS, Crash, InProcessGrid
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from mfpt.config import ConfigError, load_config
-from mfpt.data import ClientSpec
-from mfpt.federation import run_federated
-from mfpt.model import build_model, state_spec, trainable_state
-from mfpt.personal_strategy import strategy_mixins
-from mfpt.personalization import (cosine_distances, heldout_weights, kernel_weights, language_updates,
-                                  personalized_states)
-from mfpt.protocol import CLIENT_KEY, EXAMPLES_KEY, PERSONAL_ARRAYS
-from mfpt.results import load_checkpoint
-from mfpt.run_result import RunResult, read_result
-from mfpt.strategy import NodeInfo, RoundListener, make_strategy
-from test_faults import Crash, InProcessGrid
+from mfpt.data.clients import ClientSpec
+from mfpt.federation.protocol import (
+    ARRAYS,
+    CLIENT_KEY,
+    CONFIG,
+    EXAMPLES_KEY,
+    FINETUNE_STEPS_KEY,
+    METRICS,
+    PERSONAL_ARRAYS,
+    ROUND_KEY,
+    TRAIN_LOSS_KEY,
+    TRAIN_STEPS_KEY,
+)
+from mfpt.federation.server import run_federated
+from mfpt.federation.strategies.base import NodeInfo, RoundListener, make_strategy
+from mfpt.federation.strategies.language_kernels import (
+    cosine_distances,
+    heldout_weights,
+    kernel_weights,
+    language_updates,
+    personalized_states,
+)
+from mfpt.federation.strategies.personalized import strategy_mixins
+from mfpt.model.factory import build_model
+from mfpt.model.state import state_spec, trainable_state
+from mfpt.results.checkpoints import load_checkpoint
+from mfpt.results.schema import RunResult, read_result
 
-LANGS = ["eng", "swh", "hau"]
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 HELDOUT = ["yor"]
-LABELS = ["health", "politics", "sport"]
 D = np.array([[0.0, 0.2, 0.6],
               [0.2, 0.0, 0.4],
               [0.6, 0.4, 0.0]])
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
 
 
 def _states(values):
@@ -112,9 +122,9 @@ class _Listener(RoundListener):
 
 
 def _reply(node_id: int, index: int, state: dict, n: int) -> Message:
-    out = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node_id, message_type=MessageType.TRAIN)
-    metrics = MetricRecord({CLIENT_KEY: index, EXAMPLES_KEY: n, "train-loss": 1.0, "train-steps": 1})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=out)
+    out = Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=node_id, message_type=MessageType.TRAIN)
+    metrics = MetricRecord({CLIENT_KEY: index, EXAMPLES_KEY: n, TRAIN_LOSS_KEY: 1.0, TRAIN_STEPS_KEY: 1})
+    return Message(RecordDict({ARRAYS: ArrayRecord(state), METRICS: metrics}), reply_to=out)
 
 
 def _strategy(**overrides):
@@ -182,32 +192,19 @@ def _cfg(make_config, tmp_path, name, **overrides):
     return make_config(**base)
 
 
-class RecordingGrid(InProcessGrid):
-    """Records (round, message) at send time: the ConfigRecord is shared and its round changes afterwards."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.log: list[tuple[int, Message]] = []
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        self.log += [(int(m.content["config"].get("mfpt.round", 0)), m) for m in messages]
-        return super().send_and_receive(messages, timeout=timeout)
-
-
 def _nodes_langs(cfg):
     return {100 + i: lang for i, lang in enumerate(list(cfg.data.languages) + list(cfg.data.heldout_languages))}
 
 
 def test_only_the_own_language_state_and_the_global_one_reach_a_client(make_config, tmp_path):
     cfg = _cfg(make_config, tmp_path, "run")
-    grid = RecordingGrid(4)
+    grid = InProcessGrid(4)
     result = run_federated(grid, cfg, quiet=True)
     trainable = set(trainable_state(build_model(cfg, len(LABELS)).model))
     langs = _nodes_langs(cfg)
     checkpoints = {r: load_checkpoint(Path(cfg.output_dir) / "checkpoints" / f"round-{r:04d}.safetensors") for r in (1, 2, 3)}
     seen_train = 0
-    for round_, msg in grid.log:
+    for round_, _, msg in grid.log:
         kind, node = msg.metadata.message_type, msg.metadata.dst_node_id
         arrays = {name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items()}
         for state in arrays.values():
@@ -240,7 +237,7 @@ def test_only_the_own_language_state_and_the_global_one_reach_a_client(make_conf
     assert read_result(cfg.output_dir) == result
     # bytes_down counts both states in every evaluate message, exactly.
     progress = json.loads((Path(cfg.output_dir) / "progress.json").read_text())
-    sent_r2 = [m for r, m in grid.log if r == 2]
+    sent_r2 = [m for r, _, m in grid.log if r == 2]
     down = sum(rec.count_bytes() for m in sent_r2 for rec in m.content.array_records.values())
     assert progress["comm"][1]["bytes_down"] == down
 
@@ -251,7 +248,7 @@ def test_resume_restores_every_languages_state_bit_identically(make_config, tmp_
     cut = full.replace(output_dir=str(tmp_path / "cut"))
     with pytest.raises(Crash):
         run_federated(InProcessGrid(4, crash=lambda m: m.metadata.message_type == "train"
-                                    and int(m.content["config"]["mfpt.round"]) == 3), cut, quiet=True)
+                                    and int(m.content[CONFIG][ROUND_KEY]) == 3), cut, quiet=True)
     assert set(load_checkpoint(Path(cut.output_dir) / "checkpoints" / "round-0002.safetensors").personal) == set(LANGS)
     run_federated(InProcessGrid(4), cut, resume=True, quiet=True)
     a = load_checkpoint(Path(full.output_dir) / "checkpoints" / "round-0003.safetensors")
@@ -269,18 +266,18 @@ def test_finetune_personalises_after_the_last_round_and_combines_for_the_heldout
                                                 "federation.rounds": 2})
     grid = InProcessGrid(4)
     result = run_federated(grid, cfg, quiet=True)
-    finetune = [m for m in grid.sent if m.metadata.message_type == "train" and "mfpt.finetune-steps" in m.content["config"]]
-    assert len(finetune) == 3 and all(int(m.content["config"]["mfpt.finetune-steps"]) == 2 for m in finetune)
+    finetune = [m for m in grid.sent if m.metadata.message_type == "train" and FINETUNE_STEPS_KEY in m.content[CONFIG]]
+    assert len(finetune) == 3 and all(int(m.content[CONFIG][FINETUNE_STEPS_KEY]) == 2 for m in finetune)
     final = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "round-0002.safetensors")
     for m in finetune:  # every language fine-tunes the final global state
-        for k, v in m.content["arrays"].to_torch_state_dict().items():
+        for k, v in m.content[ARRAYS].to_torch_state_dict().items():
             torch.testing.assert_close(v, final.state[k], rtol=0, atol=0)
     heldout_eval = [m for m in grid.sent if m.metadata.message_type == "evaluate" and PERSONAL_ARRAYS in m.content]
     assert [m.metadata.dst_node_id for m in heldout_eval] == [103]  # only the held-out node, and once
     p = result.personalization
     assert p is not None and set(p.per_language) == set(LANGS) and set(p.heldout) == set(HELDOUT)
     assert p.extra_bytes == sum(rec.count_bytes() for m in finetune + heldout_eval for rec in m.content.array_records.values()) \
-        + 3 * finetune[0].content["arrays"].count_bytes()  # the fine-tuned states sent back
+        + 3 * finetune[0].content[ARRAYS].count_bytes()  # the fine-tuned states sent back
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert {r["lang"] for r in rows if r["split"] == "personalized"} == set(LANGS + HELDOUT)
 
@@ -315,7 +312,7 @@ def test_a_schema_1_results_file_still_reads(tmp_path):
 
 
 def _cfg_result() -> RunResult:
-    from mfpt.run_result import Communication, LanguageScore, MeanScore, Personalization
+    from mfpt.results.schema import Communication, LanguageScore, MeanScore, Personalization
 
     score = LanguageScore(0.5, 0.4, 1.0, 10)
     return RunResult(name="x", paradigm="federated", method="prefix", model="m", seed=0, trainable_params=1,
@@ -336,11 +333,12 @@ def test_personalization_round_trips_through_results_json(tmp_path):
 def test_the_report_shows_global_and_personalised_states_and_the_gain_per_language(tmp_path):
     import dataclasses as dc
 
-    from mfpt.report import personalization_gains
-    from mfpt.results import mean_block
-    from mfpt.run_result import LanguageScore, Personalization, write_result
-    from mfpt.runs import contexts, group_runs, load_runs
-    from test_report import fake_run, table_rows
+    from conftest import fake_run, table_rows
+
+    from mfpt.analysis.grouping import contexts, group_runs, load_runs
+    from mfpt.analysis.report import personalization_gains
+    from mfpt.results.recorder import mean_block
+    from mfpt.results.schema import LanguageScore, Personalization, write_result
 
     accs = {"eng": 0.5, "swh": 0.4, "hau": 0.3}
     for seed, bump in ((0, 0.1), (1, 0.2)):
@@ -357,7 +355,7 @@ def test_the_report_shows_global_and_personalised_states_and_the_gain_per_langua
     assert ctx.groups[0].label == "federated / prefix + distance-weighted"
     gains = personalization_gains(ctx)
     assert gains == {"distance-weighted - global": pytest.approx({"eng": 15.0, "swh": 15.0, "hau": 15.0})}
-    from mfpt.report import render_report
+    from mfpt.analysis.report import render_report
 
     text = render_report(runs, tmp_path / "report")
     rows = table_rows(text, "Personalisation (`personalization.method`)")

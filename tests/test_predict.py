@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY_DATA
-from mfpt import io
+
 from mfpt.cli import main
 from mfpt.config import load_config
-from mfpt.data import prepare
-from mfpt.predict import Predictor, predict_file
-from mfpt.run_result import read_result
+from mfpt.core import files
+from mfpt.data.clients import prepare
+from mfpt.experiments.predict import Predictor, predict_file
+from mfpt.results.schema import read_result
 
 LANGS = ["eng", "swh", "hau"]
 LABELS = ["health", "politics", "sport"]
@@ -39,15 +39,14 @@ def finished_run(request, tiny_xlmr, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "run"
     cfg = _config(tiny_xlmr, out, request.param)
     if request.param == "federated":
-        from flwr.supercore.task_identity import TaskIdentity
+        from conftest import InProcessGrid, flower_run_identity
 
-        from mfpt.federation import run_federated
-        from test_faults import InProcessGrid
+        from mfpt.federation.server import run_federated
 
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-        run_federated(InProcessGrid(len(LANGS) + 1), cfg, quiet=True)
+        with flower_run_identity():
+            run_federated(InProcessGrid(len(LANGS) + 1), cfg, quiet=True)
     else:
-        from mfpt.paradigms import run_experiment
+        from mfpt.experiments.paradigms import run_experiment
 
         run_experiment(cfg, quiet=True)
     return cfg, out
@@ -74,7 +73,7 @@ def test_predict_reproduces_the_runs_own_test_accuracy(finished_run, tmp_path, c
     predictions_file = tmp_path / "predictions.jsonl"
     assert main(["predict", str(out), "--input", str(source), "--out", str(predictions_file)]) == 0
     assert f"wrote {len(rows)} predictions" in capsys.readouterr().out
-    predictions = io.read_jsonl(predictions_file)
+    predictions = files.read_jsonl(predictions_file)
     assert [p["index"] for p in predictions] == list(range(len(rows)))
     assert [p["id"] for p in predictions] == [f"a{i}" for i in range(len(rows))]
     result = read_result(out)
@@ -100,7 +99,7 @@ def test_probabilities_equal_the_training_paths_on_the_final_checkpoint(finished
 @pytest.mark.parametrize("method", ["prompt", "lora", "full"])
 def test_every_method_predicts_as_it_was_evaluated(tiny_xlmr, tmp_path, method):
     """Input prompts (head re-pointed past the virtual tokens), LoRA and full fine-tuning load as they trained."""
-    from mfpt.paradigms import run_experiment
+    from mfpt.experiments.paradigms import run_experiment
 
     cfg = _config(tiny_xlmr, tmp_path / "run", "centralized").replace(
         **{"peft.method": method, "federation.rounds": 1, "train.max_steps": 2})
@@ -111,11 +110,11 @@ def test_every_method_predicts_as_it_was_evaluated(tiny_xlmr, tmp_path, method):
 def _assert_training_path_probabilities(cfg, out: Path) -> None:
     import torch
 
-    from mfpt.data import ClientSpec
-    from mfpt.model import load_trainable_state
-    from mfpt.results import checkpoint_path, load_checkpoint
-    from mfpt.runtime import get_runtime
-    from mfpt.train import batches
+    from mfpt.data.clients import ClientSpec
+    from mfpt.model.state import load_trainable_state
+    from mfpt.results.checkpoints import checkpoint_path, load_checkpoint
+    from mfpt.train.encoding import batches
+    from mfpt.train.runtime import get_runtime
 
     runtime = get_runtime(cfg)
     final = load_checkpoint(checkpoint_path(out, cfg.federation.rounds))
@@ -145,7 +144,7 @@ def test_python_api_matches_the_command_and_warns_about_unseen_languages(finishe
     rows[["text", "lang"]].to_csv(in_file, index=False)
     from_file = predict_file(out, in_file, tmp_path / "out.jsonl")
     assert [p["probabilities"] for p in from_file] == [p["probabilities"] for p in seen]
-    assert io.read_jsonl(tmp_path / "out.jsonl") == from_file
+    assert files.read_jsonl(tmp_path / "out.jsonl") == from_file
     with caplog.at_level(logging.WARNING, logger="mfpt"):
         foreign = predictor.predict([{"text": rows["text"][0], "lang": "fr"}, {"text": rows["text"][1], "lang": "yo"}])
     assert len(foreign) == 2 and foreign[0]["lang"] == "fra"
@@ -213,8 +212,8 @@ def test_unfinished_or_per_language_runs_are_refused_in_one_line(run_dir, tmp_pa
 
     local = tmp_path / "local"
     local.mkdir()
-    result = io.read_json(run_dir / "results.json")
-    io.write_json(local / "results.json", {**result, "paradigm": "local"})
+    result = files.read_json(run_dir / "results.json")
+    files.write_json(local / "results.json", {**result, "paradigm": "local"})
     assert main(["predict", str(local), "--input", str(good), "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "a 'local' run keeps one model per language" in _error(capsys)
 

@@ -10,13 +10,13 @@ from typing import Any
 import datasets
 import pandas as pd
 import pytest
+from conftest import BENCHMARK_FIXTURES as FIXTURES
+from conftest import TINY_DATA, FakeHub, hub_cases
 
-from conftest import TINY_DATA
-from mfpt.benchmarks import BENCHMARKS
 from mfpt.cli import main
 from mfpt.config import DataConfig, load_config
-from mfpt.data import load_source, prepare
-from test_benchmarks import FIXTURES, HUB_CASES, FakeHub
+from mfpt.data.benchmarks import BENCHMARKS
+from mfpt.data.clients import load_source, prepare
 
 
 def run_prepare(*args: str) -> int:
@@ -82,9 +82,9 @@ def test_prepared_file_serves_a_site_config(tmp_path: Path) -> None:
 
 
 def test_hub_benchmark_card_names_the_hub_id_and_the_commit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import mfpt.benchmarks as benchmarks
+    import mfpt.data.benchmarks as benchmarks
 
-    features, rows, _, _ = HUB_CASES["xglue-nc"]
+    features, rows, _, _ = hub_cases()["xglue-nc"]
     monkeypatch.setattr(datasets, "load_dataset", FakeHub(features, rows))
     monkeypatch.setattr(benchmarks, "hub_revision", lambda hub_id, ref: "0123abcd")
     out = tmp_path / "xglue"
@@ -97,7 +97,7 @@ def test_hub_benchmark_card_names_the_hub_id_and_the_commit(monkeypatch: pytest.
 
 def test_xglue_script_repository_stops_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    features, rows, _, _ = HUB_CASES["xglue-nc"]
+    features, rows, _, _ = hub_cases()["xglue-nc"]
     monkeypatch.setattr(datasets, "load_dataset", FakeHub(features, rows, script_based=True, parquet_export=False))
     assert run_prepare("xglue-nc", "--out", str(tmp_path / "x"), "--languages", "de", "--train-pool", "validation") == 2
     err = capsys.readouterr().err

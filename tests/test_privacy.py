@@ -9,23 +9,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from conftest import IdleGrid, RecordingListener, train_reply
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from flwr.supercore.task_identity import TaskIdentity
 
-from mfpt import privacy
 from mfpt.config import ConfigError, load_config
-from mfpt.data import ClientSpec
-from mfpt.flower_dp import clipping_mod
-from mfpt.model import state_spec
-from mfpt.protocol import CLIENT_KEY, CONFIG, EXAMPLES_KEY, config_entries
-from mfpt.strategy import NodeInfo, RoundListener, make_strategy
+from mfpt.data.clients import ClientSpec
+from mfpt.federation.mods.dp_clipping import clipping_mod
+from mfpt.federation.protocol import ARRAYS, CONFIG, config_entries
+from mfpt.federation.strategies.base import NodeInfo, make_strategy
+from mfpt.model.state import state_spec
+from mfpt.privacy import accounting as privacy
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 LANGS = ["eng", "swh", "yor", "hau"]
@@ -116,36 +112,13 @@ def test_example_level_account_covers_each_clients_own_steps():
 # ------------------------------------------------------------------------------------------- client-level DP
 
 
-class Quiet(RoundListener):
-    def __init__(self):
-        self.refused = []
-
-    def on_train(self, *a): ...
-    def on_evaluate(self, *a): ...
-    def on_refusal(self, round_, node, node_id, reason):
-        self.refused.append(reason)
-
-
-class IdleGrid:
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return list(self.node_ids)
-
-
-def _reply(request: Message, index: int, state: dict) -> Message:
-    metrics = MetricRecord({CLIENT_KEY: index, EXAMPLES_KEY: 10, "train-loss": 1.0, "train-steps": 1})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=request)
-
-
 def _round(overrides: dict, x0: dict, updates: list[dict]):
     """One configure_train + aggregate_train of the mfpt strategy under `overrides`; the new global state."""
     cfg = load_config(None, {**DP, **overrides})
     nodes = {100 + i: NodeInfo(100 + i, i, ClientSpec(lang), 10, 5) for i, lang in enumerate(LANGS)}
-    strategy = make_strategy(cfg, nodes, state_spec(x0), Quiet())
+    strategy = make_strategy(cfg, nodes, state_spec(x0), RecordingListener())
     sent = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, ArrayRecord(x0), ConfigRecord({}), IdleGrid(nodes))}
-    replies = [_reply(sent[100 + i], i, u) for i, u in enumerate(updates)]
+    replies = [train_reply(sent[100 + i], i, u) for i, u in enumerate(updates)]
     arrays, _ = strategy.aggregate_train(1, replies)
     return strategy, sent, (arrays.to_torch_state_dict() if arrays is not None else None)
 
@@ -200,14 +173,14 @@ def test_client_side_clipping_sends_the_norm_and_the_mod_clips_before_the_reply_
     assert request.content[CONFIG][KEY_CLIPPING_NORM] == 0.5
     cfg = load_config(None, {**DP, "privacy.clip_at": "client"})
     request.content[CONFIG] = ConfigRecord({**config_entries(cfg), KEY_CLIPPING_NORM: 0.5})
-    reply = clipping_mod(request, Context(1, 0, {}, None, {}), lambda msg, ctx: _reply(msg, 0, _far(0)))
-    new = reply.content["arrays"].to_torch_state_dict()
+    reply = clipping_mod(request, Context(1, 0, {}, None, {}), lambda msg, ctx: train_reply(msg, 0, _far(0)))
+    new = reply.content[ARRAYS].to_torch_state_dict()
     assert _norm(new, X0) == pytest.approx(0.5, rel=1e-5)
     # Without client-side clipping the mod is a pass-through.
-    plain = Message(RecordDict({"arrays": ArrayRecord(X0), CONFIG: ConfigRecord({})}), dst_node_id=1,
+    plain = Message(RecordDict({ARRAYS: ArrayRecord(X0), CONFIG: ConfigRecord({})}), dst_node_id=1,
                     message_type=MessageType.TRAIN)
-    reply = clipping_mod(plain, Context(1, 0, {}, None, {}), lambda msg, ctx: _reply(msg, 0, _far(0)))
-    assert _norm(reply.content["arrays"].to_torch_state_dict(), X0) > 10
+    reply = clipping_mod(plain, Context(1, 0, {}, None, {}), lambda msg, ctx: train_reply(msg, 0, _far(0)))
+    assert _norm(reply.content[ARRAYS].to_torch_state_dict(), X0) > 10
 
 
 def test_adaptive_clipping_bound_is_saved_and_restored_for_resume():
@@ -218,7 +191,7 @@ def test_adaptive_clipping_bound_is_saved_and_restored_for_resume():
     state = strategy.server_state()
     assert state["dp_clip_state/clipping_norm"] == pytest.approx(moved)
     cfg = load_config(None, {**DP, "privacy.adaptive_clipping": True, "privacy.clip_norm": 0.5})
-    fresh = make_strategy(cfg, {}, state_spec(X0), Quiet())
+    fresh = make_strategy(cfg, {}, state_spec(X0), RecordingListener())
     fresh.load_server_state(state)
     assert fresh.clipping_norm == pytest.approx(moved)
 
@@ -239,7 +212,7 @@ def test_privacy_command_prints_epsilon_without_training(capsys):
 
 
 def test_a_client_level_dp_run_records_epsilon_per_round_and_in_results(make_config):
-    from mfpt.paradigms import run_experiment
+    from mfpt.experiments.paradigms import run_experiment
 
     cfg = make_config(**{"data.languages": ["en", "sw", "yo"], "privacy.dp": "client", "privacy.clip_at": "client",
                          "federation.weighting": "uniform", "privacy.target_epsilon": 5.0})
@@ -260,8 +233,8 @@ def test_a_client_level_dp_run_records_epsilon_per_round_and_in_results(make_con
 
 
 def test_dpsgd_per_example_gradients_are_each_examples_own(tiny_xlmr):
-    from mfpt.dpsgd import DpSgd
-    from mfpt.model import build_model
+    from mfpt.model.factory import build_model
+    from mfpt.train.dpsgd import DpSgd
 
     cfg = load_config(None, {"model.name": str(tiny_xlmr), "data.labels": ["a", "b", "c"], "peft.num_virtual_tokens": 4})
     built = build_model(cfg, 3)
@@ -280,7 +253,7 @@ def test_dpsgd_per_example_gradients_are_each_examples_own(tiny_xlmr):
 
 
 def test_dpsgd_clips_each_example_and_adds_noise_of_the_configured_std():
-    from mfpt.dpsgd import DpSgd
+    from mfpt.train.dpsgd import DpSgd
 
     g = torch.Generator().manual_seed(0)
     per_example = {"prompt": torch.randn(8, 40, 30, generator=g) * 5, "head": torch.randn(8, 3, generator=g) * 5}
@@ -297,7 +270,7 @@ def test_dpsgd_clips_each_example_and_adds_noise_of_the_configured_std():
 
 
 def test_an_example_level_dp_run_completes_and_accounts_each_client(make_config):
-    from mfpt.paradigms import run_experiment
+    from mfpt.experiments.paradigms import run_experiment
 
     cfg = make_config(**{"data.languages": ["en", "sw"], "privacy.dp": "example", "privacy.noise_multiplier": 1.0,
                          "federation.rounds": 1})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,8 @@ import pandas as pd
 import pytest
 
 from mfpt.config import ConfigError
-from mfpt.privacy_audit import audit, exposures, make_canaries, membership_scores, planted_data
+from mfpt.experiments.canary_audit import audit, planted_data
+from mfpt.privacy.canaries import exposures, make_canaries, membership_scores
 
 
 def test_membership_scores_and_exposure_follow_their_definitions():

@@ -8,59 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fake_run, table_rows
 
-from mfpt import io
-from mfpt.report import render_report, write_report
-from mfpt.runs import ReportError, load_runs
-from mfpt.results import mean_block
-from mfpt.run_result import Communication, LanguageScore, RunResult, read_result, write_result
+from mfpt.analysis.grouping import ReportError, load_runs
+from mfpt.analysis.report import render_report, write_report
+from mfpt.core import files
+from mfpt.results.schema import read_result
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldout: dict[str, float] | None = None,
-             size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3) -> Path:
-    """A results.json + metrics.jsonl with chosen numbers (the report reads nothing else)."""
-    languages, heldout = list(accs), heldout or {}
-    per = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in accs.items()}
-    held = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in heldout.items()}
-    config = {"name": "t", "seed": seed, "output_dir": "x", "paradigm": paradigm, "peft": {"method": "prefix"},
-              "federation": {"rounds": rounds}, "data": {"train_per_language": size, "eval_split": "test"},
-              "transfer": {"sources": ["eng"]}}
-    result = RunResult(
-        name="t", paradigm=paradigm, method="prefix", model="m", seed=seed, trainable_params=1000, total_params=10_000,
-        rounds=rounds, languages=languages, heldout_languages=list(heldout), low_resource=list(low), labels=["a", "b"],
-        per_language=per, heldout=held, average=mean_block(per, languages),
-        low_resource_average=mean_block(per, list(low)), heldout_average=mean_block(held, list(heldout)),
-        communication=Communication(total_bytes=4000 * rounds if paradigm == "federated" else 0,
-                                    full_model_bytes=40_000, clients_per_round=len(languages)),
-        local_steps={lang: 6 for lang in languages}, protocol=f"{paradigm} protocol", refused_updates=0,
-        wall_seconds=1.0, config=config)
-    folder = root / f"{paradigm}-{size}-{seed}"
-    write_result(folder, result)
-    curves = [{"round": r, "split": "test", "lang": lang, "accuracy": a * r / rounds}
-              for r in range(1, rounds + 1) for lang, a in accs.items()]
-    curves += [{"round": 1, "split": "train", "lang": lang, "n": 27 if size == 0 else size, "loss": 1.0, "steps": 2}
-               for lang in languages]
-    io.write_text(folder / "metrics.jsonl", "".join(io.json_line(row) for row in curves))
-    return folder
 
 
-def table_rows(markdown: str, after: str) -> dict[str, list[str]]:
-    """The first Markdown table after the line `after`: first cell -> the other cells."""
-    lines = markdown[markdown.index(after):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = {}
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
 
 
 def expected(values: list[float], signed: bool = False) -> str:
-    """mean ± sample std (x100, one decimal), computed independently of mfpt.report."""
+    """mean ± sample std (x100, one decimal), computed independently of mfpt.analysis.report."""
     arr = 100 * np.array(values)
     mean = f"{arr.mean():+.1f}" if signed else f"{arr.mean():.1f}"
     return mean if len(arr) == 1 else f"{mean} ± {arr.std(ddof=1):.1f}"
@@ -178,9 +141,9 @@ def test_render_report_is_pure_and_links_no_figure_it_was_not_given(runs_dir: Pa
 
 def test_old_file_without_schema_version_and_unknown_paradigm_is_reported(runs_dir: Path, tmp_path: Path) -> None:
     folder = fake_run(tmp_path / "runs", "fedprox", 0, {"eng": 0.5, "swh": 0.4, "hau": 0.3}, {"yor": 0.2})
-    data = io.read_json(folder / "results.json")
+    data = files.read_json(folder / "results.json")
     del data["schema_version"]  # version 0: written before the schema had a version
-    io.write_json(folder / "results.json", data)
+    files.write_json(folder / "results.json", data)
     md = write_report(load_runs([folder, runs_dir / "federated-0-0"]), tmp_path / "out").read_text(encoding="utf-8")
     assert table_rows(md, "## Results")["fedprox / prefix"][:4] == ["50.0", "40.0", "30.0", "40.0"]
     assert table_rows(md, "Held-out languages")["fedprox / prefix"][-1] == "-"  # no spec: no model to name
@@ -189,9 +152,9 @@ def test_old_file_without_schema_version_and_unknown_paradigm_is_reported(runs_d
 
 def test_communication_is_compared_with_full_fine_tuning(tmp_path: Path) -> None:
     folder = fake_run(tmp_path / "runs", "federated", 0, {"eng": 0.6, "swh": 0.5})
-    data = io.read_json(folder / "results.json")
+    data = files.read_json(folder / "results.json")
     data["communication"] |= {"bytes_up_per_round": 3000, "bytes_down_per_round": 5000, "clients_per_round": 2}
-    io.write_json(folder / "results.json", data)
+    files.write_json(folder / "results.json", data)
     md = render_report(load_runs([folder]), tmp_path / "out")
     # 8 KB per round for 1,000 of 10,000 parameters: the whole model would send 80 KB, so 90% is saved.
     assert "- Communication of federated / prefix: 8.0 KB per round for 2 clients" in md

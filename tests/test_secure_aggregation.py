@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import LABELS, LANGS, InProcessGrid, federated_config, metrics_rows
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-from mfpt.federation import run_federated
-from mfpt.results import load_checkpoint
-from test_faults import LABELS, LANGS, InProcessGrid, _cfg, _rows, _task_identity  # noqa: F401  (autouse fixture)
+from mfpt.federation.server import run_federated
+from mfpt.results.checkpoints import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class SerialisingGrid(InProcessGrid):
@@ -40,7 +42,7 @@ def _final(out_dir, round_: int):
 
 
 def test_secure_aggregate_equals_plain_fedavg_and_the_server_never_sees_an_update(make_config, tmp_path):
-    plain_cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 1, "output_dir": str(tmp_path / "plain")})
+    plain_cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 1, "output_dir": str(tmp_path / "plain")})
     plain_grid = SerialisingGrid(3)
     run_federated(plain_grid, plain_cfg, quiet=True)
     updates = {r.metadata.src_node_id: r.content["arrays"].to_torch_state_dict() for r in plain_grid.replies
@@ -77,7 +79,7 @@ def test_secure_aggregate_equals_plain_fedavg_and_the_server_never_sees_an_updat
 
 
 def test_a_client_dropping_out_within_the_threshold_does_not_stop_the_round(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 2, "privacy.secure_aggregation": True,
+    cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 2, "privacy.secure_aggregation": True,
                                          "federation.min_clients": 2})
     grid = SerialisingGrid(3)
 
@@ -90,9 +92,9 @@ def test_a_client_dropping_out_within_the_threshold_does_not_stop_the_round(make
 
     grid.crash = crash
     run_federated(grid, cfg, quiet=True)
-    trained = {(r["round"], r["client"]) for r in _rows(cfg.output_dir, "train")}
+    trained = {(r["round"], r["client"]) for r in metrics_rows(cfg.output_dir, "train")}
     assert (1, "eng") in trained and (1, "swh") in trained and (1, "hau") not in trained
-    assert {(r["round"], r["client"]) for r in _rows(cfg.output_dir, "missing") if r["stage"] == "train"} >= {(1, "hau")}
+    assert {(r["round"], r["client"]) for r in metrics_rows(cfg.output_dir, "missing") if r["stage"] == "train"} >= {(1, "hau")}
     first, second = _final(cfg.output_dir, 1), _final(cfg.output_dir, 2)
     assert all(torch.isfinite(t).all() for t in first.values())
     assert json.loads((Path(cfg.output_dir) / "progress.json").read_text())["completed_round"] == 2
@@ -100,7 +102,7 @@ def test_a_client_dropping_out_within_the_threshold_does_not_stop_the_round(make
 
 
 def test_secure_aggregation_with_client_level_dp_clips_on_the_node_and_accounts(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 1, "privacy.secure_aggregation": True,
+    cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 1, "privacy.secure_aggregation": True,
                                          "privacy.dp": "client", "privacy.clip_at": "client",
                                          "federation.weighting": "uniform", "privacy.noise_multiplier": 0.0,
                                          "privacy.clip_norm": 0.01, "output_dir": str(tmp_path / "dp")})
@@ -114,15 +116,16 @@ def test_secure_aggregation_with_client_level_dp_clips_on_the_node_and_accounts(
 
 
 def _initial_state(cfg):
-    from mfpt.model import build_model, trainable_state
+    from mfpt.model.factory import build_model
+    from mfpt.model.state import trainable_state
 
     return trainable_state(build_model(cfg, len(LABELS)).model)
 
 
 def test_resume_of_a_secure_run_continues_from_its_checkpoint(make_config, tmp_path):
-    from test_faults import Crash
+    from conftest import Crash
 
-    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 2, "privacy.secure_aggregation": True})
+    cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 2, "privacy.secure_aggregation": True})
     stage = {"n": 0}
 
     def crash(msg) -> bool:
@@ -134,12 +137,12 @@ def test_resume_of_a_secure_run_continues_from_its_checkpoint(make_config, tmp_p
         run_federated(SerialisingGrid(3, crash=crash), cfg, quiet=True)
     assert json.loads((Path(cfg.output_dir) / "progress.json").read_text())["completed_round"] == 1
     run_federated(SerialisingGrid(3), cfg, resume=True, quiet=True)
-    assert sorted({r["round"] for r in _rows(cfg.output_dir, "train")}) == [1, 2]
+    assert sorted({r["round"] for r in metrics_rows(cfg.output_dir, "train")}) == [1, 2]
     assert (Path(cfg.output_dir) / "results.json").is_file()
 
 
 def test_secure_aggregation_completes_in_flowers_simulation(make_config):
-    from mfpt.paradigms import run_experiment
+    from mfpt.experiments.paradigms import run_experiment
 
     cfg = make_config(**{"data.languages": ["en", "sw", "yo"], "federation.rounds": 1, "privacy.secure_aggregation": True})
     result = run_experiment(cfg, quiet=True)
@@ -150,6 +153,6 @@ def test_secure_aggregation_completes_in_flowers_simulation(make_config):
 def test_secure_aggregation_refuses_a_round_of_one_client(make_config, tmp_path):
     from mfpt.config import ConfigError
 
-    cfg = _cfg(make_config, tmp_path, **{"privacy.secure_aggregation": True, "federation.fraction_train": 0.34})
+    cfg = federated_config(make_config, tmp_path, **{"privacy.secure_aggregation": True, "federation.fraction_train": 0.34})
     with pytest.raises(ConfigError, match="federation.fraction_train"):
         run_federated(SerialisingGrid(3), cfg, quiet=True)

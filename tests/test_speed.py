@@ -10,60 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import LABELS, LANGS, TINY_DATA, InProcessGrid, federated_config, metrics_rows
 
-from flwr.supercore.task_identity import TaskIdentity
-
-from mfpt import precision as precision_module
-from mfpt import client as client_module
-from mfpt.batching import length_grouped_order, shuffled_order
+from mfpt.analysis.report import write_run_report
 from mfpt.config import ConfigError, Precision, describe, load_config
-from mfpt.data import DataError
-from mfpt.dpsgd import DpSgd
-from mfpt.federation import run_federated
-from mfpt.model import build_model
-from mfpt.paradigms import run_experiment
-from mfpt.precision import autocast_dtype
-from mfpt.protocol import EVAL_SPLIT_KEY
-from mfpt.results import METRICS, RunRecorder, checkpoint_path, load_checkpoint
-from mfpt.run_result import read_result
-from mfpt.runtime import ENCODED_ENTRIES, Runtime
-from mfpt.selection import best_round, choice_for, evaluated_rounds, evaluates_in_round
-from mfpt.train import encode, train
-from test_faults import LABELS, LANGS, InProcessGrid
+from mfpt.data.sources import DataError
+from mfpt.experiments.paradigms import run_experiment
+from mfpt.federation import node as client_module
+from mfpt.federation.protocol import ARRAYS, CONFIG, ROUND_KEY
+from mfpt.federation.server import run_federated
+from mfpt.model.factory import build_model
+from mfpt.results.checkpoints import checkpoint_path, load_checkpoint
+from mfpt.results.recorder import RunRecorder
+from mfpt.results.schema import METRICS_FILE, read_result
+from mfpt.train import precision as precision_module
+from mfpt.train.batching import length_grouped_order, shuffled_order
+from mfpt.train.dpsgd import DpSgd
+from mfpt.train.encoding import encode
+from mfpt.train.loop import train
+from mfpt.train.precision import autocast_dtype
+from mfpt.train.runtime import ENCODED_ENTRIES, Runtime
+from mfpt.train.schedule import best_round, choice_for, evaluated_rounds, evaluates_in_round
 
-from conftest import TINY_DATA
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-def _rows(out_dir, split: str) -> list[dict]:
-    lines = (Path(out_dir) / METRICS).read_text(encoding="utf-8").splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split]
-
-
-class RecordingGrid(InProcessGrid):
-    """Notes each evaluation message's round and split as it is sent (the strategy reuses one ConfigRecord)."""
-
-    def __init__(self, num_clients: int) -> None:
-        super().__init__(num_clients)
-        self.evaluations: list[tuple[int, str]] = []
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        self.evaluations += [(int(m.content["config"]["mfpt.round"]), str(m.content["config"].get(EVAL_SPLIT_KEY)))
-                             for m in messages if m.metadata.message_type == "evaluate"]
-        return super().send_and_receive(messages, timeout=timeout)
-
-
-def _cfg(make_config, tmp_path, **overrides):
-    base = {"data.languages": ",".join(LANGS), "data.labels": ",".join(LABELS), "output_dir": str(tmp_path / "run"),
-            "federation.round_timeout": 5.0}
-    base.update(overrides)
-    return make_config(**base)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 @pytest.fixture
@@ -84,6 +53,11 @@ def test_every_new_key_is_listed_with_help():
         line = next(line for line in text.splitlines() if line.strip().startswith(key + " ="))
         help_line = text.splitlines()[text.splitlines().index(line) + 1]
         assert len(help_line.strip()) > 30, key
+
+
+def _evaluations(grid: InProcessGrid) -> list[tuple[int, str]]:
+    """(round, split) of every evaluation message the grid sent."""
+    return [(round_, split) for round_, split, msg in grid.log if msg.metadata.message_type == "evaluate"]
 
 
 # ------------------------------------------------------------------------------------------ precision
@@ -117,7 +91,7 @@ def _activation_dtypes(cfg, precision: str, monkeypatch=None, dp=None):
 
 
 def test_bf16_runs_the_forward_in_bf16_and_keeps_trainable_tensors_fp32(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path)
+    cfg = federated_config(make_config, tmp_path)
     seen, model, stats = _activation_dtypes(cfg, "bf16")
     assert seen and set(seen) == {torch.bfloat16}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -129,7 +103,7 @@ def test_bf16_runs_the_forward_in_bf16_and_keeps_trainable_tensors_fp32(make_con
 
 
 def test_dp_sgd_runs_its_forward_in_bf16_but_never_in_fp16(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path)
+    cfg = federated_config(make_config, tmp_path)
     seen, model, stats = _activation_dtypes(cfg, "bf16", dp=DpSgd(clip_norm=1.0, noise_multiplier=1.0))
     assert seen and set(seen) == {torch.bfloat16} and np.isfinite(stats.mean_loss)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
@@ -138,7 +112,7 @@ def test_dp_sgd_runs_its_forward_in_bf16_but_never_in_fp16(make_config, tmp_path
 
 
 def test_fp16_scales_the_loss_and_still_steps_fp32_tensors(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path)
+    cfg = federated_config(make_config, tmp_path)
     before = {n: p.detach().clone() for n, p in build_model(cfg, len(LABELS)).model.named_parameters() if p.requires_grad}
     seen, model, stats = _activation_dtypes(cfg, "fp16")
     assert set(seen) == {torch.float16} and np.isfinite(stats.mean_loss)
@@ -148,7 +122,7 @@ def test_fp16_scales_the_loss_and_still_steps_fp32_tensors(make_config, tmp_path
 
 
 def test_bf16_federated_update_is_fp32_and_evaluation_uses_bf16(make_config, tmp_path, monkeypatch):
-    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 1, "train.precision": "bf16"})
+    cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 1, "train.precision": "bf16"})
     calls = []
     original = precision_module.forward_context
 
@@ -156,7 +130,8 @@ def test_bf16_federated_update_is_fp32_and_evaluation_uses_bf16(make_config, tmp
         calls.append(dtype)
         return original(dtype, device)
 
-    monkeypatch.setattr("mfpt.train.forward_context", spy)
+    monkeypatch.setattr("mfpt.train.loop.forward_context", spy)
+    monkeypatch.setattr("mfpt.train.evaluation.forward_context", spy)
     run_federated(InProcessGrid(3), cfg, quiet=True)
     state = load_checkpoint(checkpoint_path(Path(cfg.output_dir), 1)).state
     assert state and all(v.dtype == torch.float32 for v in state.values())
@@ -189,7 +164,7 @@ def test_group_by_length_pads_less_and_is_reproducible():
 
 
 def test_train_with_group_by_length_sees_shorter_padded_batches(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path, **{"train.batch_size": 4})
+    cfg = federated_config(make_config, tmp_path, **{"train.batch_size": 4})
     classifier = build_model(cfg, len(LABELS))
     frame = pd.read_json(TINY_DATA, lines=True)
     frame = frame[frame["split"] == "train"]
@@ -222,22 +197,22 @@ def test_evaluated_rounds_are_every_nth_and_the_last():
 
 
 def test_federated_evaluate_every_3_over_7_rounds_evaluates_rounds_3_6_7(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 7, "federation.evaluate_every": 3,
+    cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 7, "federation.evaluate_every": 3,
                                          "train.max_steps": 1})
-    grid = RecordingGrid(3)
+    grid = InProcessGrid(3)
     result = run_federated(grid, cfg, quiet=True)
-    assert sorted({r["round"] for r in _rows(cfg.output_dir, "test")}) == [3, 6, 7]
-    assert sorted({r["round"] for r in _rows(cfg.output_dir, "train")}) == list(range(1, 8))
-    assert grid.evaluations == [(3, "test")] * 3 + [(6, "test")] * 3 + [(7, "test")] * 3
+    assert sorted({r["round"] for r in metrics_rows(cfg.output_dir, "test")}) == [3, 6, 7]
+    assert sorted({r["round"] for r in metrics_rows(cfg.output_dir, "train")}) == list(range(1, 8))
+    assert _evaluations(grid) == [(3, "test")] * 3 + [(6, "test")] * 3 + [(7, "test")] * 3
     assert result.selection["round"] == 7 and result.selection["rule"] == "last"
-    assert not _rows(cfg.output_dir, "missing")  # a skipped evaluation is not a silent client
+    assert not metrics_rows(cfg.output_dir, "missing")  # a skipped evaluation is not a silent client
 
 
 def test_local_evaluate_every_3_over_7_rounds_evaluates_rounds_3_6_7(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path, **{"paradigm": "local", "federation.rounds": 7,
+    cfg = federated_config(make_config, tmp_path, **{"paradigm": "local", "federation.rounds": 7,
                                          "federation.evaluate_every": 3, "train.max_steps": 1})
     run_experiment(cfg, quiet=True)
-    assert sorted({r["round"] for r in _rows(cfg.output_dir, "test")}) == [3, 6, 7]
+    assert sorted({r["round"] for r in metrics_rows(cfg.output_dir, "test")}) == [3, 6, 7]
 
 
 def test_evaluate_every_must_be_positive(make_config):
@@ -254,7 +229,7 @@ def test_best_round_is_the_highest_mean_validation_accuracy_earliest_on_ties():
 
 
 def test_recorder_reports_the_round_a_constructed_history_selects(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path, **{"data.selection": "best-validation", "federation.rounds": 4})
+    cfg = federated_config(make_config, tmp_path, **{"data.selection": "best-validation", "federation.rounds": 4})
     recorder = RunRecorder(cfg, Path(cfg.output_dir), 10, 100, quiet=True)
     recorder.begin(False)
     history = {1: [0.3, 0.4, 0.5], 2: [0.7, 0.6, 0.8], 3: [0.9, 0.2, 0.4], 4: [0.6, 0.6, 0.6]}  # means .4 .7 .5 .6
@@ -262,30 +237,30 @@ def test_recorder_reports_the_round_a_constructed_history_selects(make_config, t
              "heldout": False} for r, accs in history.items() for lang, a in zip(LANGS, accs)]
     rows += [{"round": 2, "split": "test", "lang": lang, "accuracy": 0.55, "macro_f1": 0.5, "loss": 1.0, "n_test": 9,
               "heldout": False, "selected": True} for lang in LANGS]
-    Path(cfg.output_dir, METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    Path(cfg.output_dir, METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     assert recorder.selected_round() == 2
     result = recorder.finish()
     assert result.selection["round"] == 2 and "best mean validation accuracy (70.0%)" in result.selection["reason"]
     assert result.average.accuracy == pytest.approx(0.55) and result.per_language["eng"].n_test == 9
-    assert "round 2" in (Path(cfg.output_dir) / "report.md").read_text(encoding="utf-8")
+    assert "round 2" in write_run_report(cfg.output_dir).read_text(encoding="utf-8")
     assert choice_for(cfg.replace(**{"data.selection": "last"}), {1: 0.4, 2: 0.7, 4: 0.6}).round == 4
 
 
 def test_federated_best_validation_scores_test_once_with_the_best_rounds_state(make_config, tmp_path, data_with_validation):
-    cfg = _cfg(make_config, tmp_path, **{"data.path": str(data_with_validation), "data.selection": "best-validation",
+    cfg = federated_config(make_config, tmp_path, **{"data.path": str(data_with_validation), "data.selection": "best-validation",
                                          "federation.rounds": 3, "train.lr": 0.05})
-    grid = RecordingGrid(3)
+    grid = InProcessGrid(3)
     result = run_federated(grid, cfg, quiet=True)
-    validation = _rows(cfg.output_dir, "validation")
+    validation = metrics_rows(cfg.output_dir, "validation")
     assert sorted({r["round"] for r in validation}) == [1, 2, 3]
     means = {r: np.mean([v["accuracy"] for v in validation if v["round"] == r]) for r in (1, 2, 3)}
     chosen = best_round(means)
-    test = _rows(cfg.output_dir, "test")
+    test = metrics_rows(cfg.output_dir, "test")
     assert {r["round"] for r in test} == {chosen} and all(r["selected"] for r in test) and len(test) == 3
     assert result.selection == read_result(cfg.output_dir).selection and result.selection["round"] == chosen
     # Every round's evaluation asked for validation; one extra message per node asked for test, with the chosen state.
-    assert grid.evaluations == [(r, "validation") for r in (1, 2, 3) for _ in range(3)] + [(chosen, "test")] * 3
-    test_state = [m for m in grid.sent if m.metadata.message_type == "evaluate"][-1].content["arrays"].to_torch_state_dict()
+    assert _evaluations(grid) == [(r, "validation") for r in (1, 2, 3) for _ in range(3)] + [(chosen, "test")] * 3
+    test_state = [m for m in grid.sent if m.metadata.message_type == "evaluate"][-1].content[ARRAYS].to_torch_state_dict()
     server = load_checkpoint(checkpoint_path(Path(cfg.output_dir), 3)).server_state
     assert server["selection/round"].tolist() == [chosen]  # kept in every round's checkpoint: a resume keeps it
     kept = load_checkpoint(checkpoint_path(Path(cfg.output_dir), chosen)).state
@@ -295,13 +270,13 @@ def test_federated_best_validation_scores_test_once_with_the_best_rounds_state(m
 
 
 def test_local_best_validation_scores_the_selected_round_on_test(make_config, tmp_path, data_with_validation):
-    cfg = _cfg(make_config, tmp_path, **{"paradigm": "local", "data.path": str(data_with_validation),
+    cfg = federated_config(make_config, tmp_path, **{"paradigm": "local", "data.path": str(data_with_validation),
                                          "data.selection": "best-validation", "federation.rounds": 3})
     result = run_experiment(cfg, quiet=True)
-    validation = _rows(cfg.output_dir, "validation")
+    validation = metrics_rows(cfg.output_dir, "validation")
     means = {r: np.mean([v["accuracy"] for v in validation if v["round"] == r]) for r in (1, 2, 3)}
     assert result.selection["round"] == best_round(means)
-    assert {r["round"] for r in _rows(cfg.output_dir, "test")} == {best_round(means)}
+    assert {r["round"] for r in metrics_rows(cfg.output_dir, "test")} == {best_round(means)}
 
 
 def test_best_validation_needs_a_validation_split_and_the_test_split(make_config, tmp_path):
@@ -309,7 +284,7 @@ def test_best_validation_needs_a_validation_split_and_the_test_split(make_config
         make_config(**{"data.selection": "best-validation", "data.eval_split": "validation"})
     with pytest.raises(ConfigError, match="data.train_pool"):
         make_config(**{"data.selection": "best-validation", "data.train_pool": "validation"})
-    cfg = _cfg(make_config, tmp_path, **{"paradigm": "local", "data.selection": "best-validation"})
+    cfg = federated_config(make_config, tmp_path, **{"paradigm": "local", "data.selection": "best-validation"})
     with pytest.raises(DataError, match="data.selection = 'best-validation' needs a validation split"):
         run_experiment(cfg, quiet=True)
 
@@ -318,9 +293,9 @@ def test_best_validation_needs_a_validation_split_and_the_test_split(make_config
 
 
 def test_runtime_keeps_at_most_a_bounded_number_of_tokenised_splits(make_config, tmp_path):
-    from mfpt.data import ClientSpec, prepare
+    from mfpt.data.clients import ClientSpec, prepare
 
-    cfg = _cfg(make_config, tmp_path)
+    cfg = federated_config(make_config, tmp_path)
     classifier = build_model(cfg, len(LABELS))
     runtime = Runtime(cfg, prepare(cfg), classifier)
     rows = pd.read_json(TINY_DATA, lines=True).head(3)
@@ -332,15 +307,15 @@ def test_runtime_keeps_at_most_a_bounded_number_of_tokenised_splits(make_config,
 
 
 def test_best_validation_state_survives_a_server_crash_and_resume(make_config, tmp_path, data_with_validation):
-    from test_faults import Crash
+    from conftest import Crash
 
-    cfg = _cfg(make_config, tmp_path, **{"data.path": str(data_with_validation), "data.selection": "best-validation",
+    cfg = federated_config(make_config, tmp_path, **{"data.path": str(data_with_validation), "data.selection": "best-validation",
                                          "federation.rounds": 3, "train.lr": 0.05, "output_dir": str(tmp_path / "full")})
     full = run_federated(InProcessGrid(3), cfg, quiet=True)
     cut = cfg.replace(output_dir=str(tmp_path / "cut"))
     with pytest.raises(Crash):  # dies before round 3's training, after round 2's checkpoint
         run_federated(InProcessGrid(3, crash=lambda m: m.metadata.message_type == "train"
-                                    and int(m.content["config"]["mfpt.round"]) == 3), cut, quiet=True)
+                                    and int(m.content[CONFIG][ROUND_KEY]) == 3), cut, quiet=True)
     resumed = run_federated(InProcessGrid(3), cut, resume=True, quiet=True)
     assert resumed.selection == full.selection
     assert resumed.per_language == full.per_language
@@ -366,7 +341,7 @@ def _benchmark(name: str):
 def test_bench_federation_clock_sees_every_round_and_the_naive_client_runs(make_config, tmp_path):
     """The benchmark's instrumentation still fits the recorder and the client (it broke silently once)."""
     bench = _benchmark("bench_federation")
-    cfg = _cfg(make_config, tmp_path, **{"federation.rounds": 3, "train.max_steps": 1})
+    cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 3, "train.max_steps": 1})
     for naive in (False, True):
         wall, rounds = bench.federation(cfg.replace(output_dir=str(tmp_path / f"run-{naive}")), len(LANGS), naive)
         assert len(rounds) == 2  # rounds 2 and 3: the first also loads the model

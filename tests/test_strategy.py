@@ -5,38 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from conftest import IdleGrid, RecordingListener, train_reply
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from mfpt.config import StrategyName, load_config
-from mfpt.data import ClientSpec
-from mfpt.model import state_spec
-from mfpt.protocol import CLIENT_KEY, EXAMPLES_KEY, PROXIMAL_MU_KEY
-from mfpt.strategy import STRATEGIES, NodeInfo, RoundListener, make_strategy
-from mfpt.train import proximal_term
+from mfpt.data.clients import ClientSpec
+from mfpt.federation.protocol import CONFIG, PROXIMAL_MU_KEY, TRAIN_STEPS_KEY
+from mfpt.federation.strategies.base import STRATEGIES, NodeInfo, make_strategy
+from mfpt.model.state import state_spec
+from mfpt.train.loop import proximal_term
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    # Messages need a run identity, which Flower sets in a real run.
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _reply(node_id: int, index: int, state: dict, n: int) -> Message:
-    out = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node_id, message_type=MessageType.TRAIN)
-    metrics = MetricRecord({CLIENT_KEY: index, EXAMPLES_KEY: n, "train-loss": 1.0, "train-steps": 1})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=out)
-
-
-class Quiet(RoundListener):
-    def __init__(self):
-        self.refused = []
-
-    def on_train(self, *a): ...
-    def on_evaluate(self, *a): ...
-    def on_refusal(self, round_, node, node_id, reason):
-        self.refused.append(reason)
+    request = Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=node_id, message_type=MessageType.TRAIN)
+    return train_reply(request, index, state, examples=n)
 
 
 def _setup(weighting: str):
@@ -45,7 +29,7 @@ def _setup(weighting: str):
     sizes = [10, 30, 60]
     nodes = {100 + i: NodeInfo(100 + i, i, ClientSpec(lang), sizes[i], 5) for i, lang in enumerate(cfg.data.languages)}
     states = [{"prompt": torch.full((2, 3), float(i + 1)), "head": torch.tensor([i * 1.0, -i * 2.0])} for i in range(3)]
-    strategy = make_strategy(cfg, nodes, state_spec(states[0]), Quiet())
+    strategy = make_strategy(cfg, nodes, state_spec(states[0]), RecordingListener())
     replies = [_reply(100 + i, i, states[i], sizes[i]) for i in (2, 0, 1)]  # arrival order does not matter
     return strategy, replies, states, sizes
 
@@ -80,16 +64,6 @@ def test_a_corrupt_update_is_refused_and_the_rest_aggregated():
 # ------------------------------------------------------------------------------- every strategy, by its formula
 
 
-class IdleGrid:
-    """Just enough of a Flower grid for configure_train: the connected node ids."""
-
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return list(self.node_ids)
-
-
 SERVER = {"federation.server_lr": 0.5, "federation.server_momentum": 0.9, "federation.tau": 0.01,
           "federation.proximal_mu": 0.3}
 
@@ -121,9 +95,9 @@ def test_every_strategy_updates_the_global_state_as_its_formula_says(name):
     nodes = {100 + i: NodeInfo(100 + i, i, ClientSpec(lang), sizes[i], 5) for i, lang in enumerate(cfg.data.languages)}
     x0 = {"prompt": torch.full((2, 3), 0.5), "head": torch.tensor([0.25, -0.25])}
     states = [{"prompt": torch.full((2, 3), float(i + 1)), "head": torch.tensor([i * 1.0, -i * 2.0])} for i in range(3)]
-    strategy = make_strategy(cfg, nodes, state_spec(x0), Quiet())
+    strategy = make_strategy(cfg, nodes, state_spec(x0), RecordingListener())
     sent = list(strategy.configure_train(1, ArrayRecord(x0), ConfigRecord({}), IdleGrid(nodes)))
-    mu = [m.content["config"].get(PROXIMAL_MU_KEY) for m in sent]
+    mu = [m.content[CONFIG].get(PROXIMAL_MU_KEY) for m in sent]
     assert mu == ([SERVER["federation.proximal_mu"]] * 3 if name == "fedprox" else [None] * 3)
     got = strategy.aggregate_train(1, [_reply(100 + i, i, states[i], sizes[i]) for i in range(3)])[0].to_torch_state_dict()
     weights = np.array(sizes) / sum(sizes)
@@ -151,12 +125,10 @@ def test_proximal_term_is_its_formula_and_pulls_back_to_the_anchor():
 
 def test_fedprox_keeps_a_clients_update_closer_to_the_global_state(make_config):
     """The same client, seed and steps: the larger mu, the smaller ||w - global|| after local training."""
-    from mfpt.client import ClientNode
-    from mfpt.model import trainable_state
-    from mfpt.protocol import ROUND_KEY, config_entries
-    from mfpt.strategy import update_norm
-
-    from mfpt.data import resolve
+    from mfpt.data.clients import resolve
+    from mfpt.federation.node import ClientNode
+    from mfpt.federation.protocol import ROUND_KEY, config_entries
+    from mfpt.federation.strategies.base import update_norm
 
     cfg = resolve(make_config(**{"federation.strategy": "fedprox", "train.lr": 0.05, "train.max_steps": 6,
                                   "train.local_epochs": 3}))
@@ -166,5 +138,5 @@ def test_fedprox_keeps_a_clients_update_closer_to_the_global_state(make_config):
     for mu in (0.0, 50.0):
         new, metrics = node.train(start, {ROUND_KEY: 1, PROXIMAL_MU_KEY: mu})
         drift[mu] = update_norm(new, start)
-        assert metrics["train-steps"] == 6
+        assert metrics[TRAIN_STEPS_KEY] == 6
     assert 0 < drift[50.0] < drift[0.0]

@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from mfpt import io
-from mfpt.results import RunRecorder
-from mfpt.run_result import read_result
-from mfpt.sweep import (SweepError, finish_sweep, inprocess_runner, parse_grid, parse_seeds, plan_sweep, run_name,
-                        run_sweep)
+from mfpt.core import files
+from mfpt.experiments.sweep import (
+    SweepError,
+    finish_sweep,
+    inprocess_runner,
+    parse_grid,
+    parse_seeds,
+    plan_sweep,
+    run_name,
+    run_sweep,
+)
+from mfpt.results.recorder import RunRecorder
+from mfpt.results.schema import read_result
 
 LANGS = ["eng", "swh", "hau", "yor"]  # the last one held out
 
@@ -79,14 +87,14 @@ def test_killed_sweep_resumes_only_missing_runs(tmp_path: Path, tiny_xlmr: Path,
     assert [name for name, _ in calls] == [r.name for r in runs[:3]]
     # A fourth folder with leftovers of a run that never completed a round: cleared and restarted.
     (runs[3].folder).mkdir()
-    io.write_text(runs[3].folder / "metrics.jsonl", '{"round": 1, "split": "train"}\n')
+    files.write_text(runs[3].folder / "metrics.jsonl", '{"round": 1, "split": "train"}\n')
     calls.clear()
     outcome = run_sweep(runs, tmp_path, runner=lambda *a: (calls.append((a[0].name, a[2])), inprocess_runner(*a)),
                         echo=lambda _: None)
     assert outcome.skipped == [r.name for r in runs[:2]]
     assert outcome.resumed == [runs[2].name] and outcome.ran == [r.name for r in runs[3:]] and not outcome.failed
     assert calls == [(runs[2].name, True)] + [(r.name, False) for r in runs[3:]]
-    assert all(row["split"] != "train" or row["round"] >= 1 for row in io.read_jsonl(runs[3].folder / "metrics.jsonl"))
+    assert all(row["split"] != "train" or row["round"] >= 1 for row in files.read_jsonl(runs[3].folder / "metrics.jsonl"))
     # A third pass has nothing left to do.
     assert run_sweep(runs, tmp_path, runner=None, echo=lambda _: None).skipped == [r.name for r in runs]  # type: ignore[arg-type]
 

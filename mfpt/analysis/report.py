@@ -1,0 +1,626 @@
+"""Markdown reports: pure functions of saved results (results.json read as a RunResult, metrics.jsonl rows).
+
+- `render_run_report`: report.md of one run (the recorder writes it); `render_run_summary`: what `mfpt run` prints.
+- `render_report`: one report over many runs (sweeps): settings grouped, mean ± std over seeds, gains, curves,
+  data efficiency and the language-distance analysis.
+`write_report` is the one writer: it draws the figures (mfpt.analysis.figures) and runs the distance analyses
+(mfpt.data.uriel), then hands their files and results to `render_report`. Nothing here trains or evaluates.
+
+Tables follow XTREME: one column per language in the run's order, the unweighted mean last, values x100
+with one decimal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mfpt.analysis.distance import DistanceAnalysis, DistanceAnalysisError, distance_analysis
+from mfpt.analysis.figures import Series, plot_axis, plot_distance_analysis, plot_round_curves
+from mfpt.analysis.grouping import (
+    DATA_AXIS,
+    ROW_KEYS,
+    Context,
+    Group,
+    ReportError,
+    RunData,
+    config_value,
+    context_label,
+    contexts,
+    group_runs,
+    is_number,
+    load_run,
+    show_value,
+    sort_value,
+    varying_keys,
+)
+from mfpt.core import files
+from mfpt.core.stats import mean, mean_std
+from mfpt.data.uriel import LanguageNotInURIELError, URIELDataError
+from mfpt.privacy.accounting import in_words as privacy_in_words
+from mfpt.results.schema import REPORT_FILE, RunResult
+
+# =============================================================================================================
+# Formatting
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal ('-' for None)."""
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def human_bytes(n: float) -> str:
+    """A byte count in decimal units, e.g. '12.0 KB'."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def pm(values: Sequence[float | None], scale: float = 100.0, signed: bool = False) -> str:
+    """'mean ± std' over seeds (x100, one decimal); the mean alone for one seed; '-' for none."""
+    present = [v for v in values if v is not None]
+    stats = mean_std(present)
+    if stats is None:
+        return "-"
+    mean_text = f"{scale * stats[0]:+.1f}" if signed else f"{scale * stats[0]:.1f}"
+    return mean_text if len(present) == 1 else f"{mean_text} ± {scale * stats[1]:.1f}"
+
+
+def _table_head(cells: Sequence[str]) -> list[str]:
+    """A Markdown table's header line and rule."""
+    return [_table_row(cells), "|" + "---|" * len(cells)]
+
+
+def _table_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _label(result: RunResult) -> str:
+    return f"{result.paradigm} / {result.method}"
+
+
+# =============================================================================================================
+# One run: report.md and the summary `mfpt run` prints
+
+
+def language_table(rows: Sequence[tuple[str, RunResult]], languages: Sequence[str], low_resource: Sequence[str],
+                   metric: str = "accuracy") -> str:
+    """Markdown table: one row per (label, result), one column per language, then the means over those columns."""
+    low = [lang for lang in low_resource if lang in languages]
+    header = ["", *languages, "mean"] + (["low-res mean"] if low else [])
+    lines = _table_head(header)
+    for label, result in rows:
+        scores = {lang: result.score(lang, metric) for lang in languages}
+        cells = [pct(score) for score in scores.values()]
+        cells.append(f"**{pct(mean(s for s in scores.values() if s is not None))}**")
+        if low:
+            cells.append(pct(mean(scores[lang] for lang in low if scores[lang] is not None)))
+        lines.append(_table_row([label, *cells]))
+    return "\n".join(lines)
+
+
+def _run_tables(result: RunResult) -> list[str]:
+    """The head of a run's report.md: title, setting, accuracy, macro-F1 and held-out tables."""
+    label = _label(result)
+    parts = [
+        f"# {result.name}: {label}",
+        "",
+        f"Model `{result.model}`, seed {result.seed}, {result.rounds} rounds. "
+        f"Accuracy (%) on each language's {config_value(result, 'data.eval_split')} split after the last round.",
+        "",
+        language_table([(label, result)], result.languages, result.low_resource),
+        "",
+        "Macro-F1 (%):",
+        "",
+        language_table([(label, result)], result.languages, result.low_resource, metric="macro_f1"),
+    ]
+    if result.heldout_languages:
+        parts += ["", "Held-out languages (never trained on; evaluated with the final model):", "",
+                  language_table([(label, result)], result.heldout_languages, [])]
+    if result.personalization is not None:
+        personal = dataclasses.replace(result, per_language=result.personalization.per_language,
+                                       heldout=result.personalization.heldout)
+        rows = [("global state", result), (f"{result.personalization.method} (own state)", personal)]
+        parts += ["", f"Personalisation ({result.personalization.method}): each language's own state beside the global "
+                  "one (held-out languages: the URIEL distance-weighted combination of the trained languages' states):",
+                  "", language_table(rows, result.languages, result.low_resource)]
+        if result.heldout_languages:
+            parts += ["", language_table(rows, result.heldout_languages, [])]
+    return parts
+
+
+def render_run_summary(result: RunResult) -> str:
+    """What `mfpt run` prints at the end: the mean accuracy line, then the tables of the run's report.md."""
+    low = (f", low-resource mean {pct(result.mean('low_resource_average'))}"
+           if result.low_resource_average is not None else "")
+    return f"\n{_label(result)}: mean accuracy {pct(result.mean('average'))}{low}\n" + "\n".join(_run_tables(result)) + "\n"
+
+
+def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) -> str:
+    """report.md of one run: per-language tables, parameters, communication, per-round mean accuracy."""
+    comm = result.communication
+    trainable, total = result.trainable_params, result.total_params
+    parts = [*_run_tables(result)]
+    if result.unscored:
+        parts += ["", f"**Not scored in the reported round:** {', '.join(result.unscored)} (their evaluation was "
+                      "missing or refused; metrics.jsonl says why). Every mean above leaves them out."]
+    parts += [
+        "",
+        "## Cost",
+        "",
+        f"- Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%).",
+        f"- Sent per round: {human_bytes(comm.bytes_up_per_round)} up, {human_bytes(comm.bytes_down_per_round)} "
+        f"down (all clients; arrays only). Total: {human_bytes(comm.total_bytes)}.",
+        f"- Full fine-tuning would send {human_bytes(comm.full_model_bytes)} per client and direction each round.",
+        f"- Wall time: {result.wall_seconds:.0f} s.",
+    ]
+    if result.privacy:
+        parts += ["", "## Privacy", "", f"- {privacy_in_words(result.privacy)}"]
+    if result.selection:  # data.selection: which round's model the tables score, and why
+        parts += ["", "## Selected round", "", f"Round {result.selection['round']}: {result.selection['reason']}."]
+    on_validation = result.selection.get("rule") == "best-validation"
+    split = "validation" if on_validation else config_value(result, "data.eval_split")
+    mean_by_round = _round_means(curves, result.languages, split)
+    if mean_by_round:
+        parts += ["", f"## Mean accuracy by round ({split})" if on_validation else "## Mean accuracy by round", "",
+                  *_table_head(["round", *map(str, mean_by_round)]),
+                  _table_row(["mean acc", *map(pct, mean_by_round.values())])]
+    return "\n".join(parts) + "\n"
+
+
+def write_run_report(run_dir: str | os.PathLike) -> Path:
+    """Write RUN_DIR/report.md from its results.json and metrics.jsonl (what every finished run gets)."""
+    run = load_run(run_dir)
+    return files.write_text(run.folder / REPORT_FILE, render_run_report(run.results, run.curves))
+
+
+def _round_means(curves: Sequence[Mapping[str, Any]], languages: Sequence[str], split: str) -> dict[int, float | None]:
+    """Per round, the mean accuracy over `languages` in the metrics.jsonl rows of `split`."""
+    by_round: dict[int, list[float]] = {}
+    for row in curves:
+        if row.get("split") == split and row.get("lang") in languages:
+            by_round.setdefault(int(row["round"]), []).append(float(row["accuracy"]))
+    return {r: mean(v) for r, v in sorted(by_round.items())}
+
+
+# =============================================================================================================
+# Reports over many runs (sweeps): grouped by setting, mean ± std over seeds, gains, curves, data efficiency.
+
+# Config keys that never define a setting: a run's name and folder, the seed (what a group averages over), and
+# torch's CPU threads, which change speed only (the federated runner records its resolved value for 0, "automatic",
+# so counting it would part federated runs from their baselines).
+# The distance kinds a report shows (mfpt distance has more): the three the paper's notes name (§6).
+REPORT_DISTANCE_KINDS = ("syntactic", "genetic", "geographic")
+
+
+@dataclass(frozen=True)
+class DistanceResult:
+    """One context's language-distance analysis and its figures, or the reason it is not shown."""
+
+    folder: str  # the folder of its figures, relative to the report
+    analysis: DistanceAnalysis | None = None
+    figures: Mapping[str, Path] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ReportArtifacts:
+    """What `write_report` drew and computed for `render_report`; without them a report has no figures and no
+    distance analysis."""
+
+    curves: Mapping[str, Path] = field(default_factory=dict)  # context slug -> accuracy-by-round PNG
+    axes: Mapping[str, Path] = field(default_factory=dict)  # config key -> accuracy-against-key PNG
+    distances: Mapping[str, DistanceResult] = field(default_factory=dict)  # context slug -> distance analysis
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+
+
+def paired_gains(better: Group, other: Group, keys: Sequence[str]) -> tuple[dict[str, list[float]], bool]:
+    """Per key (a language or 'mean'/'low'/'heldout'), `better` minus `other` for each seed both have.
+
+    Without a common seed the gain is the difference of the means (returned as one value, paired=False)."""
+    def value(run: RunData, key: str) -> float | None:
+        blocks = {"mean": "average", "low": "low_resource_average", "heldout": "heldout_average"}
+        return run.results.mean(blocks[key]) if key in blocks else run.results.score(key)
+
+    mine, theirs = better.by_seed(), other.by_seed()
+    common = sorted(set(mine) & set(theirs))
+    gains: dict[str, list[float]] = {}
+    for key in keys:
+        if common:
+            pairs = [(value(mine[s], key), value(theirs[s], key)) for s in common]
+            gains[key] = [a - b for a, b in pairs if a is not None and b is not None]
+        else:
+            a = mean(v for r in better.runs if (v := value(r, key)) is not None)
+            b = mean(v for r in other.runs if (v := value(r, key)) is not None)
+            gains[key] = [a - b] if a is not None and b is not None else []
+    return gains, bool(common)
+
+
+def _federated_gains(groups: Sequence[Group], keys: Sequence[str]) -> list[tuple[Group, Group, dict[str, list[float]], bool]]:
+    """(federated group, other group, gains per key, paired) for every federated group and every other group."""
+    return [(fed, other, *paired_gains(fed, other, keys))
+            for fed in groups if fed.paradigm == "federated" for other in groups if other is not fed]
+
+
+def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
+    """Mean gain per language (accuracy points) of federated over each paradigm whose languages train their own
+    models, same method: what the distance analysis correlates with language distance."""
+    gains: dict[str, dict[str, float]] = {}
+    for fed, other, per_key, _ in _federated_gains(ctx.groups, ctx.languages):
+        if other.spec.language_models and other.method == fed.method:
+            gains[f"federated - {other.paradigm}"] = {lang: 100 * mean(v) for lang in ctx.languages
+                                                      if (v := per_key[lang])}
+    gains.update(personalization_gains(ctx))
+    return gains
+
+
+def personalization_gains(ctx: Context) -> dict[str, dict[str, float]]:
+    """Per personalised group: mean over seeds of (personalised - global state) accuracy points per trained language."""
+    gains: dict[str, dict[str, float]] = {}
+    for g in ctx.groups:
+        runs = [r.results for r in g.runs if r.results.personalization is not None]
+        if not runs:
+            continue
+        per_run = [r.personalization.gain(r.per_language) for r in runs]  # type: ignore[union-attr]
+        gains[f"{runs[0].personalization.method} - global"] = {  # type: ignore[union-attr]
+            lang: 100 * mean(v) for lang in ctx.languages if (v := [d[lang] for d in per_run if lang in d])}
+    return gains
+
+
+def _round_curves(group: Group) -> dict[int, list[float]]:
+    """Per round, one value per seed: the mean accuracy over the run's training languages."""
+    out: dict[int, list[float]] = {}
+    for run in group.runs:
+        split = config_value(run.results, "data.eval_split")
+        for round_, value in _round_means(run.curves, run.results.languages, split).items():
+            out.setdefault(round_, []).append(value)
+    return dict(sorted(out.items()))
+
+
+def _examples_per_language(runs: Sequence[RunData]) -> int | None:
+    """What data.train_per_language = 0 ('all') amounts to: the most training examples any language had."""
+    sizes = [int(row["n"]) for r in runs for row in r.curves
+             if row.get("split") == "train" and row.get("lang") in r.results.languages and "n" in row]
+    return max(sizes) if sizes else None
+
+
+def _axis_series(groups: Sequence[Group], axis: str) -> dict[str, dict[Any, Group]]:
+    """Line label -> {axis value: group}; a line is a paradigm / method (+ other context keys that vary)."""
+    series: dict[str, dict[Any, Group]] = {}
+    for g in groups:
+        value = dict(g.context).get(axis)
+        rest = context_label(tuple((k, v) for k, v in g.context if k != axis))
+        series.setdefault(g.label + (f" [{rest}]" if rest else ""), {})[value] = g
+    return series
+
+
+def _numeric_axes(runs: Sequence[RunData], groups: Sequence[Group]) -> list[str]:
+    """Varying config keys (other than paradigm and method) whose values are all numbers, the data axis first."""
+    axes = [k for k in varying_keys(runs) if k not in ROW_KEYS
+            and all(is_number(v) for g in groups for kk, v in g.context if kk == k and v is not None)]
+    return sorted(axes, key=lambda k: k != DATA_AXIS)
+
+
+def _axis_heading(axis: str) -> str:
+    return "Data efficiency" if axis == DATA_AXIS else f"Accuracy against {axis}"
+
+
+# ---------------------------------------------------------------------------------------------- the writer
+
+
+def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report", filename: str = "report.md") -> Path:
+    """Draw the figures and run the distance analyses of `runs` into out_dir, then write the report there."""
+    out_dir = Path(out_dir)
+    groups = group_runs(runs)
+    curves: dict[str, Path] = {}
+    distances: dict[str, DistanceResult] = {}
+    for ctx in contexts(groups):
+        series = [Series(f"{g.label} (n={len(g.runs)})", g.paradigm, list(curve.items()), level=not g.spec.uses_rounds)
+                  for g in ctx.groups if (curve := _round_curves(g))]
+        if series:
+            curves[ctx.slug] = plot_round_curves(series, out_dir / f"curves_{ctx.slug}.png", ctx.name)
+        gains = _distance_gains(ctx)
+        if gains:
+            distances[ctx.slug] = _analyse_distances(ctx, gains, out_dir, f"distance_{ctx.slug}")
+    axes = {axis: plot_axis(*_axis_figure(groups, axis),
+                            out_dir / ("data_efficiency.png" if axis == DATA_AXIS else f"axis_{axis}.png"))
+            for axis in _numeric_axes(runs, groups)}
+    text = render_report(runs, out_dir, title, ReportArtifacts(curves, axes, distances))
+    return files.write_text(out_dir / filename, text)
+
+
+def _analyse_distances(ctx: Context, gains: dict[str, dict[str, float]], out_dir: Path, folder: str) -> DistanceResult:
+    """The distance analysis of a context's gains with its figures in out_dir/folder, or why it cannot run."""
+    fed = next(g for g in ctx.groups if g.paradigm == "federated")
+    reference = list(config_value(fed.runs[0].results, "transfer.sources", ("eng",)))
+    try:
+        analysis = distance_analysis(gains, ctx.languages, reference, kinds=REPORT_DISTANCE_KINDS)
+    except (DistanceAnalysisError, LanguageNotInURIELError, URIELDataError) as err:
+        return DistanceResult(folder, error=str(err))
+    return DistanceResult(folder, analysis, plot_distance_analysis(analysis, out_dir / folder))
+
+
+def _axis_figure(groups: Sequence[Group], axis: str) -> tuple[list[tuple[str, list[Series]]], list[tuple[float, str]], str]:
+    """plot_axis's input: panels (mean, low-resource and held-out means, those the runs have), ticks, x label."""
+    blocks = [("average", "mean over languages")]
+    if any(g.runs[0].results.low_resource_average is not None for g in groups):
+        blocks.append(("low_resource_average", "low-resource mean"))
+    if any(g.runs[0].results.heldout_average is not None for g in groups):
+        blocks.append(("heldout_average", "held-out mean"))
+    series = _axis_series(groups, axis)
+    values = sorted({v for s in series.values() for v in s if is_number(v)})
+    everything = None
+    if axis == DATA_AXIS and 0 in values:  # 0 means "all": plot it at the size it had
+        everything = _examples_per_language([r for g in groups for r in g.runs
+                                             if config_value(r.results, DATA_AXIS) == 0])
+    nonzero = [v for v in values if v]
+    x_of = {v: float(everything or (2 * max(nonzero) if nonzero else 1)) if axis == DATA_AXIS and v == 0 else float(v)
+            for v in values}
+    panels = [(title, [Series(label, next(iter(points.values())).paradigm,
+                              [(x_of[v], [b for r in g.runs if (b := r.results.mean(block)) is not None])
+                               for v, g in points.items() if v in x_of])
+                       for label, points in series.items()])
+              for block, title in blocks]
+    on_data_axis = axis == DATA_AXIS
+    ticks = [(x_of[v], ("all" + (f"\n({everything})" if everything else "")) if on_data_axis and v == 0 else str(v))
+             for v in sorted(values, key=x_of.__getitem__)]
+    return panels, ticks, "training examples per language" if on_data_axis else axis
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
+                  artifacts: ReportArtifacts = ReportArtifacts()) -> str:
+    """One Markdown report over finished runs, linking the figures and distance analyses of `artifacts`.
+
+    Pure: `out_dir` is only where the report will live (run folders are shown relative to it)."""
+    if not runs:
+        raise ReportError("No finished runs to report.")
+    out_dir = Path(out_dir)
+    groups = group_runs(runs)
+    varying = varying_keys(runs)
+    seeds = sorted({r.seed for r in runs})
+    distance_parts: list[str] = []  # one section per context, after the results and the data-efficiency plot
+    parts = [f"# {title}", "",
+             f"{len(runs)} finished run(s) in {len(groups)} setting(s); seeds {', '.join(map(str, seeds))}. "
+             f"Varying: {', '.join(varying) or 'nothing'}.",
+             "",
+             "How to read: accuracy (%) on each language's evaluation split after the last round; a cell is the mean "
+             "± sample standard deviation over the seeds in the row's `seeds` column (the mean alone for one seed). "
+             "`mean` is the unweighted mean over the training languages (the XTREME convention), `low-res mean` over "
+             "the languages marked † (`data.low_resource`), `held-out mean` over languages that never trained "
+             "(`data.heldout_languages`). `total sent` counts every array sent between server and clients in both "
+             "directions over the run (0 where nothing is communicated). `local steps` counts the optimisation "
+             "steps of each learner over the whole run.",
+             "", "## Protocols", ""]
+    for label in dict.fromkeys(g.label for g in groups):
+        protocol = next((g.runs[0].results.protocol for g in groups if g.label == label), "") or "-"
+        parts.append(f"- **{label}**: {protocol}")
+    for ctx in contexts(groups):
+        parts += ["", *_results_section(ctx)]
+        if any(_round_curves(g) for g in ctx.groups):
+            parts += ["", "Mean accuracy by round (band: ± std over seeds):", ""]
+            if ctx.slug in artifacts.curves:
+                parts += [f"![mean accuracy by round]({artifacts.curves[ctx.slug].name})", ""]
+            parts += _round_table(ctx.groups)
+        if ctx.slug in artifacts.distances:
+            distance_parts += [f"## Language distance{': ' + ctx.name if ctx.name else ''}", ""]
+            distance_parts += _distance_lines(artifacts.distances[ctx.slug], level=3)
+    for axis in _numeric_axes(runs, groups):
+        heading = _axis_heading(axis)
+        parts += ["", f"## {heading}", "",
+                  ("Mean accuracy over languages against training examples per language (`data.train_per_language`; "
+                   "'all' = no cap, plotted at the largest language's size). " if axis == DATA_AXIS else
+                   f"Mean accuracy over languages against `{axis}`. ") + "Error bars: ± std over seeds.", ""]
+        if axis in artifacts.axes:
+            parts += [f"![{heading}]({artifacts.axes[axis].name})", ""]
+        parts += _axis_table(groups, axis)
+    if distance_parts:
+        parts += [""] + distance_parts
+    parts += ["", "## Runs", "", "| folder | paradigm / method | setting | seed | mean acc |", "|---|---|---|---|---|"]
+    for g in groups:
+        for r in g.runs:
+            parts.append(f"| {_rel(r.folder, out_dir)} | {g.label} | {context_label(g.context) or '-'} | {r.seed} | "
+                         f"{pct(r.results.mean('average'))} |")
+    return "\n".join(parts) + "\n"
+
+
+def render_results(runs: Sequence[RunData]) -> str:
+    """The results sections of the report alone (per context: tables, gains, budgets), e.g. for a terminal."""
+    return "\n\n".join("\n".join(_results_section(ctx)) for ctx in contexts(group_runs(runs))) + "\n"
+
+
+def _results_section(ctx: Context) -> list[str]:
+    """A context's heading; accuracy, held-out and macro-F1 tables; gains over each baseline; budget notes."""
+    languages, heldout, low = ctx.languages, ctx.heldout, ctx.low
+    lines = [f"## Results{': ' + ctx.name if ctx.name else ''}", ""]
+    lines += _accuracy_table(ctx.groups, languages, low, heldout)
+    if heldout:
+        lines += ["", "Held-out languages (no training data; evaluated with the model named on the right):", ""]
+        lines += _heldout_table(ctx.groups, heldout)
+    lines += ["", "Macro-F1 (%):", ""] + _accuracy_table(ctx.groups, languages, low, heldout, metric="macro_f1")
+    gain_lines = _gain_tables(ctx.groups, languages, low, heldout)
+    if gain_lines:
+        lines += ["", "Gain of federated over each baseline (accuracy points, mean ± std over paired seeds):", ""]
+        lines += gain_lines
+    lines += _personalization_lines(ctx.groups, languages, low, heldout)
+    notes = _budget_lines(ctx.groups) + _communication_lines(ctx.groups)
+    if notes:
+        lines += ["", *notes]
+    return lines
+
+
+def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str],
+                           heldout: Sequence[str]) -> list[str]:
+    """Global vs personalised state per language (trained and held out) for every group that personalises."""
+    personal = [g for g in groups if any(r.results.personalization is not None for r in g.runs)]
+    if not personal:
+        return []
+    columns = [*(f"{lang}†" if lang in low else lang for lang in languages), *(f"{lang} (held out)" for lang in heldout)]
+    lines = ["", "Personalisation (`personalization.method`): the accuracy of the global state and of each language's "
+             "own state in the same runs (held-out languages: the URIEL distance-weighted combination of the trained "
+             "languages' states), and the gain of the personalised state, in points (mean ± std over seeds):", ""]
+    lines += _table_head(["run / state", *columns, "mean", "low-res mean", "held-out mean"])
+    for g in personal:
+        runs = [r.results for r in g.runs if r.results.personalization is not None]
+        blocks = {"global": [(r.per_language, r.heldout, r) for r in runs],
+                  "personalised": [(p.per_language, p.heldout, p) for r in runs if (p := r.personalization)]}
+        for state, rows in blocks.items():
+            cells = [pm([(a.get(lang) or b.get(lang)).accuracy if (a.get(lang) or b.get(lang)) else None
+                         for a, b, _ in rows]) for lang in [*languages, *heldout]]
+            cells += [pm([m.accuracy if (m := getattr(x, block)) else None for _, _, x in rows])
+                      for block in ("average", "low_resource_average", "heldout_average")]
+            lines.append(_table_row([f"{g.label}: {state}", *cells]))
+        gains = [r.personalization.gain({**r.per_language, **r.heldout}) for r in runs]  # type: ignore[union-attr]
+        cells = [pm([d.get(lang) for d in gains], signed=True) for lang in [*languages, *heldout]]
+        means = [[(getattr(r.personalization, b).accuracy - getattr(r, b).accuracy)  # type: ignore[union-attr]
+                  if getattr(r.personalization, b) and getattr(r, b) else None for r in runs]
+                 for b in ("average", "low_resource_average", "heldout_average")]
+        lines.append(_table_row([f"{g.label}: gain", *cells, *(pm(m, signed=True) for m in means)]))
+    return lines
+
+
+def _steps_text(group: Group) -> str:
+    """Local optimisation steps per learner over the whole run, e.g. '12 each' or 'eng 12, swh 14'."""
+    steps = dict(group.runs[0].results.local_steps)
+    stage1 = steps.pop("source", None)
+    if list(steps) == ["all"]:
+        return f"{steps['all']} (one pooled model)"
+    if not steps and stage1 is None:
+        return "-"
+    values = set(steps.values())
+    text = f"{values.pop()} each" if len(values) == 1 and len(steps) > 1 else ", ".join(f"{k} {v}" for k, v in steps.items())
+    return text + (f" (+ stage 1: {stage1})" if stage1 is not None else "") if text else f"stage 1: {stage1}"
+
+
+def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], heldout: Sequence[str],
+                    metric: str = "accuracy") -> list[str]:
+    """Rows: paradigm / method; columns: languages, means (and for accuracy: parameters, bytes, steps, seeds)."""
+    marked = [f"{lang}†" if lang in low else lang for lang in languages]
+    costs = metric == "accuracy"
+    header = ["paradigm / method", *marked, "mean", "low-res mean", "held-out mean"]
+    header += ["trainable params", "total sent", "local steps", "seeds"] if costs else []
+    lines = _table_head(header)
+    for g in groups:
+        first = g.runs[0].results
+        cells = [pm([r.results.score(lang, metric) for r in g.runs]) for lang in languages]
+        cells += [f"**{pm([r.results.mean('average', metric) for r in g.runs])}**",
+                  pm([r.results.mean("low_resource_average", metric) for r in g.runs]),
+                  pm([r.results.mean("heldout_average", metric) for r in g.runs])]
+        if costs:
+            cells += [f"{first.trainable_params:,}", human_bytes(first.communication.total_bytes), _steps_text(g),
+                      ",".join(map(str, g.seeds))]
+        lines.append(_table_row([g.label, *cells]))
+    return lines
+
+
+def _heldout_table(groups: Sequence[Group], heldout: Sequence[str], metric: str = "accuracy") -> list[str]:
+    header = ["paradigm / method", *heldout, "held-out mean", "evaluated with"]
+    lines = _table_head(header)
+    for g in groups:
+        cells = [pm([r.results.score(lang, metric) for r in g.runs]) for lang in heldout]
+        cells += [f"**{pm([r.results.mean('heldout_average', metric) for r in g.runs])}**", g.spec.heldout_model]
+        lines.append(_table_row([g.label, *cells]))
+    return lines
+
+
+def _gain_tables(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], heldout: Sequence[str]) -> list[str]:
+    """One table per federated group: its gain over every other group of the context, per language and mean."""
+    keys = [*languages, "mean"] + (["low"] if low else []) + [*heldout] + (["heldout"] if heldout else [])
+    names = {"mean": "mean", "low": "low-res mean", "heldout": "held-out mean"}
+    header = ["federated minus", *[f"{k} (held out)" if k in heldout else f"{k}†" if k in low else names.get(k, k)
+                                   for k in keys], "paired seeds"]
+    lines: list[str] = []
+    fed = None
+    for this_fed, other, gains, paired in _federated_gains(groups, keys):
+        if this_fed is not fed:  # a new table
+            lines += ([""] if lines else []) + _table_head(header)
+            fed = this_fed
+        n = len(gains["mean"]) if paired else 0
+        lines.append(_table_row([other.label, *[pm(gains[k], signed=True) for k in keys],
+                                 str(n) if paired else "none (difference of means)"]))
+    return lines
+
+
+def _budget_lines(groups: Sequence[Group]) -> list[str]:
+    """Say whether each paradigm whose languages train their own models took exactly the steps of a federated
+    client, per language."""
+    fed = next((g for g in groups if g.paradigm == "federated"), None)
+    if fed is None:
+        return []
+    fed_steps = fed.runs[0].results.local_steps
+    lines: list[str] = []
+    for g in groups:
+        if not g.spec.language_models:
+            continue
+        steps = {k: v for k, v in g.runs[0].results.local_steps.items() if k != "source"}
+        same = all(fed_steps.get(k) == v for k, v in steps.items()) and bool(steps)
+        verdict = "the same as every federated client" if same else \
+            "NOT the same as the federated clients' (" + ", ".join(f"{k} {fed_steps.get(k, '-')}" for k in steps) + ")"
+        lines.append(f"- Step budget of {g.label}: " + ", ".join(f"{k} {v}" for k, v in steps.items()) + f" steps: {verdict}.")
+    return lines
+
+
+def _communication_lines(groups: Sequence[Group]) -> list[str]:
+    """What each communicating group sends per round, against federated full fine-tuning of the same model."""
+    lines: list[str] = []
+    for g in groups:
+        first = g.runs[0].results
+        comm = first.communication
+        sent = comm.bytes_up_per_round + comm.bytes_down_per_round
+        if not sent or not first.trainable_params:
+            continue
+        # Full fine-tuning makes the same transfers (train down and up, evaluation down) with the whole model.
+        full = sent * first.total_params / first.trainable_params
+        lines.append(f"- Communication of {g.label}: {human_bytes(sent)} per round for {comm.clients_per_round:g} "
+                     "clients (the trainable tensors down and up for training, down again for evaluation); federated "
+                     "full fine-tuning of the same model would make the same transfers with the whole model, about "
+                     f"{human_bytes(full)} ({100 * (1 - sent / full):.2f}% less).")
+    return lines
+
+
+def _round_table(groups: Sequence[Group], max_columns: int = 10) -> list[str]:
+    curves = {g.label: _round_curves(g) for g in groups}
+    rounds = sorted({r for c in curves.values() for r in c})
+    if not rounds:
+        return []
+    if len(rounds) > max_columns:  # keep the first and last round and spread the rest evenly
+        step = (len(rounds) - 1) / (max_columns - 1)
+        rounds = sorted({rounds[round(i * step)] for i in range(max_columns)})
+    lines = _table_head(["paradigm / method", *(f"round {r}" for r in rounds)])
+    for g in groups:
+        lines.append(_table_row([g.label, *[pm(curves[g.label].get(r, [])) for r in rounds]]))
+    return lines
+
+
+def _axis_table(groups: Sequence[Group], axis: str) -> list[str]:
+    series = _axis_series(groups, axis)
+    values = sorted({v for s in series.values() for v in s}, key=lambda v: sort_value(v, axis))
+    show = [show_value(v, axis) for v in values]
+    lines = _table_head(["paradigm / method", *(f"{axis.split('.')[-1]} = {s}" for s in show)])
+    for label, points in series.items():
+        cells = [pm([r.results.mean("average") for r in points[v].runs]) if v in points else "-" for v in values]
+        lines.append(_table_row([label, *cells]))
+    return lines
+
+
+def _distance_lines(result: DistanceResult, level: int) -> list[str]:
+    """The language-distance analysis of a context, or the reason it is not shown, as Markdown lines."""
+    if result.analysis is None:
+        return [f"{'#' * level} Language distance and federated gains", "", f"Distance analysis not shown: {result.error}", ""]
+    return [result.analysis.to_markdown(result.figures, result.folder, level=level), ""]
+
+
+def _rel(folder: Path, out_dir: Path) -> str:
+    try:
+        return os.path.relpath(folder, out_dir.resolve())
+    except ValueError:
+        return str(folder)

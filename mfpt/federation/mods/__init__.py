@@ -1,0 +1,1 @@
+"""ClientApp mods: the audit of every reply that leaves a node, and client-side DP clipping."""

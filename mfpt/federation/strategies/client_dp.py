@@ -1,0 +1,65 @@
+"""Client-level differential privacy through Flower's own DP strategy wrappers and clipping mods.
+
+`private_base` puts `flwr.serverapp.strategy.DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping`
+around the Flower strategy mfpt wraps, so the MRO is MfptStrategy -> Flower's DP wrapper -> Flower's FedAvg/FedProx:
+mfpt checks, weighs and records each reply first, then Flower clips each accepted update (new - global, over the
+trainable tensors, the only ones exchanged), averages and adds Gaussian noise of std sigma * clip / sampled clients.
+With `privacy.clip_at = "client"` the nodes clip before sending (Flower's fixed or adaptive clipping mod,
+mfpt.federation.mods.dp_clipping). The noise is drawn from numpy's global generator, never from the run's seed: noise anyone could
+regenerate from a published config would protect nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
+
+from mfpt.config import ClipAt, DpMode, ExperimentConfig
+from mfpt.privacy.accounting import client_account, sampled_clients
+
+
+def wrapper_class(cfg: ExperimentConfig) -> type:
+    """The Flower DP wrapper the config asks for (clipping on the server or the client, fixed or adaptive)."""
+    pv = cfg.privacy
+    if pv.clip_at == ClipAt.CLIENT:
+        return DifferentialPrivacyClientSideAdaptiveClipping if pv.adaptive_clipping else DifferentialPrivacyClientSideFixedClipping
+    return DifferentialPrivacyServerSideAdaptiveClipping if pv.adaptive_clipping else DifferentialPrivacyServerSideFixedClipping
+
+
+def private_base(cfg: ExperimentConfig, base: type) -> type:
+    """`base` itself without client-level DP; else a class that builds `base(**kwargs)` inside Flower's DP wrapper."""
+    if cfg.privacy.dp != DpMode.CLIENT or cfg.privacy.secure_aggregation:  # the secure path has its own (secure.py)
+        return base
+    wrapper = wrapper_class(cfg)
+    noise = client_account(cfg).noise_multiplier
+    sampled = sampled_clients(cfg)
+    clip = cfg.privacy.clip_norm
+
+    def __init__(self: Any, **strategy_kwargs: Any) -> None:
+        inner = base(**strategy_kwargs)
+        if cfg.privacy.adaptive_clipping:
+            # Flower's default stddev of the noisy clipped count, sampled/20 (Andrew et al.), must exceed sigma/2;
+            # with few clients it cannot, so it is raised to sigma: the bound then adapts more noisily, while the
+            # total noise multiplier (what the account uses) stays sigma.
+            count_std = max(sampled / 20, noise) if noise > 0 else None
+            wrapper.__init__(self, inner, noise, sampled, initial_clipping_norm=clip, clipped_count_stddev=count_std)
+        else:
+            wrapper.__init__(self, inner, noise, clip, sampled)
+
+    def _get_clip_state(self: Any) -> dict[str, np.ndarray]:
+        return {"clipping_norm": np.asarray(self.clipping_norm, dtype=np.float64)} if cfg.privacy.adaptive_clipping else {}
+
+    def _set_clip_state(self: Any, state: dict[str, np.ndarray]) -> None:
+        if "clipping_norm" in state:
+            self.clipping_norm = float(np.asarray(state["clipping_norm"]))
+
+    # dp_clip_state: the adaptive clipping bound, saved in checkpoints so a resumed run goes on with it.
+    return type(f"{wrapper.__name__}Of{base.__name__}", (wrapper,),
+                {"__init__": __init__, "dp_clip_state": property(_get_clip_state, _set_clip_state)})

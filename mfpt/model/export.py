@@ -1,0 +1,61 @@
+"""A run's final model on disk: exported in peft's format (`adapter/`), and loaded back for inference."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mfpt.config import ExperimentConfig, PeftMethod
+from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
+from mfpt.model.factory import ClassifierModel, _load_backbone, count_parameters, fit_inputs
+
+
+def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Load an exported adapter onto its base model with peft, on every transformers version mfpt supports."""
+    from peft import PeftModel
+
+    ensure_supported_stack()  # every exported model mfpt loads passes here
+    # Prefix adapters need the encoder's cache argument under its old name (transformers >= 5.24, see compat).
+    expose_past_key_values(base_model)
+    return PeftModel.from_pretrained(base_model, str(adapter_dir))
+
+
+def export_adapter(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
+    """Save a final export that `peft` (or `transformers`, for full fine-tuning) can load."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def export_atomically(model: nn.Module, tokenizer: Any, target: Path) -> Path:
+    """Export the final adapter into a temp folder, then swap it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
+    export_adapter(model, tokenizer, tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, device: torch.device) -> ClassifierModel:
+    """A run's exported model, ready for inference, set up exactly as `build_model` set it up for training."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ensure_supported_stack()  # before any weight is read
+    if cfg.peft.method == PeftMethod.FULL:  # full fine-tuning exports the whole classifier, not an adapter
+        model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
+        max_length, notes = fit_inputs(model, cfg)
+    else:
+        model, _ = _load_backbone(cfg.model.name, num_labels)
+        max_length, notes = fit_inputs(model, cfg)  # before peft wraps it: the head hook sits on the bare model
+        model = load_adapter(model, adapter_dir)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    trainable, total = count_parameters(model)
+    return ClassifierModel(model, tokenizer, max_length, device, cfg.peft.method, trainable, total, notes)

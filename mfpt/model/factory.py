@@ -1,0 +1,192 @@
+"""Model factory: a Hugging Face encoder loaded as a sequence classifier and wrapped with one PEFT method.
+
+The method's peft config comes from its spec (mfpt.config.specs); what then trains is exactly the tensors
+with `requires_grad` (mfpt.model.state). Input-prompt methods use up positions and move position 0, so
+`fit_inputs` sets the token budget and, where needed, re-points the head at the real <s>/[CLS].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
+from mfpt.config.specs import METHODS
+from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
+
+log = logging.getLogger("mfpt")
+
+
+# Model types whose classification head reads position 0 through a module we can re-point at <s>/[CLS].
+_POSITION0_READERS = {
+    "xlm-roberta": "classifier",
+    "roberta": "classifier",
+    "camembert": "classifier",
+    "bert": "bert.pooler",
+}
+
+
+# RoBERTa-family position ids start after padding_idx, so 514 positions leave 512 usable.
+_POSITION_OFFSET = {"xlm-roberta": 2, "roberta": 2, "camembert": 2}
+
+
+@dataclass
+class ClassifierModel:
+    """A ready model: the (PEFT-wrapped) classifier, its tokenizer, and the input budget it allows."""
+
+    model: nn.Module
+    tokenizer: Any
+    max_length: int
+    device: torch.device
+    method: PeftMethod
+    trainable_params: int
+    total_params: int
+    notes: list[str]
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but no CUDA device is visible; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise ConfigError(f"model.name = {name!r} is a directory without config.json; point it at a checkpoint folder.")
+    try:
+        config = AutoConfig.from_pretrained(name, num_labels=num_labels)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name, config=config, output_loading_info=True
+        )
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            "HF_HUB_OFFLINE=1 is set, so only local folders and the local cache are searched"
+            if offline
+            else "check the hub id, or pass a local checkpoint directory"
+        )
+        raise ConfigError(f"model.name = {name!r} could not be loaded ({hint}): {err}") from None
+    return model, list(info.get("missing_keys", []))
+
+
+def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
+    """Load the encoder as a classifier, wrap it with `cfg.peft.method`, freeze what must not train."""
+    from transformers import AutoTokenizer
+
+    if num_labels < 2:
+        raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
+    method = cfg.peft.method
+    # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
+    torch.manual_seed(cfg.seed)
+    model, missing = _load_backbone(cfg.model.name, num_labels)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
+    notes: list[str] = []
+
+    extra_trainable: list[str] = []
+    if any(".pooler." in key for key in missing):
+        # A randomly initialised pooler would put a random projection between the encoder's [CLS] state and the
+        # head (and, frozen, keep it there). It starts as the identity instead, so the head first sees the
+        # encoder's own [CLS] state (tanh keeps it bounded), and it trains with the head and travels with it.
+        _identity_pooler(model)
+        extra_trainable.append("pooler")
+        notes.append("checkpoint has no pooler weights: the pooler starts as the identity and trains with the head")
+
+    max_length, head_notes = fit_inputs(model, cfg)
+    notes += head_notes
+    spec = METHODS.get(method.value)
+    model = apply_method(model, cfg.peft, extra_trainable)
+    if cfg.peft.init_std and spec.prompt_table:
+        _scale_prompt_init(model, cfg.peft.init_std)
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    trainable, total = count_parameters(model)
+    return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
+
+
+def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]:
+    """The token budget of one text under `cfg`, and (input prompts) the head re-pointed past the virtual tokens.
+
+    Training and `mfpt predict` both call it on the bare classifier, so a prediction sees what training saw.
+    """
+    model_type = model.config.model_type
+    positions = getattr(model.config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(model_type, 0)
+    if not METHODS.get(cfg.peft.method.value).input_prompt:
+        return min(cfg.model.max_seq_length, positions), []
+    # Virtual tokens are prepended to the embeddings and use up positions (stack.md §0.8).
+    max_length = min(cfg.model.max_seq_length, positions - cfg.peft.num_virtual_tokens)
+    if max_length < 8:
+        raise ConfigError(
+            f"peft.num_virtual_tokens = {cfg.peft.num_virtual_tokens} leaves {max_length} of {positions} "
+            "positions for text; use fewer virtual tokens."
+        )
+    if cfg.peft.pool_at != PoolAt.BOS:
+        return max_length, []
+    _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
+    return max_length, ["head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')"]
+
+
+def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None) -> nn.Module:
+    """Wrap a sequence classifier with the configured PEFT method (or unfreeze everything for `full`)."""
+    ensure_supported_stack()  # every model mfpt trains passes here
+    peft_config = METHODS.get(peft.method.value).build(peft, list(extra_trainable or []))
+    if peft_config is None:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    if peft.method == PeftMethod.PREFIX and expose_past_key_values(model):
+        log.debug("encoder's `cache` argument exposed to peft as `past_key_values` (transformers >= 5.24)")
+    return get_peft_model(model, peft_config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+def _identity_pooler(model: nn.Module) -> None:
+    for module in model.modules():
+        if type(module).__name__.endswith("Pooler") and isinstance(getattr(module, "dense", None), nn.Linear):
+            dense = module.dense
+            if dense.in_features == dense.out_features:
+                with torch.no_grad():
+                    dense.weight.copy_(torch.eye(dense.in_features))
+                    dense.bias.zero_()
+
+
+def _scale_prompt_init(model: nn.Module, std: float) -> None:
+    """Re-draw the virtual-token tables from N(0, std^2) (peft draws N(0, 1), large next to real keys/values)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("prompt_encoder.") and name.endswith("embedding.weight"):
+                param.normal_(0.0, std)
+
+
+def _read_after_prompt(model: nn.Module, model_type: str, num_virtual_tokens: int) -> None:
+    """Make the head read position `num_virtual_tokens` (the real <s>) instead of virtual token 0."""
+    path = _POSITION0_READERS.get(model_type)
+    if path is None:
+        raise ConfigError(
+            f"peft.pool_at = 'bos' is not supported for model type {model_type!r} "
+            f"(supported: {', '.join(_POSITION0_READERS)}); set peft.pool_at = 'first'."
+        )
+    head = model.get_submodule(path)
+
+    def skip_virtual_tokens(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        # peft prepends the prompt to the embeddings, so hidden states are [batch, k + seq, hidden].
+        return (args[0][:, num_virtual_tokens:],) + tuple(args[1:])
+
+    head.register_forward_pre_hook(skip_virtual_tokens)
