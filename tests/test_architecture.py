@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -20,11 +18,12 @@ PACKAGE = ROOT / "mfpt"
 ROOT_MODULES = {"__init__.py", "client_app.py", "server_app.py"}
 
 
-def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
-    """import-linter over the contracts of `cwd`/pyproject.toml, in a fresh process (its graph cache off)."""
-    return subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports; "
-                           "sys.exit(lint_imports(no_cache=True, no_logo=True))"],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+def _lint_imports(pyproject: Path, capsys) -> tuple[int, str]:
+    """import-linter over the contracts of `pyproject` (its graph cache off): exit code and report."""
+    from importlinter.cli import lint_imports
+
+    code = lint_imports(config_filename=str(pyproject), no_cache=True, no_logo=True)
+    return code, capsys.readouterr().out
 
 
 def _contract(name: str) -> dict:
@@ -32,10 +31,10 @@ def _contract(name: str) -> dict:
     return next(c for c in contracts if c["name"] == name)
 
 
-def test_the_layers_hold_and_nothing_imports_in_a_cycle():
-    done = _lint_imports(ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "layers KEPT" in done.stdout and "no import cycles KEPT" in done.stdout
+def test_the_layers_hold_and_nothing_imports_in_a_cycle(capsys):
+    code, report = _lint_imports(ROOT / "pyproject.toml", capsys)
+    assert code == 0, report[-3000:]
+    assert "layers KEPT" in report and "no import cycles KEPT" in report
 
 
 def test_every_package_and_root_module_has_a_layer():
@@ -46,7 +45,7 @@ def test_every_package_and_root_module_has_a_layer():
     assert {p.name for p in PACKAGE.glob("*.py")} == ROOT_MODULES
 
 
-def test_the_layer_check_fails_on_an_upward_import_and_on_a_cycle(tmp_path):
+def test_the_layer_check_fails_on_an_upward_import_and_on_a_cycle(tmp_path, monkeypatch, capsys):
     """The same contracts on a two-layer toy package: an import from the lower layer up, then a cycle."""
     package = tmp_path / "toy"
     for sub in ("low", "high"):
@@ -67,10 +66,11 @@ def test_the_layer_check_fails_on_an_upward_import_and_on_a_cycle(tmp_path):
         type = "acyclic_siblings"
         ancestors = ["toy"]
         """))
-    done = _lint_imports(tmp_path)
-    assert done.returncode == 1
-    assert "layers BROKEN" in done.stdout and "toy.low.b -> toy.high.a" in done.stdout
-    assert "no import cycles BROKEN" in done.stdout
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, report = _lint_imports(tmp_path / "pyproject.toml", capsys)
+    assert code == 1
+    assert "layers BROKEN" in report and "toy.low.b -> toy.high.a" in report
+    assert "no import cycles BROKEN" in report
 
 
 @pytest.mark.parametrize("app", ["client_app.py", "server_app.py"])

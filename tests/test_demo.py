@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 from conftest import TINY_DATA, table_rows
 
 from mfpt.config import load_config
@@ -24,6 +25,8 @@ def test_demo_config_validates_and_its_languages_exist_in_udhr_topics():
         assert len(prepared.language_rows(lang, "train")) > 30 and len(prepared.language_rows(lang, "test")) >= 10
 
 
+@pytest.mark.deployment
+@pytest.mark.slow
 def test_shortened_demo_runs_and_writes_the_report(tmp_path, tiny_xlmr):
     spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
     demo = importlib.util.module_from_spec(spec)

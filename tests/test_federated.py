@@ -14,6 +14,9 @@ from mfpt.model.factory import build_model
 from mfpt.model.state import trainable_state
 from mfpt.results.checkpoints import load_checkpoint
 
+# Every test here reads one real Flower simulation (Ray).
+pytestmark = pytest.mark.ray
+
 LANGS = ["eng", "swh", "yor"]
 
 

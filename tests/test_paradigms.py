@@ -6,12 +6,14 @@ import re
 from collections import Counter
 
 import pytest
+from conftest import InProcessGrid
 
 from mfpt.config.specs import PARADIGMS
 from mfpt.core import files
 from mfpt.data.clients import ClientSpec
 from mfpt.experiments import paradigms
 from mfpt.experiments.paradigms import run_experiment
+from mfpt.federation.server import run_federated
 from mfpt.results.checkpoints import ResumeError
 from mfpt.results.schema import SCHEMA_VERSION, RunResult, read_result
 from mfpt.train.loop import steps_per_round
@@ -120,9 +122,11 @@ def test_local_step_budget_equals_a_federated_clients(config, max_steps: int) ->
         assert results["local_steps"][lang] == 3 * steps_per_round(len(client_data), cfg.train)
 
 
-def test_federated_and_local_share_schema_and_step_budget(config, tmp_path) -> None:
-    """The one Ray test: a real Flower simulation against `local` on the same config."""
-    fed = run_experiment(config("federated", output_dir=str(tmp_path / "fed")), quiet=True).to_json()
+def test_federated_and_local_share_schema_and_step_budget(config, tmp_path, task_identity) -> None:
+    """The federation (the real ServerApp logic and ClientApp, on the in-process grid) against `local`."""
+    fed_cfg = config("federated", output_dir=str(tmp_path / "fed"))
+    clients = len(fed_cfg.data.languages) + len(fed_cfg.data.heldout_languages)
+    fed = run_federated(InProcessGrid(clients), fed_cfg, quiet=True).to_json()
     local = run_experiment(config("local", output_dir=str(tmp_path / "local")), quiet=True).to_json()
     assert set(fed) == set(local) == SCHEMA
     assert fed["local_steps"] == local["local_steps"] and set(fed["local_steps"]) == set(LANGS)

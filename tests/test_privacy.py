@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import IdleGrid, RecordingListener, train_reply
+from conftest import IdleGrid, InProcessGrid, RecordingListener, train_reply
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
@@ -212,11 +212,13 @@ def test_privacy_command_prints_epsilon_without_training(capsys):
 
 
 def test_a_client_level_dp_run_records_epsilon_per_round_and_in_results(make_config):
-    from mfpt.experiments.paradigms import run_experiment
+    from mfpt.analysis.report import write_run_report
+    from mfpt.federation.server import run_federated
 
     cfg = make_config(**{"data.languages": ["en", "sw", "yo"], "privacy.dp": "client", "privacy.clip_at": "client",
                          "federation.weighting": "uniform", "privacy.target_epsilon": 5.0})
-    result = run_experiment(cfg, quiet=True)
+    result = run_federated(InProcessGrid(3), cfg, quiet=True)  # the nodes clip through the real ClientApp's mod
+    write_run_report(cfg.output_dir)
     out = cfg.output_dir
     rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
     eps = [r for r in rows if r["split"] == "privacy"]
@@ -270,11 +272,11 @@ def test_dpsgd_clips_each_example_and_adds_noise_of_the_configured_std():
 
 
 def test_an_example_level_dp_run_completes_and_accounts_each_client(make_config):
-    from mfpt.experiments.paradigms import run_experiment
+    from mfpt.federation.server import run_federated
 
     cfg = make_config(**{"data.languages": ["en", "sw"], "privacy.dp": "example", "privacy.noise_multiplier": 1.0,
                          "federation.rounds": 1})
-    result = run_experiment(cfg, quiet=True)
+    result = run_federated(InProcessGrid(2), cfg, quiet=True)
     assert result.privacy["dp"] == "example" and result.privacy["epsilon"] > 0
     assert result.privacy["delta"] == pytest.approx(1 / 27)  # 27 training examples per fixture client
     assert result.average is not None

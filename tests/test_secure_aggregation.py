@@ -141,6 +141,7 @@ def test_resume_of_a_secure_run_continues_from_its_checkpoint(make_config, tmp_p
     assert (Path(cfg.output_dir) / "results.json").is_file()
 
 
+@pytest.mark.ray
 def test_secure_aggregation_completes_in_flowers_simulation(make_config):
     from mfpt.experiments.paradigms import run_experiment
 

@@ -123,6 +123,7 @@ def test_folder_with_foreign_files_is_not_cleared(tmp_path: Path, tiny_xlmr: Pat
     assert (runs[0].folder / "notes.txt").exists()
 
 
+@pytest.mark.deployment
 def test_cli_sweep_runs_subprocesses_then_skips_them(tmp_path: Path, tiny_xlmr: Path, capsys) -> None:
     from mfpt.cli import main
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from mfpt.config import ExperimentConfig, PeftMethod
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
-from mfpt.model.factory import ClassifierModel, _load_backbone, count_parameters, fit_inputs
+from mfpt.model.factory import ClassifierModel, _load_backbone, count_parameters, fit_inputs, quiet_transformers
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
@@ -49,7 +49,8 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
 
     ensure_supported_stack()  # before any weight is read
     if cfg.peft.method == PeftMethod.FULL:  # full fine-tuning exports the whole classifier, not an adapter
-        model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
+        with quiet_transformers():
+            model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
         max_length, notes = fit_inputs(model, cfg)
     else:
         model, _ = _load_backbone(cfg.model.name, num_labels)

@@ -7,11 +7,12 @@ with `requires_grad` (mfpt.model.state). Input-prompt methods use up positions a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -67,9 +68,13 @@ def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
         raise ConfigError(f"model.name = {name!r} is a directory without config.json; point it at a checkpoint folder.")
     try:
         config = AutoConfig.from_pretrained(name, num_labels=num_labels)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            name, config=config, output_loading_info=True
-        )
+        # transformers reports every weight the checkpoint lacks (an encoder checkpoint always lacks the new task head,
+        # and some lack the pooler: expected here) and which layers a tensor-parallel plan left unsharded (no such
+        # plan runs here). mfpt names a missing weight outside the head itself, below.
+        with quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name, config=config, output_loading_info=True
+            )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (
@@ -78,7 +83,33 @@ def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
             else "check the hub id, or pass a local checkpoint directory"
         )
         raise ConfigError(f"model.name = {name!r} could not be loaded ({hint}): {err}") from None
-    return model, list(info.get("missing_keys", []))
+    missing = list(info.get("missing_keys", []))
+    unexpected = [key for key in missing if not _is_head_or_pooler(key)]
+    if unexpected:
+        log.warning("model.name = %r lacks %d weight(s) outside the classification head, which start random: %s%s",
+                    name, len(unexpected), ", ".join(unexpected[:3]), " ..." if len(unexpected) > 3 else "")
+    return model, missing
+
+
+# Weights a classifier built from an encoder checkpoint lacks by design: the new task head and, in some checkpoints
+# (multilingual-e5), the pooler.
+_HEAD_PARTS = ("classifier.", "pooler.", "score.")
+
+
+def _is_head_or_pooler(key: str) -> bool:
+    return any(part in f"{key}." or key.startswith(part) for part in _HEAD_PARTS)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off for the duration (its loading reports), then its level restored."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
