@@ -44,34 +44,55 @@ def test_matrix_is_a_distance_in_unit_interval(tables: dict[str, pd.DataFrame], 
     assert values.min() >= 0.0 and values.max() <= 1.0
 
 
-# Reference values: offline.md section C's table, computed with the recipe in mfpt.data.uriel's docstring
-# (URIEL's definitions) from the lang2vec 1.1.2 data and printed with 2 decimals, so they hold to +-0.005.
-# They are not lang2vec's official precomputed distances, which the PyPI build lacks (see the caveat).
-NOTES_TABLE = [
-    ("syntactic", "eng", "deu", 0.10), ("syntactic", "eng", "fra", 0.19), ("syntactic", "hin", "urd", 0.05),
-    ("syntactic", "yor", "amh", 0.67), ("phonological", "fra", "deu", 0.11), ("phonological", "eng", "swh", 0.09),
-    ("inventory", "hau", "amh", 0.17), ("inventory", "hau", "urd", 0.42), ("featural", "eng", "deu", 0.18),
-    ("featural", "yor", "tha", 0.19), ("genetic", "eng", "deu", 0.56), ("genetic", "swh", "yor", 0.75),
-    ("genetic", "hin", "urd", 0.00), ("genetic", "eng", "swh", 1.00), ("geographic", "eng", "fra", 0.03),
-    ("geographic", "hin", "tha", 0.14), ("geographic", "swh", "amh", 0.11), ("geographic", "yor", "tha", 0.53),
-]
+# Every expected distance below is computed here, from URIEL's raw files or published coordinates, without mfpt's code.
+TYPOLOGY_PREFIXES = {"syntactic": ("S_",), "phonological": ("P_",), "inventory": ("INV_",),
+                     "featural": ("S_", "P_", "INV_")}
+PAIRS = [("eng", "deu"), ("eng", "fra"), ("hin", "urd"), ("yor", "amh"), ("fra", "deu"), ("eng", "swh"),
+         ("hau", "amh"), ("hau", "urd"), ("yor", "tha")]
 
 
-@pytest.mark.parametrize(("kind", "a", "b", "expected"), NOTES_TABLE)
-def test_agrees_with_reference_table(tables: dict[str, pd.DataFrame], kind: str, a: str, b: str,
-                                     expected: float) -> None:
-    assert tables[kind].loc[a, b] == pytest.approx(expected, abs=0.005 + 1e-9)
+def _raw(file: str) -> tuple[list[str], list[str], np.ndarray]:
+    with np.load(distance.uriel_data_path(file)) as npz:
+        data = npz["data"]
+        return list(npz["langs"]), list(npz["feats"]), (data[:, :, 0] if data.ndim == 3 else data).astype(float)
 
 
-def test_syntactic_matches_definition_computed_from_raw_lang2vec_data() -> None:
-    """Independent of mfpt's code: cosine distance of lang2vec's syntax_knn (S_* features) rows, by hand."""
-    with np.load(distance.uriel_data_path("feature_predictions.npz")) as npz:
-        langs, feats, data = list(npz["langs"]), list(npz["feats"]), npz["data"][:, :, 0]
-    cols = [i for i, f in enumerate(feats) if f.startswith("S_")]
-    assert len(cols) == 103
-    u, v = (data[langs.index(c), cols].astype(float) for c in ("eng", "swh"))
-    expected = 1 - float(u @ v) / math.sqrt(float(u @ u) * float(v @ v))
-    assert distance_matrix(["eng", "swh"], "syntactic").loc["eng", "swh"] == pytest.approx(expected, abs=1e-12)
+@pytest.mark.parametrize("kind", list(TYPOLOGY_PREFIXES))
+def test_typological_distances_are_the_cosine_distances_of_lang2vecs_knn_rows(tables: dict[str, pd.DataFrame],
+                                                                            kind: str) -> None:
+    """URIEL's definition, by hand: 1 - cosine of the language's *_knn feature rows (0/1), for every pair."""
+    langs, feats, data = _raw("feature_predictions.npz")
+    cols = [i for i, f in enumerate(feats) if f.startswith(TYPOLOGY_PREFIXES[kind])]
+    assert len(cols) == {"syntactic": 103, "phonological": 28, "inventory": 158, "featural": 289}[kind]
+    for a, b in PAIRS:
+        u, v = (data[langs.index(code), cols] for code in (a, b))
+        expected = 1 - float(u @ v) / math.sqrt(float(u @ u) * float(v @ v))
+        assert tables[kind].loc[a, b] == pytest.approx(expected, abs=1e-12), (a, b)
+
+
+def test_genetic_distance_is_one_minus_shared_glottolog_ancestors_over_the_deeper_tree() -> None:
+    langs, _, fam = _raw("family_features.npz")
+    for a, b in [("eng", "deu"), ("swh", "yor"), ("hin", "urd"), ("eng", "swh"), ("hau", "amh")]:
+        u, v = fam[langs.index(a)] > 0, fam[langs.index(b)] > 0
+        expected = 1 - (u & v).sum() / max(u.sum(), v.sum())
+        assert distance_matrix([a, b], "genetic").loc[a, b] == pytest.approx(expected, abs=1e-12), (a, b)
+    # Shared ancestry means a smaller distance: two Indo-Aryan languages, two West Germanic ones, then unrelated.
+    m = distance_matrix(["hin", "urd", "eng", "deu", "swh"], "genetic")
+    assert m.loc["hin", "urd"] < m.loc["eng", "deu"] < m.loc["eng", "swh"] == 1.0
+
+
+# URIEL's (Glottolog's) coordinates of three languages, in degrees.
+COORDINATES = {"eng": (53.0, -1.0), "swh": (-8.25, 37.75), "hin": (25.0, 77.0)}
+
+
+@pytest.mark.parametrize(("a", "b"), [("eng", "swh"), ("eng", "hin"), ("swh", "hin")])
+def test_geographic_distance_is_the_great_circle_between_the_languages_over_the_antipodal_distance(a, b) -> None:
+    (lat1, lon1), (lat2, lon2) = (map(math.radians, COORDINATES[code]) for code in (a, b))
+    haversine = 2 * math.asin(math.sqrt(math.sin((lat2 - lat1) / 2) ** 2
+                                        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2))
+    # The coordinates are recovered from URIEL's distances to fixed points, rounded there to whole degrees: good to
+    # about 0.25 degrees each, that is 0.002 of the antipodal distance.
+    assert distance_matrix([a, b], "geographic").loc[a, b] == pytest.approx(haversine / math.pi, abs=0.003)
 
 
 def test_data_is_found_when_a_lang2vec_script_shadows_the_package(tmp_path: Path,

@@ -109,6 +109,54 @@ def test_every_strategy_updates_the_global_state_as_its_formula_says(name):
     assert not torch.allclose(got["prompt"], x0["prompt"])
 
 
+def _expected_over_rounds(name: str, x0: dict, means: list[dict], cfg) -> dict:
+    """The global state after len(means) rounds by the published rules, with the server optimiser's state (momentum,
+    first and second moments) carried from round to round as Flower's strategies carry it."""
+    f, b1, b2 = cfg.federation, 0.9, 0.99
+    x = {k: v.double() for k, v in x0.items()}
+    m = {k: torch.zeros_like(v) for k, v in x.items()}
+    v = {k: torch.zeros_like(t) for k, t in x.items()}
+    for t, mean in enumerate(means, start=1):
+        delta = {k: mean[k].double() - x[k] for k in x}
+        if name == "fedavgm":  # momentum on the pseudo-gradient -delta; the first round's is the gradient itself
+            m = {k: (f.server_momentum * m[k] if t > 1 else 0) - delta[k] for k in x}
+            x = {k: x[k] - f.server_lr * m[k] for k in x}
+            continue
+        m = {k: b1 * m[k] + (1 - b1) * delta[k] for k in x}
+        if name == "fedyogi":
+            v = {k: v[k] - (1 - b2) * delta[k] ** 2 * torch.sign(v[k] - delta[k] ** 2) for k in x}
+            x = {k: x[k] + f.server_lr * m[k] / (v[k].sqrt() + f.tau) for k in x}
+        else:  # fedadam, with Flower's bias correction, which counts round t as step t + 1
+            v = {k: b2 * v[k] + (1 - b2) * delta[k] ** 2 for k in x}
+            eta = f.server_lr * np.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
+            x = {k: x[k] + eta * m[k] / (v[k].sqrt() + f.tau) for k in x}
+    return x
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedavgm"])
+def test_server_optimisers_carry_their_state_over_three_rounds(name):
+    cfg = load_config(None, {"data.languages": ["eng", "swh"], "data.labels": ["a", "b"], "federation.strategy": name,
+                             "federation.weighting": "uniform", **SERVER})
+    nodes = {100 + i: NodeInfo(100 + i, i, ClientSpec(lang), 10, 5) for i, lang in enumerate(cfg.data.languages)}
+    x0 = {"prompt": torch.full((2, 3), 0.5), "head": torch.tensor([0.25, -0.25])}
+    strategy = make_strategy(cfg, nodes, state_spec(x0), RecordingListener())
+    x, means = x0, []
+    for round_ in (1, 2, 3):
+        # Each round the two clients move the state differently (and not always the same way), so that momentum
+        # and moments from earlier rounds matter.
+        states = [{k: v + (i + 1) * (-1) ** round_ * 0.3 * round_ for k, v in x.items()} for i in range(2)]
+        means.append({k: (states[0][k] + states[1][k]) / 2 for k in x})
+        list(strategy.configure_train(round_, ArrayRecord(x), ConfigRecord({}), IdleGrid(nodes)))
+        x = strategy.aggregate_train(round_, [_reply(100 + i, i, states[i], 10) for i in range(2)])[0].to_torch_state_dict()
+    expected = _expected_over_rounds(name, x0, means, cfg)
+    for key in x0:
+        assert torch.allclose(x[key].double(), expected[key], atol=1e-5), (name, key, x[key], expected[key])
+    # Without the carried state round 3 would be another round 1: the two must differ.
+    fresh = _expected_over_rounds(name, {k: v.double() for k, v in _expected_over_rounds(name, x0, means[:2], cfg).items()},
+                                  means[2:], cfg)
+    assert not torch.allclose(fresh["prompt"], expected["prompt"], atol=1e-4)
+
+
 def test_strategy_registry_matches_the_config_type():
     assert STRATEGIES.names() == [s.value for s in StrategyName]
 

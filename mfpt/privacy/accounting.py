@@ -36,25 +36,20 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     return float(accountant.get_epsilon(delta=float(delta)))
 
 
-# Memoised: a bisection over the accountant takes seconds, and every client asks again each round (example_dp).
+# Memoised: the search takes seconds, and every client asks again each round (example_dp).
 @functools.lru_cache(maxsize=256)
 def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, delta: float,
                       tolerance: float = 0.005) -> float:
-    """The noise multiplier whose epsilon after `steps` is at most `target_epsilon` and within `tolerance` of it."""
-    low, high = 0.0, 1.0
-    while rdp_epsilon(high, sample_rate, steps, delta) > target_epsilon:
-        low, high = high, 2 * high
-        if high > 1e6:
-            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon} (q={sample_rate}, steps={steps})")
-    for _ in range(200):  # bisection: epsilon falls as the noise grows
-        middle = (low + high) / 2
-        if rdp_epsilon(middle, sample_rate, steps, delta) > target_epsilon:
-            low = middle
-        else:
-            high = middle
-        if rdp_epsilon(high, sample_rate, steps, delta) >= target_epsilon * (1 - tolerance):
-            break
-    return high
+    """The noise multiplier whose epsilon after `steps` is at most `target_epsilon` and within `tolerance` (a fraction of
+    the target) of it: Opacus's own search over its RDP accountant."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant="rdp", epsilon_tolerance=tolerance * target_epsilon))
+    except ValueError:  # Opacus: "The privacy budget is too low."
+        raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon} (q={sample_rate}, steps={steps}, "
+                         f"delta={delta})") from None
 
 
 def training_clients(cfg: ExperimentConfig) -> int:

@@ -1,0 +1,118 @@
+"""Resume after a crash, for the paradigms and settings the federated crash tests (test_faults.py) do not cover:
+the pooled and source-only paradigms, example-level DP, and an evaluation schedule with gaps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import LANGS, Crash, InProcessGrid, federated_config, metrics_rows
+
+from mfpt.experiments import paradigms
+from mfpt.experiments.paradigms import run_experiment
+from mfpt.federation.protocol import CONFIG, ROUND_KEY
+from mfpt.federation.server import run_federated
+from mfpt.results.checkpoints import checkpoint_path, load_checkpoint
+from mfpt.results.schema import read_result
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+class Killed(Exception):
+    """The process dies (raised from inside the run)."""
+
+
+def _state(out_dir: str, round_: int) -> dict[str, torch.Tensor]:
+    return load_checkpoint(checkpoint_path(Path(out_dir), round_)).state
+
+
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_centralized_resumes_mid_run_to_the_uninterrupted_state(make_config, tmp_path, monkeypatch):
+    cfg = make_config(**{"paradigm": "centralized", "data.languages": LANGS, "federation.rounds": 3,
+                         "output_dir": str(tmp_path / "full")})
+    full = run_experiment(cfg, quiet=True)
+    cut = cfg.replace(output_dir=str(tmp_path / "cut"))
+    train_learner = paradigms._train_learner
+
+    def dies_in_round_2(runtime, cfg_, learner, steps, round_):
+        if round_ == 2:
+            raise Killed
+        return train_learner(runtime, cfg_, learner, steps, round_)
+
+    monkeypatch.setattr(paradigms, "_train_learner", dies_in_round_2)
+    with pytest.raises(Killed):
+        run_experiment(cut, quiet=True)
+    monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["completed_round"] == 1
+    resumed = run_experiment(cut, resume=True, quiet=True)
+    _assert_same_state(_state(cut.output_dir, 3), _state(cfg.output_dir, 3))
+    assert resumed.per_language == full.per_language and resumed.local_steps == full.local_steps
+    assert [r["round"] for r in metrics_rows(cut.output_dir, "train")] == [1, 2, 3]  # each round trained once
+
+
+def test_zeroshot_killed_after_its_stage_resumes_without_training_again(make_config, tmp_path, monkeypatch):
+    cfg = make_config(**{"paradigm": "zeroshot", "data.languages": LANGS, "transfer.source_epochs": 1,
+                         "output_dir": str(tmp_path / "full")})
+    full = run_experiment(cfg, quiet=True)
+    cut = cfg.replace(output_dir=str(tmp_path / "cut"))
+    export = paradigms._export_shared
+
+    def dies_before_export(*args):
+        raise Killed
+
+    monkeypatch.setattr(paradigms, "_export_shared", dies_before_export)
+    with pytest.raises(Killed):
+        run_experiment(cut, quiet=True)
+    monkeypatch.setattr(paradigms, "_export_shared", export)
+    assert not (tmp_path / "cut" / "results.json").exists()
+    trained: list[int] = []
+    train_learner = paradigms._train_learner
+    monkeypatch.setattr(paradigms, "_train_learner", lambda *a: trained.append(a[-1]) or train_learner(*a))
+    resumed = run_experiment(cut, resume=True, quiet=True)
+    assert trained == []  # the source stage's checkpoint was kept
+    _assert_same_state(_state(cut.output_dir, 1), _state(cfg.output_dir, 1))
+    assert resumed.per_language == full.per_language and (tmp_path / "cut" / "adapter").is_dir()
+
+
+def _crash_at_train(round_: int):
+    return lambda m: m.metadata.message_type == "train" and int(m.content[CONFIG][ROUND_KEY]) == round_
+
+
+def test_example_level_dp_resumes_with_one_account_line_per_round(make_config, tmp_path):
+    cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 3, "privacy.dp": "example",
+                                                     "privacy.noise_multiplier": 1.0})
+    with pytest.raises(Crash):
+        run_federated(InProcessGrid(3, crash=_crash_at_train(2)), cfg, quiet=True)
+    result = run_federated(InProcessGrid(3), cfg, resume=True, quiet=True)
+    account = metrics_rows(cfg.output_dir, "privacy")
+    assert [r["round"] for r in account] == [1, 2, 3]
+    assert account[0]["epsilon"] < account[1]["epsilon"] < account[2]["epsilon"] == pytest.approx(result.privacy["epsilon"])
+    assert sorted((r["round"], r["client"]) for r in metrics_rows(cfg.output_dir, "train")) == sorted(
+        (r, lang) for r in (1, 2, 3) for lang in LANGS)
+    # The noise is drawn from OS entropy, never from the seed: the resumed run must not equal a fresh one bit for bit.
+    fresh = run_federated(InProcessGrid(3), cfg.replace(output_dir=str(tmp_path / "fresh")), quiet=True)
+    assert fresh.privacy["epsilon"] == pytest.approx(result.privacy["epsilon"])
+    assert any(not torch.equal(a, b) for a, b in zip(_state(cfg.output_dir, 3).values(),
+                                                       _state(str(tmp_path / "fresh"), 3).values()))
+
+
+def test_a_resumed_run_keeps_the_evaluation_schedule_and_the_uninterrupted_state(make_config, tmp_path):
+    overrides = {"federation.rounds": 5, "federation.evaluate_every": 2}
+    full_cfg = federated_config(make_config, tmp_path, **overrides, output_dir=str(tmp_path / "full"))
+    run_federated(InProcessGrid(3), full_cfg, quiet=True)
+    cfg = full_cfg.replace(output_dir=str(tmp_path / "cut"))
+    with pytest.raises(Crash):  # dies as round 4 starts: round 3 (not evaluated) is its last checkpoint
+        run_federated(InProcessGrid(3, crash=_crash_at_train(4)), cfg, quiet=True)
+    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["completed_round"] == 3
+    result = run_federated(InProcessGrid(3), cfg, resume=True, quiet=True)
+    evaluated = [(r["round"], r["lang"]) for r in metrics_rows(cfg.output_dir, "test")]
+    assert evaluated == [(r, lang) for r in (2, 4, 5) for lang in LANGS]
+    _assert_same_state(_state(cfg.output_dir, 5), _state(full_cfg.output_dir, 5))
+    assert result.per_language == read_result(full_cfg.output_dir).per_language
