@@ -402,3 +402,28 @@ def hub_cases() -> dict[str, tuple[Any, dict[str, list[Any]], tuple[str, ...], d
             {"s0": "travel", "s1": "science/technology"},
         ),
     }
+
+
+# ------------------------------------------------------------------------------------------ crashes of in-process runs
+
+
+class Killed(Exception):
+    """The process running an in-process paradigm dies (raised from inside the run)."""
+
+
+def interrupt_at_round(cfg, monkeypatch, at_round: int) -> None:
+    """Run `cfg` (an in-process paradigm) until local training of round `at_round` starts, and stop it there as a
+    crash would."""
+    from mfpt.experiments import paradigms
+
+    train_learner = paradigms._train_learner
+
+    def killed(runtime, cfg_, learner, steps, round_):
+        if round_ == at_round:
+            raise Killed
+        return train_learner(runtime, cfg_, learner, steps, round_)
+
+    monkeypatch.setattr(paradigms, "_train_learner", killed)
+    with pytest.raises(Killed):
+        paradigms.run_experiment(cfg, quiet=True)
+    monkeypatch.setattr(paradigms, "_train_learner", train_learner)

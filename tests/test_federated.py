@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mfpt.experiments.paradigms import run_experiment
+from mfpt.federation.protocol import ARRAYS, METRICS
 from mfpt.federation.strategies import base as strategy_module
 from mfpt.model.factory import build_model
 from mfpt.model.state import trainable_state
@@ -107,12 +108,12 @@ def test_client_messages_carry_only_trainable_tensors_and_scalar_metrics(federat
     trainable = trainable_state(model.model)
     assert len(seen["train"]) == 2 * 3 and len(seen["evaluate"]) == 2 * 3
     for content in seen["train"]:
-        assert set(content.keys()) == {"arrays", "metrics"}
+        assert set(content.keys()) == {ARRAYS, METRICS}
         assert not content.config_records
-        arrays = content["arrays"].to_torch_state_dict()
+        arrays = content[ARRAYS].to_torch_state_dict()
         assert set(arrays) == set(trainable)  # exactly the trainable tensors, by name
         assert all(arrays[k].shape == trainable[k].shape for k in arrays)
-        assert all(isinstance(v, (int, float)) for v in content["metrics"].values())
+        assert all(isinstance(v, (int, float)) for v in content[METRICS].values())
     for content in seen["evaluate"]:
-        assert set(content.keys()) == {"metrics"}  # evaluation never sends weights back
-        assert all(isinstance(v, (int, float)) for v in content["metrics"].values())
+        assert set(content.keys()) == {METRICS}  # evaluation never sends weights back
+        assert all(isinstance(v, (int, float)) for v in content[METRICS].values())

@@ -6,7 +6,7 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import InProcessGrid
+from conftest import InProcessGrid, interrupt_at_round
 
 from mfpt.config.specs import PARADIGMS
 from mfpt.core import files
@@ -132,25 +132,6 @@ def test_federated_and_local_share_schema_and_step_budget(config, tmp_path, task
     assert fed["local_steps"] == local["local_steps"] and set(fed["local_steps"]) == set(LANGS)
     assert fed["communication"]["total_bytes"] > 0 and local["communication"]["total_bytes"] == 0
     assert list(fed["heldout"]) == ["yor"]
-
-
-class Killed(Exception):
-    pass
-
-
-def interrupt_at_round(cfg, monkeypatch, at_round: int) -> None:
-    """Run `cfg` until local training of round `at_round` starts, and stop it there as a crash would."""
-    train_learner = paradigms._train_learner
-
-    def killed(runtime, cfg_, learner, steps, round_):
-        if round_ == at_round:
-            raise Killed
-        return train_learner(runtime, cfg_, learner, steps, round_)
-
-    monkeypatch.setattr(paradigms, "_train_learner", killed)
-    with pytest.raises(Killed):
-        run_experiment(cfg, quiet=True)
-    monkeypatch.setattr(paradigms, "_train_learner", train_learner)
 
 
 def test_transfer_resumes_after_stage_one_without_repeating_it(config, tmp_path, monkeypatch) -> None:

@@ -210,17 +210,17 @@ def test_only_the_own_language_state_and_the_global_one_reach_a_client(make_conf
         for state in arrays.values():
             assert set(state) == trainable  # only trainable tensors travel
         if kind == "train":
-            assert set(arrays) == {"arrays"}  # one state: never the global plus others, never another language's
+            assert set(arrays) == {ARRAYS}  # one state: never the global plus others, never another language's
             if round_ > 1:  # from round 2 on, exactly the node's own language's state of the previous round
                 own = checkpoints[round_ - 1].personal[langs[node]]
                 for k in own:
-                    torch.testing.assert_close(arrays["arrays"][k], own[k], rtol=0, atol=0)
+                    torch.testing.assert_close(arrays[ARRAYS][k], own[k], rtol=0, atol=0)
                 seen_train += 1
         elif kind == "evaluate":
-            assert set(arrays) == {"arrays", PERSONAL_ARRAYS}  # the global state and the node's own language's
+            assert set(arrays) == {ARRAYS, PERSONAL_ARRAYS}  # the global state and the node's own language's
             checkpoint = checkpoints[round_]
             for k in checkpoint.state:
-                torch.testing.assert_close(arrays["arrays"][k], checkpoint.state[k], rtol=0, atol=0)
+                torch.testing.assert_close(arrays[ARRAYS][k], checkpoint.state[k], rtol=0, atol=0)
             if langs[node] in checkpoint.personal:
                 for k, v in checkpoint.personal[langs[node]].items():
                     torch.testing.assert_close(arrays[PERSONAL_ARRAYS][k], v, rtol=0, atol=0)

@@ -15,6 +15,7 @@ import torch
 from conftest import LABELS, LANGS, InProcessGrid, federated_config, metrics_rows
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
+from mfpt.federation.protocol import ARRAYS
 from mfpt.federation.server import run_federated
 from mfpt.results.checkpoints import load_checkpoint
 
@@ -45,7 +46,7 @@ def test_secure_aggregate_equals_plain_fedavg_and_the_server_never_sees_an_updat
     plain_cfg = federated_config(make_config, tmp_path, **{"federation.rounds": 1, "output_dir": str(tmp_path / "plain")})
     plain_grid = SerialisingGrid(3)
     run_federated(plain_grid, plain_cfg, quiet=True)
-    updates = {r.metadata.src_node_id: r.content["arrays"].to_torch_state_dict() for r in plain_grid.replies
+    updates = {r.metadata.src_node_id: r.content[ARRAYS].to_torch_state_dict() for r in plain_grid.replies
                if r.metadata.message_type == "train"}
 
     secure_cfg = plain_cfg.replace(**{"privacy.secure_aggregation": True, "output_dir": str(tmp_path / "secure")})
