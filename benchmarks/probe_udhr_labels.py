@@ -4,8 +4,9 @@ With whole articles held out, a labelling is only useful if a classifier can gen
 articles to unseen ones. This measures that for the shipped labels (Cassin's portico, 4 labels) and for the
 six-theme grouping that was measured first and rejected (data/udhr-topics/README.md, "How labels were chosen").
 
-Run:  python benchmarks/probe_udhr_labels.py [--model DIR] [--languages eng,fra,swh,hau,yor,amh]
-Prints test accuracy per language for [CLS] and mean-pooled features, with the majority-class rate.
+Run:  python benchmarks/probe_udhr_labels.py [--model DIR] [--languages eng,fra,swh,hau,yor,amh] [--split validation]
+Prints accuracy on the chosen split (validation by default: labels are chosen there, never on test) per language
+for [CLS] and mean-pooled features, with the majority-class rate of that split.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "models" / "multilingual-e5-small"))
     parser.add_argument("--languages", default="eng,fra,swh,hau,yor,amh")
+    parser.add_argument("--split", choices=("validation", "test"), default="validation",
+                        help="the held-out split to score (default: %(default)s)")
     args = parser.parse_args()
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"probe: no checkpoint at {args.model}; run `make encoder` or pass --model DIR.")
@@ -68,13 +71,14 @@ def main() -> int:
     frame = frame[frame.lang.isin(langs)].reset_index(drop=True)
     feats = features(frame.text.tolist(), args.model)
     train = (frame.split == "train").to_numpy()
+    held_out = (frame.split == args.split).to_numpy()
     for name, mapping in (("portico (shipped, 4 labels)", ARTICLE_TOPIC), ("six themes (rejected)", SIX_THEMES)):
         labels = frame.article.map(mapping).to_numpy()
-        majority = pd.Series(labels[~train]).value_counts(normalize=True).iloc[0]
-        print(f"{name}: majority class {100 * majority:.1f}% of test")
+        majority = pd.Series(labels[held_out]).value_counts(normalize=True).iloc[0]
+        print(f"{name}: majority class {100 * majority:.1f}% of {args.split}")
         for kind, matrix in feats.items():
             correct = probe(matrix, labels, train) == labels
-            per_lang = {lang: correct[(~train) & (frame.lang == lang).to_numpy()].mean() for lang in langs}
+            per_lang = {lang: correct[held_out & (frame.lang == lang).to_numpy()].mean() for lang in langs}
             cells = "  ".join(f"{lang} {100 * acc:.0f}" for lang, acc in per_lang.items())
             print(f"  {kind:<4} mean {100 * np.mean(list(per_lang.values())):.1f}%  | {cells}")
     return 0

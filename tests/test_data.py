@@ -30,7 +30,9 @@ def test_fixture_loads_into_clients_per_language():
     assert prepared.labels == ("health", "politics", "sport")
     assert [c.lang for c in prepared.clients] == ["eng", "hau", "swh", "yor"]
     for lang in prepared.languages:
-        assert len(prepared.language_rows(lang, "train")) == 27 and len(prepared.language_rows(lang, "test")) == 9
+        # 27 training rows, of which data.validation_fraction = 0.1 (one of each label) became validation
+        assert len(prepared.language_rows(lang, "train")) == 24 and len(prepared.language_rows(lang, "validation")) == 3
+        assert len(prepared.language_rows(lang, "test")) == 9
 
 
 def test_language_codes_are_normalised_and_selected(tmp_path):
@@ -102,7 +104,7 @@ def test_clients_per_language_split_train_and_test():
     prepared = prepare(_cfg(TINY_DATA, **{"federation.clients_per_language": 3}))
     eng = [c for c in prepared.clients if c.lang == "eng"]
     assert len(eng) == 3
-    assert sum(len(prepared.client_rows(c, "train")) for c in eng) == 27
+    assert sum(len(prepared.client_rows(c, "train")) for c in eng) == 24
     assert sum(len(prepared.client_rows(c, "test")) for c in eng) == 9
 
 

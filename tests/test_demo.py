@@ -22,7 +22,8 @@ def test_demo_config_validates_and_its_languages_exist_in_udhr_topics():
     prepared = prepare(cfg.replace(**{"model.name": "unused"}))
     assert prepared.labels == ("civil_society", "economic_social_cultural", "person", "political")
     for lang in cfg.data.languages:
-        assert len(prepared.language_rows(lang, "train")) > 30 and len(prepared.language_rows(lang, "test")) >= 10
+        rows = {split: len(prepared.language_rows(lang, split)) for split in ("train", "validation", "test")}
+        assert rows["train"] >= 30 and rows["validation"] == 7 and rows["test"] == 12, (lang, rows)
 
 
 @pytest.mark.deployment

@@ -45,7 +45,7 @@ def test_rows_follow_the_universal_schema(rows: list[dict[str, object]]) -> None
         assert tuple(row) == udhr.COLUMNS
         assert isinstance(row["text"], str) and row["text"] == row["text"].strip() and row["text"]
         assert row["label"] in udhr.TOPICS
-        assert row["split"] in ("train", "test")
+        assert row["split"] in ("train", "validation", "test")
         assert isinstance(row["article"], int) and 1 <= row["article"] <= 30
         assert row["label"] == udhr.ARTICLE_TOPIC[row["article"]]
     assert {r["lang"] for r in rows} == {"eng", "fra", "hau", "swh"}
@@ -53,19 +53,19 @@ def test_rows_follow_the_universal_schema(rows: list[dict[str, object]]) -> None
     assert {r["udhr_code"] for r in rows if r["lang"] == "hau"} == {"hau_NG"}
 
 
-def test_test_split_holds_out_the_same_whole_articles_in_every_language(rows: list[dict[str, object]]) -> None:
+def test_validation_and_test_hold_out_the_same_whole_articles_in_every_language(rows: list[dict[str, object]]) -> None:
     for lang in ("eng", "fra", "hau", "swh"):
         mine = [r for r in rows if r["lang"] == lang]
-        train = {r["article"] for r in mine if r["split"] == "train"}
-        test = {r["article"] for r in mine if r["split"] == "test"}
-        assert test == set(udhr.TEST_ARTICLES)
-        assert not train & test
-        assert train | test == set(range(1, 31))
-        assert {r["label"] for r in mine if r["split"] == "test"} == set(udhr.TOPICS)
-        assert {r["label"] for r in mine if r["split"] == "train"} == set(udhr.TOPICS)
-    # No test text, in any language, is a text that some language trains on.
+        articles = {split: {r["article"] for r in mine if r["split"] == split} for split in ("train", "validation", "test")}
+        assert articles["test"] == set(udhr.TEST_ARTICLES) and articles["validation"] == set(udhr.VALIDATION_ARTICLES)
+        assert not articles["train"] & articles["test"] and not articles["train"] & articles["validation"]
+        assert not articles["validation"] & articles["test"]
+        assert articles["train"] | articles["validation"] | articles["test"] == set(range(1, 31))
+        for split in ("train", "validation", "test"):
+            assert {r["label"] for r in mine if r["split"] == split} == set(udhr.TOPICS), (lang, split)
+    # No held-out text, in any language, is a text that some language trains on.
     train_texts = {r["text"] for r in rows if r["split"] == "train"}
-    assert not any(r["text"] in train_texts for r in rows if r["split"] == "test")
+    assert not any(r["text"] in train_texts for r in rows if r["split"] != "train")
 
 
 def test_label_mapping_follows_cassins_portico() -> None:

@@ -170,7 +170,18 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) ->
         parts += ["", f"## Mean accuracy by round ({split})" if on_validation else "## Mean accuracy by round", "",
                   *_table_head(["round", *map(str, mean_by_round)]),
                   _table_row(["mean acc", *map(pct, mean_by_round.values())])]
+        parts += _sampled_evaluation_note([result])
     return "\n".join(parts) + "\n"
+
+
+def _sampled_evaluation_note(results: Sequence[RunResult]) -> list[str]:
+    """A warning when rounds were evaluated on a sample of the clients: their means cover different languages."""
+    fractions = sorted({f for r in results if (f := config_value(r, "federation.fraction_evaluate", 1.0)) < 1})
+    if not fractions:
+        return []
+    return ["", f"**Each round's mean covers only the languages evaluated in it** (federation.fraction_evaluate = "
+                f"{', '.join(f'{f:g}' for f in fractions)}): means of different rounds are over different languages, "
+                "so compare them with care."]
 
 
 def write_run_report(run_dir: str | os.PathLike) -> Path:
@@ -398,8 +409,9 @@ def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
              "`mean` is the unweighted mean over the training languages (the XTREME convention), `low-res mean` over "
              "the languages marked † (`data.low_resource`), `held-out mean` over languages that never trained "
              "(`data.heldout_languages`). `total sent` counts every array sent between server and clients in both "
-             "directions over the run (0 where nothing is communicated). `local steps` counts the optimisation "
-             "steps of each learner over the whole run.",
+             "directions over the run (0 where nothing is communicated). The budgets table gives each paradigm's "
+             "optimisation steps, passes over its data and learning rates, and flags a comparison whose budgets or "
+             "way of choosing the learning rate differ.",
              "", "## Protocols", ""]
     for label in dict.fromkeys(g.label for g in groups):
         protocol = next((g.runs[0].results.protocol for g in groups if g.label == label), "") or "-"
@@ -411,6 +423,7 @@ def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
             if ctx.slug in artifacts.curves:
                 parts += [f"![mean accuracy by round]({artifacts.curves[ctx.slug].name})", ""]
             parts += _round_table(ctx.groups)
+            parts += _sampled_evaluation_note([r.results for g in ctx.groups for r in g.runs])
         if ctx.slug in artifacts.distances:
             distance_parts += [f"## Language distance{': ' + ctx.name if ctx.name else ''}", ""]
             distance_parts += _distance_lines(artifacts.distances[ctx.slug], level=3)
@@ -452,7 +465,10 @@ def _results_section(ctx: Context) -> list[str]:
         lines += ["", "Gain of federated over each baseline (accuracy points, mean ± std over paired seeds):", ""]
         lines += gain_lines
     lines += _personalization_lines(ctx.groups, languages, low, heldout)
-    notes = _budget_lines(ctx.groups) + _communication_lines(ctx.groups)
+    budgets = _budget_lines(ctx.groups)
+    if budgets:
+        lines += ["", *budgets]
+    notes = _communication_lines(ctx.groups)
     if notes:
         lines += ["", *notes]
     return lines
@@ -488,26 +504,13 @@ def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], lo
     return lines
 
 
-def _steps_text(group: Group) -> str:
-    """Local optimisation steps per learner over the whole run, e.g. '12 each' or 'eng 12, swh 14'."""
-    steps = dict(group.runs[0].results.local_steps)
-    stage1 = steps.pop("source", None)
-    if list(steps) == ["all"]:
-        return f"{steps['all']} (one pooled model)"
-    if not steps and stage1 is None:
-        return "-"
-    values = set(steps.values())
-    text = f"{values.pop()} each" if len(values) == 1 and len(steps) > 1 else ", ".join(f"{k} {v}" for k, v in steps.items())
-    return text + (f" (+ stage 1: {stage1})" if stage1 is not None else "") if text else f"stage 1: {stage1}"
-
-
 def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], heldout: Sequence[str],
                     metric: str = "accuracy") -> list[str]:
     """Rows: paradigm / method; columns: languages, means (and for accuracy: parameters, bytes, steps, seeds)."""
     marked = [f"{lang}†" if lang in low else lang for lang in languages]
     costs = metric == "accuracy"
     header = ["paradigm / method", *marked, "mean", "low-res mean", "held-out mean"]
-    header += ["trainable params", "total sent", "local steps", "seeds"] if costs else []
+    header += ["trainable params", "total sent", "seeds"] if costs else []
     lines = _table_head(header)
     for g in groups:
         first = g.runs[0].results
@@ -516,7 +519,7 @@ def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequ
                   pm([r.results.mean("low_resource_average", metric) for r in g.runs]),
                   pm([r.results.mean("heldout_average", metric) for r in g.runs])]
         if costs:
-            cells += [f"{first.trainable_params:,}", human_bytes(first.communication.total_bytes), _steps_text(g),
+            cells += [f"{first.trainable_params:,}", human_bytes(first.communication.total_bytes),
                       ",".join(map(str, g.seeds))]
         lines.append(_table_row([g.label, *cells]))
     return lines
@@ -550,23 +553,80 @@ def _gain_tables(groups: Sequence[Group], languages: Sequence[str], low: Sequenc
     return lines
 
 
+def _per_learner(values: Mapping[str, float], digits: int = 0) -> str:
+    """'50 each' when every language's value is the same, else 'eng 50, swh 48'; stage 1 and a pool said apart."""
+    values = dict(values)
+    source, pooled = values.pop("source", None), values.pop("all", None)
+
+    def show(v: float) -> str:
+        return f"{v:.{digits}f}" if digits else f"{v:g}"
+
+    parts = []
+    if pooled is not None:
+        parts.append(f"{show(pooled)} (one pooled model)")
+    if values:
+        same = {round(v, 6) for v in values.values()}
+        parts.append(f"{show(next(iter(values.values())))} each" if len(same) == 1 and len(values) > 1
+                     else ", ".join(f"{k} {show(v)}" for k, v in values.items()))
+    if source is not None:
+        parts.insert(0, f"stage 1: {show(source)}")
+    return " + ".join(parts) or "-"
+
+
+def _value(value: Any) -> str:
+    """A number as '%g', anything else (a missing value in an old results.json) as '-'."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _hyperparameter_source(source: str) -> str:
+    """The short form of a hyperparameter's source for a table cell ('tuned on validation', 'default', ...)."""
+    return source.split(":")[0].split(" (")[0]
+
+
 def _budget_lines(groups: Sequence[Group]) -> list[str]:
-    """Say whether each paradigm whose languages train their own models took exactly the steps of a federated
-    client, per language."""
-    fed = next((g for g in groups if g.paradigm == "federated"), None)
-    if fed is None:
+    """A table of what every paradigm trained (steps and epochs of each learner, the learning rates and where they
+    came from), then a line for every comparison with federated whose budget or learning-rate choice differs."""
+    if not any(g.runs[0].results.local_steps for g in groups):
         return []
-    fed_steps = fed.runs[0].results.local_steps
-    lines: list[str] = []
+    lines = ["Budgets: optimisation steps and passes over its own training data of each learner over the whole run, "
+             "and the learning rates with where they came from (first seed's run):", ""]
+    lines += _table_head(["paradigm / method", "steps", "epochs over its data", "train.lr", "lr from", "other"])
     for g in groups:
-        if not g.spec.language_models:
-            continue
-        steps = {k: v for k, v in g.runs[0].results.local_steps.items() if k != "source"}
-        same = all(fed_steps.get(k) == v for k, v in steps.items()) and bool(steps)
-        verdict = "the same as every federated client" if same else \
-            "NOT the same as the federated clients' (" + ", ".join(f"{k} {fed_steps.get(k, '-')}" for k in steps) + ")"
-        lines.append(f"- Step budget of {g.label}: " + ", ".join(f"{k} {v}" for k, v in steps.items()) + f" steps: {verdict}.")
-    return lines
+        first = g.runs[0].results
+        params = first.hyperparameters
+        lr = params.get("train.lr", {"value": config_value(first, "train.lr"), "source": "not recorded"})
+        other = "; ".join(f"{k} = {v['value']:g} ({_hyperparameter_source(v['source'])})" for k, v in params.items()
+                          if k != "train.lr" and isinstance(v["value"], (int, float)))
+        lines.append(_table_row([g.label, _per_learner(first.local_steps), _per_learner(first.epochs, 2) if first.epochs
+                                 else "-", _value(lr["value"]), _hyperparameter_source(lr["source"]), other or "-"]))
+    notes = [f"- {g.label}: train.lr {_value(v['value'])} from {v['source']}." for g in groups
+             for k, v in g.runs[0].results.hyperparameters.items() if k == "train.lr"]
+    lines += ["", *notes] if notes else []
+    return lines + _budget_flags(groups)
+
+
+def _budget_flags(groups: Sequence[Group]) -> list[str]:
+    """Comparisons with a federated group whose epochs over the data, or whose way of choosing the learning rate,
+    differ: a gain over an under-trained or differently tuned baseline is not a fair one."""
+    flags: list[str] = []
+    for fed in (g for g in groups if g.paradigm == "federated"):
+        fed_result = fed.runs[0].results
+        fed_epochs = {k: v for k, v in fed_result.epochs.items()}
+        fed_lr = _hyperparameter_source(fed_result.hyperparameters.get("train.lr", {}).get("source", "not recorded"))
+        for other in (g for g in groups if g is not fed):
+            result = other.runs[0].results
+            epochs = {k: v for k, v in result.epochs.items() if k != "source"}
+            if fed_epochs and epochs:
+                mine = set(round(v, 4) for v in fed_epochs.values())
+                theirs = set(round(v, 4) for v in epochs.values())
+                if mine != theirs:
+                    flags.append(f"- **Budgets differ:** {other.label} made {_per_learner(result.epochs, 2)} epoch(s) "
+                                 f"over its data, each client of {fed.label} {_per_learner(fed_epochs, 2)}.")
+            lr = _hyperparameter_source(result.hyperparameters.get("train.lr", {}).get("source", "not recorded"))
+            if lr != fed_lr:
+                flags.append(f"- **Learning rates chosen differently:** {fed.label} ({fed_lr}) against "
+                             f"{other.label} ({lr}).")
+    return [""] + flags if flags else []
 
 
 def _communication_lines(groups: Sequence[Group]) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from mfpt.config import ExperimentConfig, load_config
 
@@ -13,12 +15,23 @@ def config_args() -> argparse.ArgumentParser:
     parser.add_argument("config", nargs="?", help="experiment TOML file (omit for the defaults)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=0.01 --set data.languages=eng,swh (repeatable)")
+    parser.add_argument("--tuned", metavar="TUNING_JSON",
+                        help="use the hyperparameters `mfpt tune` chose on validation for the run's paradigm and "
+                             "method (sets tuning.file)")
     return parser
 
 
-def load_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    """The config of CONFIG, its --set overrides and --out (as output_dir), validated."""
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The --set overrides, and tuning.file from --tuned."""
     overrides = list(args.set or [])
+    if getattr(args, "tuned", None):
+        overrides.append(f"tuning.file={json.dumps(str(Path(args.tuned).expanduser().resolve()))}")
+    return overrides
+
+
+def load_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The config of CONFIG, its --set overrides, --tuned and --out (as output_dir), validated."""
+    overrides = config_overrides(args)
     if getattr(args, "out", None):
-        overrides.append(f"output_dir={args.out!r}".replace("'", '"'))
+        overrides.append(f"output_dir={json.dumps(args.out)}")
     return load_config(args.config, overrides)

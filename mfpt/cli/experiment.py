@@ -57,7 +57,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     cfg = load_from_args(args)
     prepared = prepare(cfg)
-    table = summary_table(prepared, cfg.data.eval_split)
+    table = summary_table(prepared)
     print(f"source {cfg.data.source!r}: {len(prepared.training_clients())} training client(s), "
           f"{len(prepared.heldout)} held-out language(s), {len(prepared.labels)} labels: {', '.join(prepared.labels)}")
     print(table.to_string(index=False))

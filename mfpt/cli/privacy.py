@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mfpt.cli.common import config_overrides
 from mfpt.config import DpMode, load_config
 from mfpt.experiments.canary_audit import AUDIT_FILE, audit, render
 from mfpt.privacy.accounting import describe_plan, train_sizes
@@ -13,7 +14,7 @@ from mfpt.privacy.accounting import describe_plan, train_sizes
 
 def cmd_privacy(args: argparse.Namespace) -> int:
     """Print the epsilon a config's privacy settings give, without training."""
-    cfg = load_config(args.config, list(args.set or []))
+    cfg = load_config(args.config, config_overrides(args))
     sizes = train_sizes(cfg) if cfg.privacy.dp == DpMode.EXAMPLE else None
     print(describe_plan(cfg, sizes))
     return 0
@@ -21,7 +22,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 def cmd_audit_privacy(args: argparse.Namespace) -> int:
     """Run the canary audit of a config and print the leakage table."""
-    cfg = load_config(args.config, list(args.set or []))
+    cfg = load_config(args.config, config_overrides(args))
     out = Path(args.out or Path(cfg.output_dir).expanduser() / "privacy-audit").resolve()
     found = audit(cfg, out, canaries=args.canaries, repeats=args.repeats, lang=args.client or "", quiet=args.quiet)
     print(render(found, args.canaries))

@@ -8,19 +8,31 @@ from typing import Any
 
 from mfpt.analysis.grouping import load_runs
 from mfpt.analysis.report import write_report
+from mfpt.cli.common import config_overrides
 from mfpt.config import load_config
 from mfpt.core import files
-from mfpt.experiments.sweep import SWEEP_JSON, SweepError, finish_sweep, parse_grid, parse_seeds, plan_sweep, run_sweep
+from mfpt.experiments.sweep import (
+    SWEEP_JSON,
+    SweepError,
+    finish_sweep,
+    parse_grid,
+    parse_seeds,
+    plan_sweep,
+    run_sweep,
+    sweep_warnings,
+)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """`mfpt sweep`: plan, run what is missing, write sweep.csv and sweep.md."""
     grid = parse_grid(args.grid or [])
     seeds = parse_seeds(args.seeds)
-    overrides = list(args.set or [])
+    overrides = config_overrides(args)
     base = load_config(args.config, overrides)
     out = Path(args.out or f"{base.output_dir.rstrip('/')}-sweep").expanduser().resolve()
     runs = plan_sweep(args.config, grid, seeds, out, overrides)
+    for warning in sweep_warnings(runs):
+        print(f"warning: {warning}")
     out.mkdir(parents=True, exist_ok=True)
     files.write_json(out / SWEEP_JSON, {"config": str(Path(args.config).resolve()) if args.config else None,
                                      "set": overrides, "grid": dict(grid), "seeds": seeds,

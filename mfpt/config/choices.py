@@ -99,3 +99,25 @@ class DistanceKind(str, enum.Enum):
     INVENTORY = "inventory"
     FEATURAL = "featural"
 
+
+
+# --------------------------------------------------------------------------------------------- defaults by choice
+# A key whose good value depends on another choice defaults to 0, read as "the default of that choice", and the
+# config resolves it once, when it is read (mfpt.config.rules.resolved_defaults). Each value says where it comes from.
+
+# train.lr by peft.method (AdamW, what a client trains with).
+DEFAULT_LR: dict[PeftMethod, tuple[float, str]] = {
+    PeftMethod.PREFIX: (1e-2, "P-tuning v2 (Liu et al., ACL 2022): 5e-3 to 1e-2 for deep prompts on RoBERTa-class encoders"),
+    PeftMethod.PROMPT: (1e-2, "P-tuning v2's setting for soft prompts on encoders (Lester et al. tune T5 at 0.3 with Adafactor)"),
+    PeftMethod.PTUNING: (1e-2, "P-tuning v2's setting for prompt methods on encoders"),
+    PeftMethod.LORA: (5e-4, "LoRA (Hu et al., ICLR 2022): 4e-4 to 5e-4 for RoBERTa-base on GLUE"),
+    PeftMethod.FULL: (2e-5, "XLM-R fine-tuning on XNLI (Conneau et al., ACL 2020; XTREME, Hu et al., ICML 2020)"),
+}
+
+# federation.server_lr by federation.strategy: Flower's own defaults (flwr.serverapp.strategy); FedAvg and FedProx
+# have no server learning rate.
+DEFAULT_SERVER_LR: dict[StrategyName, tuple[float, str]] = {
+    StrategyName.FEDADAM: (0.1, "Flower's FedAdam default (eta)"),
+    StrategyName.FEDYOGI: (0.01, "Flower's FedYogi default (eta)"),
+    StrategyName.FEDAVGM: (1.0, "Flower's FedAvgM default (server_learning_rate)"),
+}

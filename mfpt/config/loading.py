@@ -1,7 +1,8 @@
 """Reading and writing configs: TOML files, `--set section.key=value` overrides, Flower's run_config, and `mfpt keys`.
 
-Precedence is explicit: the defaults, then the TOML file, then the overrides (command line or run_config), and
-the result is validated once (mfpt.config.schema).
+Precedence is explicit: the defaults, then the TOML file, then the overrides (command line or run_config), then the
+values `tuning.file` chose on validation for the run's paradigm and method (a key both overridden and tuned is
+refused), and the result is validated once (mfpt.config.schema).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import tomli_w
 
 from mfpt.config.schema import ExperimentConfig, field_type, from_dict, set_dotted, to_dict
+from mfpt.config.tuning import apply_tuning
 from mfpt.core.errors import ConfigError
 
 
@@ -51,7 +53,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise ConfigError(f"Config file {str(path)!r} cannot be read ({err.strerror or err}).") from None
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
-    return from_dict(set_dotted(raw, overrides or {}))
+    raw = set_dotted(raw, overrides or {})
+    return from_dict(apply_tuning(raw, overrides or {}))
 
 
 # --------------------------------------------------------------------------------------------- run_config

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mfpt.config.choices import ClipAt, DpMode, Paradigm, PersonalizationMethod, Selection, StrategyName, Weighting
+from mfpt.config.choices import (
+    DEFAULT_LR,
+    DEFAULT_SERVER_LR,
+    ClipAt,
+    DpMode,
+    Paradigm,
+    PersonalizationMethod,
+    Selection,
+    StrategyName,
+    Weighting,
+)
 from mfpt.core.errors import ConfigError
 from mfpt.core.languages import normalize_languages
 
@@ -36,7 +46,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(f.clients_per_language >= 1, "federation.clients_per_language", "an integer >= 1", f.clients_per_language)
     need(f.dirichlet_alpha > 0, "federation.dirichlet_alpha", "> 0", f.dirichlet_alpha)
     need(f.proximal_mu >= 0, "federation.proximal_mu", ">= 0", f.proximal_mu)
-    need(f.server_lr > 0, "federation.server_lr", "> 0", f.server_lr)
+    need(f.server_lr >= 0, "federation.server_lr", ">= 0 (0 = the strategy's default)", f.server_lr)
     need(0 <= f.server_momentum < 1, "federation.server_momentum", "in [0, 1)", f.server_momentum)
     need(f.tau > 0, "federation.tau", "> 0", f.tau)
     need(f.round_timeout > 0, "federation.round_timeout", "> 0 seconds", f.round_timeout)
@@ -44,7 +54,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(f.client_cpus > 0, "federation.client_cpus", "> 0", f.client_cpus)
     need(f.client_gpus >= 0, "federation.client_gpus", ">= 0", f.client_gpus)
     need(f.evaluate_every >= 1, "federation.evaluate_every", "an integer >= 1", f.evaluate_every)
-    need(t.lr > 0, "train.lr", "> 0", t.lr)
+    need(t.lr >= 0, "train.lr", ">= 0 (0 = the method's default)", t.lr)
     need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)
     need(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0 = no cap)", t.max_steps)
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
@@ -76,9 +86,12 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
          "round would be selected on); or set data.selection = 'last'", d.train_pool)
     need(len(set(d.labels)) == len(d.labels), "data.labels", "a list without repeats", list(d.labels))
     need(len(d.labels) != 1, "data.labels", "empty (read from the data) or at least 2 labels", list(d.labels))
-    need(
-        cfg.transfer.source_epochs >= 1, "transfer.source_epochs", "an integer >= 1", cfg.transfer.source_epochs
-    )
+    need(cfg.transfer.source_epochs >= 0, "transfer.source_epochs", "an integer >= 0 (0 = matched to a federated "
+         "client)", cfg.transfer.source_epochs)
+    need(0 <= d.validation_fraction < 1, "data.validation_fraction", "in [0, 1)", d.validation_fraction)
+    need(not d.drop_test or d.eval_split == "validation", "data.drop_test",
+         "false unless data.eval_split = 'validation' (the rounds would be evaluated on the dropped test split)",
+         d.drop_test)
     _check_personalization(cfg)
 
 
@@ -228,3 +241,20 @@ def _check_language_roles(cfg: ExperimentConfig, trained: tuple[str, ...], heldo
     if stray:
         raise ConfigError(f"data.low_resource lists {stray}, which are not languages of this run "
                           f"({', '.join(trained + heldout)}); drop them or add them to data.languages.")
+
+
+def resolved_defaults(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The keys left at 0 = "the default of another choice", with the value that default is (empty when none is left).
+
+    - train.lr: the peft method's learning rate (mfpt.config.choices.DEFAULT_LR);
+    - federation.server_lr: Flower's default for a server optimiser (DEFAULT_SERVER_LR);
+    - transfer.source_epochs: what a federated client gets over its own data, federation.rounds x train.local_epochs.
+    """
+    found: dict[str, Any] = {}
+    if cfg.train.lr == 0:
+        found["train.lr"] = DEFAULT_LR[cfg.peft.method][0]
+    if cfg.federation.server_lr == 0 and cfg.federation.strategy in DEFAULT_SERVER_LR:
+        found["federation.server_lr"] = DEFAULT_SERVER_LR[cfg.federation.strategy][0]
+    if cfg.transfer.source_epochs == 0:
+        found["transfer.source_epochs"] = cfg.federation.rounds * cfg.train.local_epochs
+    return found

@@ -28,7 +28,7 @@ from mfpt.config.choices import (
     StrategyName,
     Weighting,
 )
-from mfpt.config.rules import canonical_languages, check
+from mfpt.config.rules import canonical_languages, check, resolved_defaults
 from mfpt.core.errors import ConfigError
 from mfpt.core.registry import did_you_mean, unknown_name_message
 
@@ -127,6 +127,16 @@ class DataConfig:
         "Share of each language held out as test when the data has no 'split' column (stratified, seeded).",
         default=0.2,
     )
+    validation_fraction: float = _help(
+        "Share of each language's training rows held out as validation (stratified, seeded) when the data gives the "
+        "language no validation rows; 0 = none. Hyperparameters and rounds are chosen on validation, never on test.",
+        default=0.1,
+    )
+    drop_test: bool = _help(
+        "Drop every test row as soon as the data is read, so that nothing can score on it (mfpt tune sets it; needs "
+        "data.eval_split = 'validation').",
+        default=False,
+    )
     eval_split: str = _help("The split every client evaluates on each round: test or validation.", default="test")
     train_pool: str = _help(
         "Benchmarks: the split each language's training examples are drawn from: 'train' (the benchmark's own "
@@ -162,7 +172,11 @@ class FederationConfig:
     )
     dirichlet_alpha: float = _help("Dirichlet concentration; smaller = more skewed labels.", default=0.5)
     proximal_mu: float = _help("fedprox only: weight of the proximal term.", default=0.01)
-    server_lr: float = _help("fedadam/fedyogi/fedavgm: server learning rate (eta).", default=1.0)
+    server_lr: float = _help(
+        "fedadam/fedyogi/fedavgm: server learning rate (eta); 0 = Flower's default for the strategy (fedadam 0.1, "
+        "fedyogi 0.01, fedavgm 1.0).",
+        default=0.0,
+    )
     server_momentum: float = _help("fedavgm only: server momentum.", default=0.9)
     tau: float = _help("fedadam/fedyogi: adaptivity (controls the denominator's floor).", default=1e-3)
     round_timeout: float = _help("Seconds the server waits for replies in a round.", default=3600.0)
@@ -192,7 +206,12 @@ class TrainConfig:
     )
     batch_size: int = _help("Training batch size.", default=16)
     eval_batch_size: int = _help("Evaluation batch size.", default=64)
-    lr: float = _help("Client learning rate (AdamW). Prompts want ~1e-2, full fine-tuning ~2e-5.", default=1e-2)
+    lr: float = _help(
+        "Client learning rate (AdamW); 0 = the method's default: 1e-2 for prefix, prompt and ptuning (P-tuning v2), "
+        "5e-4 for lora (the LoRA paper), 2e-5 for full fine-tuning (XLM-R on XNLI). Choose it on validation with "
+        "mfpt tune.",
+        default=0.0,
+    )
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     grad_clip: float = _help("Max gradient norm (0 = off).", default=1.0)
     device: str = _help("auto, cpu, cuda or cuda:N.", default="auto")
@@ -219,7 +238,20 @@ class TransferConfig:
     sources: tuple[str, ...] = _help(
         "transfer/zeroshot: the source languages trained on first (default: English).", default=("eng",)
     )
-    source_epochs: int = _help("transfer/zeroshot: epochs over the pooled source data.", default=3)
+    source_epochs: int = _help(
+        "transfer/zeroshot: epochs over the pooled source data in stage 1; 0 = matched to a federated client: "
+        "federation.rounds x train.local_epochs epochs, at most federation.rounds x train.max_steps steps.",
+        default=0,
+    )
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    file: str = _help(
+        "A tuning.json written by `mfpt tune`: the values it chose on validation for this run's paradigm and method "
+        "replace the file's (a --set of the same key is refused); empty = none.",
+        default="",
+    )
 
 
 @dataclass(frozen=True)
@@ -315,6 +347,7 @@ class ExperimentConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
     def __post_init__(self) -> None:
         check(self)
@@ -324,7 +357,7 @@ class ExperimentConfig:
         return from_dict(set_dotted(to_dict(self), overrides))
 
 
-SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy", "personalization")
+SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy", "personalization", "tuning")
 
 
 # --------------------------------------------------------------------------------------------- dicts
@@ -405,12 +438,13 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 
 def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
-    """Validate a nested dict (as read from TOML) into an ExperimentConfig, language codes made canonical."""
+    """Validate a nested dict (as read from TOML) into an ExperimentConfig: language codes made canonical, and keys
+    left at 0 = "the default of another choice" resolved (mfpt.config.rules.resolved_defaults)."""
     cfg = _build(ExperimentConfig, raw, "")
-    canonical = canonical_languages(cfg)
-    if all(getattr(getattr(cfg, s), k) == v for (s, k), v in canonical.items()):
-        return cfg
-    return _build(ExperimentConfig, set_dotted(to_dict(cfg), {f"{s}.{k}": list(v) for (s, k), v in canonical.items()}), "")
+    changes = {f"{s}.{k}": list(v) for (s, k), v in canonical_languages(cfg).items()
+               if getattr(getattr(cfg, s), k) != v}
+    changes.update(resolved_defaults(cfg))
+    return _build(ExperimentConfig, set_dotted(to_dict(cfg), changes), "") if changes else cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -14,7 +14,9 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mfpt.config import ExperimentConfig, PeftConfig
+from mfpt.config import ExperimentConfig, Paradigm, PeftConfig
+from mfpt.config.choices import DEFAULT_LR, DEFAULT_SERVER_LR
+from mfpt.config.tuning import tuned_setting
 from mfpt.core.registry import Registry
 
 # ------------------------------------------------------------------------------------------- PEFT methods
@@ -167,9 +169,25 @@ def _local(cfg: ExperimentConfig) -> str:
             "rounds: the same steps and seeds as a federated client (see local_steps), nothing aggregated.")
 
 
+# ------------------------------------------------------------------------------------------- clients
+
+
+def training_clients(cfg: ExperimentConfig) -> int:
+    """Clients that train (languages x clients_per_language; held-out languages never train)."""
+    return len(cfg.data.languages) * cfg.federation.clients_per_language
+
+
+def sampled_clients(cfg: ExperimentConfig) -> int:
+    """Clients sampled to train each round (the federation's strategy samples exactly this many)."""
+    return max(1, int(round(training_clients(cfg) * cfg.federation.fraction_train)))
+
+
+
 def _centralized(cfg: ExperimentConfig) -> str:
     tuned, frozen, _ = _steps(cfg)
-    cap = f", at most {cfg.train.max_steps} steps per round" if cfg.train.max_steps else ""
+    clients = sampled_clients(cfg)
+    cap = (f", at most {clients * cfg.train.max_steps} steps per round (the federation's cap: {cfg.train.max_steps} "
+           f"for each of {clients} clients)") if cfg.train.max_steps else ""
     return (f"All training languages pooled in one place; one model tunes {tuned}{frozen} for "
             f"{cfg.train.local_epochs} epoch(s) over the pooled data per round{cap}, {cfg.federation.rounds} rounds.")
 
@@ -200,6 +218,40 @@ for _spec in (
 def protocol(cfg: ExperimentConfig) -> str:
     """One paragraph for results.json and reports: what the paradigm tunes, on which data, for how many steps."""
     return PARADIGMS.get(cfg.paradigm.value).protocol(cfg)
+
+
+# ------------------------------------------------------------------------------------------- hyperparameters
+
+
+def hyperparameters(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """The run's learning rates and stage budgets with where each came from: {key: {"value", "source"}}.
+
+    A source is "tuned on validation (...)" for a value of `tuning.file`, "default (...)" for a value equal to the
+    default of its choice, else "set in the config". results.json records this; every report prints it."""
+    tuned = {}
+    if cfg.tuning.file:
+        setting = tuned_setting(cfg.tuning.file, cfg.paradigm.value, cfg.peft.method.value)
+        tuned = {key: (f"tuned on validation: {cfg.tuning.file}, best of {setting.trials} trial(s), mean validation "
+                       f"accuracy {100 * setting.score:.1f}%") for key in setting.chosen}
+    found: dict[str, dict[str, Any]] = {}
+
+    def record(key: str, value: Any, default: Any, why: str) -> None:
+        source = tuned.get(key) or (f"default ({why})" if value == default else "set in the config")
+        found[key] = {"value": value, "source": source}
+
+    lr, why = DEFAULT_LR[cfg.peft.method]
+    record("train.lr", cfg.train.lr, lr, f"peft.method = {cfg.peft.method.value}: {why}")
+    if cfg.federation.strategy in DEFAULT_SERVER_LR and cfg.paradigm == Paradigm.FEDERATED:
+        server_lr, why = DEFAULT_SERVER_LR[cfg.federation.strategy]
+        record("federation.server_lr", cfg.federation.server_lr, server_lr, why)
+    if cfg.paradigm in (Paradigm.TRANSFER, Paradigm.ZEROSHOT):
+        matched = cfg.federation.rounds * cfg.train.local_epochs
+        record("transfer.source_epochs", cfg.transfer.source_epochs, matched,
+               "matched to a federated client: federation.rounds x train.local_epochs")
+    for key in tuned.keys() - found.keys():  # whatever else the search chose (peft.init_std, ...)
+        section, name = key.split(".", 1)
+        found[key] = {"value": getattr(getattr(cfg, section), name), "source": tuned[key]}
+    return found
 
 
 def paradigm_rank(name: str) -> int:

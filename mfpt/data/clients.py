@@ -104,6 +104,24 @@ def split_missing(frame: pd.DataFrame, test_fraction: float, seed: int) -> pd.Da
     return frame
 
 
+def carve_validation(frame: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Move a seeded, label-stratified `fraction` of the training rows of every language without validation rows to
+    the validation split (each label keeps at least one training row); languages with validation rows are kept."""
+    if fraction <= 0:
+        return frame
+    has_validation = set(frame.loc[frame[SPLIT] == "validation", LANG])
+    train = frame[(frame[SPLIT] == "train") & ~frame[LANG].isin(has_validation)]
+    if train.empty:
+        return frame
+    frame = frame.copy()
+    for (lang, _), index in train.groupby([LANG, LABEL], sort=True).groups.items():
+        index = np.array(sorted(index))
+        count = min(int(round(len(index) * fraction)), len(index) - 1)
+        rng = np.random.default_rng(derive_data_seed(seed, lang, "validation-carve"))
+        frame.loc[rng.permutation(index)[:max(count, 0)], SPLIT] = "validation"
+    return frame
+
+
 def stratified_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """`n` rows in label proportion (deterministic for a seed); all rows if n is 0 or exceeds the frame."""
     if n == 0 or n >= len(frame):
@@ -144,6 +162,9 @@ def prepare(cfg: ExperimentConfig) -> PreparedData:
         )
     labels = resolve_labels(frame, data)
     frame = frame[frame[LANG].isin(languages + heldout)]
+    if data.drop_test:  # mfpt tune: nothing downstream can score on what is not here
+        frame = frame[frame[SPLIT] != "test"]
+    frame = carve_validation(frame, data.validation_fraction, cfg.seed)
     pieces = []
     for lang in languages + heldout:
         for split in SPLITS:
@@ -180,6 +201,11 @@ def prepare(cfg: ExperimentConfig) -> PreparedData:
     return prepared
 
 
+def training_clients(cfg: ExperimentConfig) -> int:
+    """Clients that train (languages x clients_per_language; held-out languages never train)."""
+    return len(cfg.data.languages) * cfg.federation.clients_per_language
+
+
 def client_layout(languages: tuple[str, ...], heldout: tuple[str, ...], shards: int) -> tuple[ClientSpec, ...]:
     """Every client in index order: each language's shards, then the held-out (evaluation-only) languages."""
     clients = tuple(ClientSpec(lang, shard) for lang in languages for shard in range(shards))
@@ -205,18 +231,20 @@ def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 
-def summary_table(prepared: PreparedData, eval_split: str) -> pd.DataFrame:
-    """Example counts per client and split, and per label, for `mfpt data`."""
+def summary_table(prepared: PreparedData) -> pd.DataFrame:
+    """Example counts per client and split (train, validation, test), and per label, for `mfpt data`; held-out
+    languages show the splits they are evaluated on."""
     rows = []
-    for client in prepared.training_clients():
-        for split in ("train", eval_split):
-            part = prepared.client_rows(client, split)
-            counts = part[LABEL].value_counts()
-            rows.append({"client": client.name(prepared.shards), "split": split, "n": len(part),
-                         **{label: int(counts.get(label, 0)) for label in prepared.labels}})
-    for lang in prepared.heldout:
-        part = prepared.language_rows(lang, eval_split)
+
+    def add(name: str, split: str, part: pd.DataFrame) -> None:
         counts = part[LABEL].value_counts()
-        rows.append({"client": f"{lang} (held out)", "split": eval_split, "n": len(part),
+        rows.append({"client": name, "split": split, "n": len(part),
                      **{label: int(counts.get(label, 0)) for label in prepared.labels}})
+
+    for client in prepared.training_clients():
+        for split in SPLITS:
+            add(client.name(prepared.shards), split, prepared.client_rows(client, split))
+    for lang in prepared.heldout:
+        for split in ("validation", "test"):
+            add(f"{lang} (held out)", split, prepared.language_rows(lang, split))
     return pd.DataFrame(rows)

@@ -13,9 +13,12 @@ one paragraph what it tunes, on which data and for how many steps (results.json'
                Caveats: with federation.fraction_train < 1 a federated client trains only in the rounds it is
                sampled, while a local learner trains every round; with clients_per_language > 1 a local learner
                holds its whole language, i.e. the budget of all that language's federated clients together.
-- centralized: every training language's data pooled in one place (the non-private reference), same epochs.
+- centralized: every training language's data pooled in one place (the non-private reference), the same epochs over
+               it per round as a client over its own; under train.max_steps it may take the federation's whole cap
+               per round (max_steps x clients sampled), not one client's.
 - zeroshot:    stage 1 only: train on the pooled source languages (transfer.sources) for transfer.source_epochs
-               epochs, then evaluate every language as is (recorded as a single round).
+               epochs (by default a federated client's rounds x local epochs, at most rounds x max_steps steps),
+               then evaluate every language as is (recorded as a single round).
 - transfer:    local cross-lingual transfer: stage 1 as zeroshot (recorded as round 0), then each language
                fine-tunes a copy of that model on its own data alone, exactly as `local` (rounds 1..R). Both stages
                tune the same tensors: the prompt (or adapter) and the classification head; the encoder stays
@@ -40,7 +43,7 @@ from flwr.simulation import run_simulation
 from mfpt.analysis.report import write_run_report
 from mfpt.client_app import app as client_app
 from mfpt.config import ExperimentConfig
-from mfpt.config.specs import PARADIGMS
+from mfpt.config.specs import PARADIGMS, sampled_clients
 from mfpt.core.seeds import derive_seed
 from mfpt.data.clients import ClientSpec, client_layout, resolve
 from mfpt.data.sources import DataError
@@ -90,6 +93,9 @@ class Learner:
     train_rows: pd.DataFrame
     evaluates: tuple[str, ...]
     state: dict[str, torch.Tensor]
+    # How many federated clients the learner stands for: under train.max_steps it may take that many clients' steps
+    # per round (centralised training pools every client's data, so it gets the federation's whole cap).
+    clients: int = 1
 
 
 def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -99,8 +105,12 @@ def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _source_steps(cfg: ExperimentConfig, source: Learner) -> int:
-    """Stage-1 steps: transfer.source_epochs passes over the pooled source data."""
-    return cfg.transfer.source_epochs * math.ceil(len(source.train_rows) / cfg.train.batch_size)
+    """Stage-1 steps: transfer.source_epochs passes over the pooled source data, at most federation.rounds x
+    train.max_steps (what a federated client may take in all). transfer.source_epochs defaults to the client's
+    federation.rounds x train.local_epochs, so by default the source stage sees its data as often as a client sees its
+    own: epochs are matched rather than steps, because the source pool is one language's data, like a client's."""
+    steps = cfg.transfer.source_epochs * math.ceil(len(source.train_rows) / cfg.train.batch_size)
+    return min(steps, cfg.federation.rounds * cfg.train.max_steps) if cfg.train.max_steps else steps
 
 
 def _pool(runtime: Runtime, languages: tuple[str, ...]) -> pd.DataFrame:
@@ -159,8 +169,8 @@ def _run_rounds(cfg: ExperimentConfig, runtime: Runtime, recorder: RunRecorder, 
         recorder.end_round(0, _flatten(learners + [stage1]))
         done = 0
     for round_ in range(max(done, 0) + 1, cfg.federation.rounds + 1):
-        rows = [_train_learner(runtime, cfg, learner, steps_per_round(len(learner.train_rows), cfg.train), round_)
-                for learner in learners]
+        rows = [_train_learner(runtime, cfg, learner, steps_per_round(len(learner.train_rows), cfg.train, learner.clients),
+                               round_) for learner in learners]
         recorder.on_train(round_, rows, 0, 0)
         if evaluates_in_round(round_, cfg.federation.rounds, cfg.federation.evaluate_every):
             recorder.on_evaluate(round_, _evaluate_learners(runtime, cfg, learners + heldout_by))
@@ -231,7 +241,7 @@ def run_centralized(cfg: ExperimentConfig, resume: bool = False, quiet: bool = F
     cfg, runtime, recorder, initial = _setup(cfg, quiet)
     languages = tuple(cfg.data.languages)
     pooled = Learner("all", 0, ("train", "all"), _pool(runtime, languages), languages + tuple(cfg.data.heldout_languages),
-                     _copy(initial))
+                     _copy(initial), clients=sampled_clients(cfg))
     return _run_rounds(cfg, runtime, recorder, [pooled], None, [], resume, shared=pooled)
 
 

@@ -150,6 +150,22 @@ def plan_sweep(config: str | Path | None, grid: Sequence[tuple[str, list[str]]],
     return runs
 
 
+def sweep_warnings(runs: Sequence[PlannedRun]) -> list[str]:
+    """What makes a planned comparison unfair before anything runs: several peft methods at one learning rate (prompt
+    methods, LoRA and full fine-tuning want rates orders of magnitude apart) without tuned values."""
+    found = []
+    by_method: dict[str, set[float]] = {}
+    for run in runs:
+        if not run.cfg.tuning.file:
+            by_method.setdefault(run.cfg.peft.method.value, set()).add(run.cfg.train.lr)
+    if len(by_method) > 1 and len(set().union(*by_method.values())) == 1:
+        lr = next(iter(next(iter(by_method.values()))))
+        found.append(f"the sweep varies peft.method ({', '.join(by_method)}) but trains every method at train.lr = "
+                     f"{lr:g}; leave train.lr unset (each method's default) or choose it on validation: mfpt tune "
+                     "--for peft.method=... --grid train.lr=x0.3,x1,x3, then --tuned.")
+    return found
+
+
 # --------------------------------------------------------------------------------------------- running
 
 

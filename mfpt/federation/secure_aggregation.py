@@ -42,6 +42,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 from mfpt.config import ConfigError, DpMode, ExperimentConfig, Weighting
+from mfpt.config.specs import sampled_clients
 from mfpt.federation.node import ClientNode
 from mfpt.federation.protocol import (
     CLIENT_KEY,
@@ -53,7 +54,7 @@ from mfpt.federation.protocol import (
 )
 from mfpt.federation.strategies.base import MfptStrategy
 from mfpt.model.state import UpdateError, check_update, trainable_state
-from mfpt.privacy.accounting import client_account, sampled_clients
+from mfpt.privacy.accounting import client_account
 
 FITINS_PARAMETERS = "fitins.parameters"  # Flower's legacy record names (flwr.compat.common.recorddict_compat)
 FITINS_CONFIG = "fitins.config"

@@ -175,6 +175,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
         final_state = strategy.best_state  # the exported model is the one the run reports
     if cfg.personalization.method.value == "finetune":
         recorder.personalization_bytes = finetune_phase(grid, strategy, final_state, config_record(cfg))
+        recorder.after_rounds_bytes += recorder.personalization_bytes
     load_trainable_state(server.model, final_state, origin="final global state")
     export_atomically(server.model, server.tokenizer, out_dir / ADAPTER_DIR)
     if account is not None:

@@ -184,8 +184,11 @@ def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] 
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+    """(trainable, total) parameter counts. The total is the model's own size: peft keeps a frozen original of every
+    module it trains a copy of (`modules_to_save`, here the head), which is not part of the model and not counted."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for name, p in model.named_parameters() if ".original_module." not in name)
+    return trainable, total
 
 
 def _identity_pooler(model: nn.Module) -> None:

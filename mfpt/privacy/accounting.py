@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from mfpt.config import DpMode, ExperimentConfig, PeftMethod
+from mfpt.config.specs import sampled_clients, training_clients
 
 if TYPE_CHECKING:
     from mfpt.train.dpsgd import DpSgd
@@ -50,16 +51,6 @@ def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, del
     except ValueError:  # Opacus: "The privacy budget is too low."
         raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon} (q={sample_rate}, steps={steps}, "
                          f"delta={delta})") from None
-
-
-def training_clients(cfg: ExperimentConfig) -> int:
-    """Clients that train (languages x clients_per_language; held-out languages never train)."""
-    return len(cfg.data.languages) * cfg.federation.clients_per_language
-
-
-def sampled_clients(cfg: ExperimentConfig) -> int:
-    """Clients sampled to train each round (mfpt.federation.strategies.base samples exactly this many)."""
-    return max(1, int(round(training_clients(cfg) * cfg.federation.fraction_train)))
 
 
 @dataclass(frozen=True)

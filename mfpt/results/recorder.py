@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import platform
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ import torch
 
 from mfpt import __version__
 from mfpt.config import ConfigError, ExperimentConfig, load_config, to_dict, to_toml
-from mfpt.config.specs import protocol
+from mfpt.config.specs import hyperparameters, protocol
 from mfpt.core import files
 from mfpt.core.stats import mean
 from mfpt.results.checkpoints import Checkpoint, ResumeError, checkpoint_path, last_intact_checkpoint, save_checkpoint
@@ -69,6 +70,16 @@ def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
     return {"accuracy": counts.accuracy, "macro_f1": counts.macro_f1, "loss": counts.mean_loss, "n_test": counts.n}
 
 
+def epochs_per_learner(curves: list[dict[str, Any]], batch_size: int) -> dict[str, float]:
+    """Passes each learner made over its own training data: its steps of every round over the batches of one epoch."""
+    epochs: dict[str, float] = {}
+    for row in curves:
+        if row.get("split") == "train" and int(row.get("n", 0)) > 0:
+            batches = math.ceil(int(row["n"]) / batch_size)
+            epochs[row["client"]] = epochs.get(row["client"], 0.0) + int(row["steps"]) / batches
+    return {learner: round(value, 4) for learner, value in epochs.items()}
+
+
 def mean_block(per_language: Mapping[str, LanguageScore], languages: list[str]) -> MeanScore | None:
     """Unweighted mean over `languages` (the XTREME convention), or None when none has results."""
     present = [per_language[lang] for lang in languages if lang in per_language]
@@ -105,6 +116,13 @@ class RunRecorder:
     refusals: int = 0
     privacy: dict[str, Any] | None = None  # the (epsilon, delta) account (mfpt.privacy), set by the federation
     personalization_bytes: int = 0  # sent by the finetune phase after the last round
+    after_rounds_bytes: int = 0  # every array sent after the last round (best-validation's test scoring, finetune)
+    # The run's learning rates and budgets with their sources, from the config it was started with (a paradigm may
+    # record under a narrower config afterwards: zeroshot records its one stage as round 1).
+    hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hyperparameters = self.hyperparameters or hyperparameters(self.cfg)
 
     # ---------------------------------------------------------------------------------- start / resume
     def begin(self, resume: bool) -> Checkpoint | None:
@@ -228,8 +246,10 @@ class RunRecorder:
             shown = f"{100 * mean(trained):.1f}" if trained else "-"
             print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {shown} | {accs}", flush=True)
 
-    def on_selected(self, round_: int, counts: dict[str, EvalCounts]) -> None:
-        """best-validation: the test-split scores of the selected round's model (recorded once, after the last round)."""
+    def on_selected(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None:
+        """best-validation: the test-split scores of the selected round's model (recorded once, after the last round),
+        and the bytes of the state sent to score them."""
+        self.after_rounds_bytes += bytes_down
         rows = [{"round": round_, "split": TEST, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages, "selected": True} for lang, c in counts.items()]
         files.append_jsonl(self.out_dir / METRICS_FILE, rows)
@@ -307,10 +327,11 @@ class RunRecorder:
         communication = Communication(
             bytes_up_per_round=int(np.mean(up)) if up else 0,
             bytes_down_per_round=int(np.mean(down)) if down else 0,
-            total_bytes=int(sum(up) + sum(down)),
+            total_bytes=int(sum(up) + sum(down)) + self.after_rounds_bytes,
             full_model_bytes=self.total_params * 4,
             clients_per_round=round(float(np.mean([c["clients"] for c in self.comm])), 2) if self.comm else 0,
             rounds_recorded=len(self.comm),
+            after_rounds_bytes=self.after_rounds_bytes,
         )
         result = RunResult(
             name=cfg.name, paradigm=cfg.paradigm.value, method=cfg.peft.method.value, model=cfg.model.name,
@@ -328,6 +349,7 @@ class RunRecorder:
             privacy=self.privacy,
             personalization=self._personalization(curves),
             unscored=[lang for lang in languages + heldout if lang not in final],
+            hyperparameters=self.hyperparameters, epochs=epochs_per_learner(curves, cfg.train.batch_size),
         )
         if result.unscored and not self.quiet:
             print(f"warning: no score in the reported round for {', '.join(result.unscored)} (evaluation missing or "

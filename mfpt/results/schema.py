@@ -16,7 +16,8 @@ from mfpt.core import files
 from mfpt.core.errors import UserError
 
 # 2: adds `personalization` (absent = None in older files, which read unchanged).
-SCHEMA_VERSION = 2
+# 3: adds `hyperparameters` and `epochs` (absent = {} in older files).
+SCHEMA_VERSION = 3
 # A run folder (output_dir): what each file is, in one place for everything that writes or reads one.
 RESULTS_FILE = "results.json"  # this RunResult
 METRICS_FILE = "metrics.jsonl"  # one line per round x language x split, plus train, refused, missing, privacy lines
@@ -52,7 +53,12 @@ class MeanScore:
 
 @dataclass(frozen=True)
 class Communication:
-    """Bytes of trainable tensors sent, per round and in all (0 for paradigms that send nothing)."""
+    """Bytes of trainable tensors sent, per round and in all (0 for paradigms that send nothing).
+
+    Every array counts, both ways: refused uploads too, and `after_rounds_bytes`, what was sent after the last round
+    (the test scoring of the round best-validation chose, a personalisation's fine-tuning phase), which total_bytes
+    includes. full_model_bytes is one copy of the whole model in fp32: what federated full fine-tuning would send
+    per client and direction."""
 
     bytes_up_per_round: int = 0
     bytes_down_per_round: int = 0
@@ -60,6 +66,7 @@ class Communication:
     full_model_bytes: int = 0
     clients_per_round: float = 0
     rounds_recorded: int = 0
+    after_rounds_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,11 @@ class RunResult:
     # Trained or held-out languages with no score in the reported round (their evaluation was missing or refused):
     # the means above leave them out, so a mean over fewer languages is never mistaken for the full one.
     unscored: list[str] = field(default_factory=list)
+    # The learning rates and stage budgets with where each came from: {key: {"value", "source"}}, the source being
+    # "tuned on validation (...)", "default (...)" or "set in the config" (mfpt.config.specs.hyperparameters).
+    hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Passes over its own training data each learner made in the whole run (steps / batches per epoch, by round).
+    epochs: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------------------------------- reading

@@ -32,10 +32,11 @@ class TrainStats:
         return self.loss_sum / max(self.examples_seen, 1)
 
 
-def steps_per_round(num_examples: int, cfg: TrainConfig) -> int:
-    """Local optimisation steps a client takes in one round: epochs over its data, capped by train.max_steps."""
+def steps_per_round(num_examples: int, cfg: TrainConfig, clients: int = 1) -> int:
+    """Local optimisation steps a learner takes in one round: epochs over its data, capped by train.max_steps, or by
+    `clients` x train.max_steps for a learner that stands for that many clients (centralised training's pool)."""
     steps = cfg.local_epochs * math.ceil(num_examples / cfg.batch_size)
-    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+    return min(steps, clients * cfg.max_steps) if cfg.max_steps else steps
 
 
 def train(

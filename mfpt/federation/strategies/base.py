@@ -110,7 +110,7 @@ class RoundListener:
     def on_missing(self, round_: int, node: NodeInfo, stage: str, reason: str) -> None: ...
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
     def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
-    def on_selected(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
+    def on_selected(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None: ...
 
 
 class MfptStrategy:
@@ -221,7 +221,11 @@ class MfptStrategy:
         """Check each update, weigh it, aggregate with the wrapped Flower strategy."""
         round_ = self.round_offset + server_round
         accepted: list[tuple[NodeInfo, Message]] = []
-        for msg in self._record_missing(round_, "train", list(replies)):
+        received = self._record_missing(round_, "train", list(replies))
+        # Every update that reached the server counts, the refused ones too: they crossed the network all the same.
+        bytes_up = sum(msg.content[ARRAYS].count_bytes() for msg in received
+                       if not msg.has_error() and ARRAYS in msg.content.array_records)
+        for msg in received:
             node = self._node(msg)
             if msg.has_error():
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"client error: {msg.error.reason}")
@@ -238,7 +242,6 @@ class MfptStrategy:
         rows = [{"client": node.client.name(self.cfg.federation.clients_per_language), "lang": node.client.lang,
                  "loss": float(msg.content[METRICS][TRAIN_LOSS_KEY]), "steps": int(msg.content[METRICS][TRAIN_STEPS_KEY]),
                  "n": node.num_train} for node, msg in accepted]
-        bytes_up = sum(msg.content[ARRAYS].count_bytes() for _, msg in accepted)
         self.listener.on_train(round_, rows, bytes_up, getattr(self, "_bytes_down", 0))
         required = self.cfg.federation.min_clients or 1
         if len(accepted) < required:
@@ -310,7 +313,7 @@ class MfptStrategy:
                     for node_id in sorted(self.nodes)]
         replies = grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
         counts = self._pool_evaluations(self.best_round, "test", replies)
-        self.listener.on_selected(self.best_round, counts)
+        self.listener.on_selected(self.best_round, counts, content[ARRAYS].count_bytes() * len(messages))
         return counts
 
     def _pool_evaluations(self, round_: int, stage: str, replies: Iterable[Message]) -> dict[str, EvalCounts]:

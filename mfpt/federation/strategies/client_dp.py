@@ -22,7 +22,8 @@ from flwr.serverapp.strategy import (
 )
 
 from mfpt.config import ClipAt, DpMode, ExperimentConfig
-from mfpt.privacy.accounting import client_account, sampled_clients
+from mfpt.config.specs import sampled_clients
+from mfpt.privacy.accounting import client_account
 
 
 def wrapper_class(cfg: ExperimentConfig) -> type:

@@ -1,0 +1,87 @@
+"""The tuning file: what `mfpt tune` chose on the validation split, per paradigm and method, and every trial of the
+search; `tuning.file` makes a run use the choice for its own paradigm and method.
+
+The file is JSON (`mfpt.tuning/1`), written by mfpt.experiments.tune and read here, in the config layer, because
+the chosen values become part of the config before anything runs:
+
+    {"schema": "mfpt.tuning/1", "objective": "...", "grid": {"train.lr": [...]}, "seeds": [0],
+     "settings": [{"paradigm": "federated", "method": "prefix", "chosen": {"train.lr": 0.003}, "score": 0.52,
+                   "trials": [{"values": {"train.lr": 0.01}, "score": 0.48, "per_language": {...}, ...}, ...]}]}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from mfpt.core.errors import ConfigError
+
+TUNING_SCHEMA = "mfpt.tuning/1"
+
+
+@dataclass(frozen=True)
+class TunedSetting:
+    """The search of one (paradigm, method): the values chosen on validation, their score, how many trials."""
+
+    paradigm: str
+    method: str
+    chosen: dict[str, Any]
+    score: float
+    trials: int
+
+
+def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
+    """The file's whole content and its settings, or a ConfigError naming the file and what is wrong with it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"tuning.file = {str(path)!r} does not exist; run `mfpt tune` first, or leave tuning.file empty.")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"tuning.file = {str(path)!r} cannot be read as JSON ({err}); run `mfpt tune` again.") from None
+    if not isinstance(content, dict) or content.get("schema") != TUNING_SCHEMA:
+        raise ConfigError(f"tuning.file = {str(path)!r} is not a tuning file of `mfpt tune` (schema "
+                          f"{content.get('schema') if isinstance(content, dict) else None!r}, expected {TUNING_SCHEMA!r}).")
+    try:
+        settings = [TunedSetting(str(s["paradigm"]), str(s["method"]), dict(s["chosen"]), float(s["score"]),
+                                 len(s["trials"])) for s in content["settings"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"tuning.file = {str(path)!r} is damaged ({type(err).__name__}: {err}); run `mfpt tune` "
+                          "again.") from None
+    return content, settings
+
+
+def tuned_setting(path: str | Path, paradigm: str, method: str) -> TunedSetting:
+    """The search of `paradigm` and `method` in the tuning file, or a ConfigError that says which ones it holds."""
+    _, settings = read_tuning(path)
+    for setting in settings:
+        if (setting.paradigm, setting.method) == (paradigm, method):
+            return setting
+    held = ", ".join(f"{s.paradigm}/{s.method}" for s in settings) or "none"
+    raise ConfigError(f"tuning.file = {str(path)!r} has no tuned values for paradigm = {paradigm!r} with peft.method = "
+                      f"{method!r} (it holds {held}); tune that setting (mfpt tune ... --for paradigm={paradigm}) or "
+                      "leave tuning.file empty.")
+
+
+def apply_tuning(raw: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`raw` (a nested config dict) with the tuning file's chosen values for its paradigm and method.
+
+    `given` are the --set overrides: a key both tuned and given there is refused, since one of the two would be
+    silently ignored; the values of the TOML file give way to the tuned ones."""
+    tuning = raw.get("tuning", {})
+    path = tuning.get("file", "") if isinstance(tuning, Mapping) else ""
+    if not path:
+        return dict(raw)
+    from mfpt.config.schema import ExperimentConfig, set_dotted  # the paradigm and method as the config defaults them
+
+    defaults = ExperimentConfig()
+    paradigm = str(raw.get("paradigm", defaults.paradigm.value))
+    peft = raw.get("peft", {})
+    method = str(peft.get("method", defaults.peft.method.value)) if isinstance(peft, Mapping) else defaults.peft.method.value
+    setting = tuned_setting(path, paradigm, method)
+    clash = sorted(set(setting.chosen) & set(given))
+    if clash:
+        raise ConfigError(f"{clash[0]} is set with --set and chosen by tuning.file = {path!r}; drop one of the two.")
+    return set_dotted(dict(raw), setting.chosen)

@@ -1,0 +1,126 @@
+"""`mfpt tune`: the same search for every setting, scored on validation only, and the choice used by later runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import TINY_DATA
+
+from mfpt.config import ConfigError, load_config
+from mfpt.config.specs import hyperparameters
+from mfpt.experiments.sweep import SweepError, inprocess_runner
+from mfpt.experiments.tune import (TUNING_FILE, parse_settings, plan_tuning, run_tuning, search_points,
+                                   tuning_record, write_tuning)
+from mfpt.results.schema import METRICS_FILE
+
+GRID = [("train.lr", ["x0.1", "x1"])]
+
+
+def _experiment(tmp_path: Path, tiny_xlmr: Path, data: Path = TINY_DATA) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "experiment.toml"
+    path.write_text(f'name = "tune-test"\noutput_dir = "{tmp_path / "x"}"\n[model]\nname = "{tiny_xlmr}"\n'
+                    f'max_seq_length = 32\n[peft]\nnum_virtual_tokens = 4\n[data]\nsource = "files"\npath = "{data}"\n'
+                    'languages = ["eng", "swh"]\n[federation]\nrounds = 2\n[train]\nbatch_size = 8\nthreads = 1\n'
+                    'device = "cpu"\n', encoding="utf-8")
+    return path
+
+
+def _tune(config: Path, out: Path, settings=("paradigm=local,centralized",), grid=GRID) -> dict:
+    trials = plan_tuning(config, parse_settings(list(settings)), grid, [0], out)
+    budget = len(search_points(grid, 0, 0))
+
+    def record() -> None:
+        write_tuning(out / TUNING_FILE, tuning_record(config, [], grid, [0], trials, budget))
+
+    assert run_tuning(trials, out, str(config), record, runner=inprocess_runner, echo=lambda line: None) == {}
+    return json.loads((out / TUNING_FILE).read_text(encoding="utf-8"))
+
+
+def test_every_setting_gets_the_same_search_scored_on_validation_and_the_best_is_chosen(tmp_path, tiny_xlmr):
+    tuning = _tune(_experiment(tmp_path, tiny_xlmr), tmp_path / "tune")
+    assert [(s["paradigm"], s["method"]) for s in tuning["settings"]] == [("local", "prefix"), ("centralized", "prefix")]
+    for setting in tuning["settings"]:
+        # x0.1 and x1 of prefix's default 1e-2: the same two learning rates for every setting.
+        assert [t["values"]["train.lr"] for t in setting["trials"]] == pytest.approx([1e-3, 1e-2])
+        best = max(setting["trials"], key=lambda t: t["score"])
+        assert setting["chosen"] == best["values"] and setting["score"] == best["score"]
+        for trial in setting["trials"]:
+            rows = [json.loads(line) for run in trial["runs"]
+                    for line in (tmp_path / "tune" / setting["folder"] / run / METRICS_FILE)
+                    .read_text(encoding="utf-8").splitlines()]
+            assert {r["split"] for r in rows} == {"train", "validation"}  # nothing ever scored on test
+            assert trial["seconds"] > 0 and trial["steps"] > 0
+    assert tuning["trials_per_setting"] == 2 and "validation" in tuning["objective"]
+
+
+def test_a_poisoned_test_split_changes_nothing_the_search_chooses(tmp_path, tiny_xlmr):
+    """Test texts and labels replaced with garbage: if any trial read the test split, scores would move."""
+    poisoned = tmp_path / "poisoned.jsonl"
+    frame = pd.read_json(TINY_DATA, lines=True)
+    test = frame["split"] == "test"
+    frame.loc[test, "text"] = "zz"
+    frame.loc[test, "label"] = "sport"
+    frame.to_json(poisoned, orient="records", lines=True)
+    clean = _tune(_experiment(tmp_path / "a", tiny_xlmr), tmp_path / "a" / "tune", settings=("paradigm=local",))
+    dirty = _tune(_experiment(tmp_path / "b", tiny_xlmr, poisoned), tmp_path / "b" / "tune", settings=("paradigm=local",))
+    assert [t["per_language"] for t in clean["settings"][0]["trials"]] == \
+        [t["per_language"] for t in dirty["settings"][0]["trials"]]
+    assert clean["settings"][0]["chosen"] == dirty["settings"][0]["chosen"]
+
+
+def test_a_run_uses_and_cites_the_values_chosen_for_its_own_paradigm(tmp_path, tiny_xlmr):
+    config = _experiment(tmp_path, tiny_xlmr)
+    tuning = _tune(config, tmp_path / "tune")
+    path = tmp_path / "tune" / TUNING_FILE
+    for setting in tuning["settings"]:
+        cfg = load_config(config, [f"paradigm={setting['paradigm']}", f'tuning.file="{path}"'])
+        assert cfg.train.lr == setting["chosen"]["train.lr"]
+        source = hyperparameters(cfg)["train.lr"]["source"]
+        assert source.startswith(f"tuned on validation: {path}") and "best of 2 trial(s)" in source
+    with pytest.raises(ConfigError, match="train.lr is set with --set and chosen by tuning.file"):
+        load_config(config, ["paradigm=local", f'tuning.file="{path}"', "train.lr=0.5"])
+    with pytest.raises(ConfigError, match="no tuned values for paradigm = 'federated'.*it holds local/prefix"):
+        load_config(config, ["paradigm=federated", f'tuning.file="{path}"'])
+    path.write_text("{}")
+    with pytest.raises(ConfigError, match="is not a tuning file"):
+        load_config(config, ["paradigm=local", f'tuning.file="{path}"'])
+
+
+def test_the_search_space_and_settings_are_checked_before_anything_runs(tmp_path, tiny_xlmr):
+    config = _experiment(tmp_path, tiny_xlmr)
+    with pytest.raises(SweepError, match="needs a search space"):
+        plan_tuning(config, parse_settings([]), [], [0], tmp_path / "t")
+    with pytest.raises(SweepError, match="may not search 'paradigm'"):
+        plan_tuning(config, parse_settings([]), [("paradigm", ["local"])], [0], tmp_path / "t")
+    with pytest.raises(SweepError, match="setting paradigm=nope"):
+        plan_tuning(config, parse_settings(["paradigm=nope"]), GRID, [0], tmp_path / "t")
+    with pytest.raises(SweepError, match="--set 'paradigm' is also set by the tuning"):
+        plan_tuning(config, parse_settings(["paradigm=local"]), GRID, [0], tmp_path / "t", ["paradigm=federated"])
+    with pytest.raises(SweepError, match="--set 'data.eval_split' is also set by the tuning"):
+        plan_tuning(config, parse_settings([]), GRID, [0], tmp_path / "t", ['data.eval_split="test"'])
+    with pytest.raises(SweepError, match="'x' multiplies"):
+        plan_tuning(config, parse_settings([]), [("model.name", ["x2"])], [0], tmp_path / "t")
+    points = search_points([("train.lr", ["1", "2", "3"]), ("peft.init_std", ["0.1", "0.2"])], 3, 0)
+    assert len(points) == 3 and points == search_points([("train.lr", ["1", "2", "3"]), ("peft.init_std", ["0.1", "0.2"])], 3, 0)
+
+
+def test_a_second_search_into_the_same_folder_adds_its_settings_with_the_same_budget(tmp_path, tiny_xlmr):
+    """Full fine-tuning tuned by its own command (it needs --set peft.method=full) joins the prompt settings' file."""
+    config = _experiment(tmp_path, tiny_xlmr)
+    out = tmp_path / "tune"
+    _tune(config, out, settings=("paradigm=local",))
+    trials = plan_tuning(config, parse_settings([]), GRID, [0], out, ["paradigm=local", "peft.method=full"])
+    assert {t.folder for t in trials} == {"local__full"}
+    run_tuning(trials, out, str(config), lambda: None, runner=inprocess_runner, echo=lambda line: None)
+    write_tuning(out / TUNING_FILE, tuning_record(config, ["paradigm=local", "peft.method=full"], GRID, [0], trials, 2))
+    tuning = json.loads((out / TUNING_FILE).read_text(encoding="utf-8"))
+    assert [(s["paradigm"], s["method"]) for s in tuning["settings"]] == [("local", "prefix"), ("local", "full")]
+    # x0.1 and x1 of full fine-tuning's own default, 2e-5: the same search, scaled to the method.
+    assert [t["values"]["train.lr"] for t in tuning["settings"][1]["trials"]] == pytest.approx([2e-6, 2e-5])
+    other = [("train.lr", ["x1", "x3"])]
+    with pytest.raises(SweepError, match="another grid"):
+        write_tuning(out / TUNING_FILE, tuning_record(config, [], other, [0], trials, 2))
