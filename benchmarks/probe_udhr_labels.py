@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT / "scripts"))  # the udhr-topics builder
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
 from udhr_topics import ARTICLE_TOPIC  # noqa: E402
 
 # The first design (rejected): six themes of the same 30 articles.

@@ -9,14 +9,16 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from mfpt.federation.mods.client_errors import client_error_mod
 from mfpt.federation.mods.dp_clipping import clipping_mod
 from mfpt.federation.mods.reply_audit import audit_mod
 from mfpt.federation.node import ClientNode
 from mfpt.federation.protocol import ARRAYS, CONFIG, METRICS, PERSONAL_ARRAYS
 from mfpt.federation.secure_aggregation import is_secure_train, legacy_train, secure_mod
 
-# The audit mod is outermost, so it checks the reply exactly as it leaves (after client-side DP clipping).
-app = ClientApp(mods=[audit_mod, secure_mod, clipping_mod])
+# The audit mod checks the reply exactly as it leaves (after client-side DP clipping); outside it, any exception
+# becomes an error reply naming its type (mfpt/federation/mods/client_errors.py), the same in every runtime.
+app = ClientApp(mods=[client_error_mod, audit_mod, secure_mod, clipping_mod])
 
 
 def _node(msg: Message, context: Context) -> ClientNode:

@@ -30,8 +30,9 @@ def verify(out: Path) -> None:
     print(f"vocabulary: {len(model.pieces)} pieces and scores identical in the bin and tokenizer.json")
     if not UDHR_JSONL.is_file():
         raise oe.OfflineEncoderError(f"{UDHR_JSONL} is missing: run `python scripts/build_udhr_topics.py` first")
-    from mfpt.core.files import read_jsonl
     from udhr_topics import article_texts
+
+    from mfpt.core.files import read_jsonl
 
     languages = list(oe.RETRIEVAL_FLOORS)
     rows = [r for r in read_jsonl(UDHR_JSONL) if r["lang"] in {"eng", *languages}]

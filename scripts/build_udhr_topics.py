@@ -42,9 +42,8 @@ def fetch_package(workdir: Path) -> Path:
 def token_counter() -> tuple[Callable[[str], int], str]:
     """Count with the encoder's XLM-R tokenizer when installed, else whitespace words."""
     try:
-        from tokenizers import Tokenizer
-
         from offline_encoder import tokenizer_json_path
+        from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(tokenizer_json_path()))
         return (lambda text: len(tok.encode(text, add_special_tokens=False).ids)), "XLM-R tokens"

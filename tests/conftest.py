@@ -300,7 +300,7 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
     from mfpt.results.schema import Communication, LanguageScore, RunResult, write_result
 
     languages, heldout = list(accs), heldout or {}
-    per = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in accs.items()}
+    per = {lang: LanguageScore(a, a / 2, 1.0, 9, 4 / 9) for lang, a in accs.items()}
     held = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in heldout.items()}
     config = {"name": "t", "seed": seed, "output_dir": "x", "paradigm": paradigm, "peft": {"method": "prefix"},
               "federation": {"rounds": rounds}, "data": {"train_per_language": size, "eval_split": "test"},
@@ -311,6 +311,9 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
         per_language=per, heldout=held, average=mean_block(per, languages),
         low_resource_average=mean_block(per, list(low)), heldout_average=mean_block(held, list(heldout)),
         communication=Communication(total_bytes=4000 * rounds if paradigm == "federated" else 0,
+                                    bytes_up_per_round=2000 if paradigm == "federated" else 0,
+                                    bytes_down_per_round=2000 if paradigm == "federated" else 0,
+                                    rounds_recorded=rounds if paradigm == "federated" else 0,
                                     full_model_bytes=40_000, clients_per_round=len(languages)),
         local_steps={lang: 6 for lang in languages}, protocol=f"{paradigm} protocol", refused_updates=0,
         wall_seconds=1.0, config=config)

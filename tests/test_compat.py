@@ -116,9 +116,16 @@ def test_cli_refuses_a_simulated_broken_pair_with_one_line(monkeypatch, capsys):
     monkeypatch.delenv(compat.SKIP_ENV, raising=False)
     compat.ensure_supported_stack.cache_clear()
     try:
-        assert main(["keys"]) == 2
+        assert main(["run", "--set", "federation.rounds=1", "--out", "/nonexistent/never-created"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "transformers 5.99.0" in err and "Traceback" not in err
+        assert not Path("/nonexistent/never-created").exists()  # refused before anything started
+        # Commands that build no model run under any pair, and say in one line that training would be refused.
+        assert main(["validate", str(Path(__file__).parents[1] / "configs" / "demo.toml"), "--set", "model.name=\"xlm-roberta-base\""]) == 0
+        captured = capsys.readouterr()
+        assert "# ok: config" in captured.out
+        assert captured.err.startswith("note: training would be refused here.") and "transformers 5.99.0" in captured.err
+        assert main(["keys"]) == 0 and "training would be refused" in capsys.readouterr().err
         with pytest.raises(UnsupportedStackError, match="transformers 5.99.0"):
             compat.ensure_supported_stack()
         monkeypatch.setenv(compat.SKIP_ENV, "1")

@@ -41,13 +41,14 @@ _spec.loader.exec_module(lf)
 
 
 def write_experiment(path: Path, model: Path, out_dir: Path, languages: list[str], personalization: dict | None = None,
-                     **federation) -> Path:
+                     low_resource: tuple[str, ...] = (), **federation) -> Path:
     """An experiment TOML as an operator writes it: absolute paths, languages and labels spelled out, so the
     server never needs the data (it has none)."""
     fed = {"rounds": 2, "round_timeout": 60.0, **federation}
     lines = ['name = "deploy-test"', "seed = 0", f'output_dir = "{out_dir}"', "", "[model]", f'name = "{model}"',
              "max_seq_length = 32", "", "[peft]", "num_virtual_tokens = 4", "", "[data]", 'source = "files"',
-             f'path = "{TINY_DATA}"', f"languages = {json.dumps(languages)}", f"labels = {json.dumps(LABELS)}", "",
+             f'path = "{TINY_DATA}"', f"languages = {json.dumps(languages)}", f"labels = {json.dumps(LABELS)}",
+             f"low_resource = {json.dumps(list(low_resource))}", "",
              "[federation]", *[f"{k} = {json.dumps(v)}" for k, v in fed.items()], "", "[train]", "batch_size = 8",
              "lr = 0.01", "threads = 1", 'device = "cpu"', ""]
     if personalization:
@@ -103,7 +104,8 @@ def deployed(tmp_path_factory, tiny_xlmr, node_files):
     that was never interrupted, and check what the crash left behind."""
     work = tmp_path_factory.mktemp("deployed")
     out = work / "out"
-    experiment = write_experiment(work / "experiment.toml", tiny_xlmr, out, LANGS)
+    # low_resource as the README's minimal experiment has it: every node narrows it to its own language.
+    experiment = write_experiment(work / "experiment.toml", tiny_xlmr, out, LANGS, low_resource=("swh",))
     with lf.LocalFederation(work / "fed") as fed:
         fed.start_superlink()
         start_nodes(fed, node_files)
@@ -135,6 +137,9 @@ def test_a_deployment_resumed_after_a_server_crash_ends_exactly_where_the_simula
     from mfpt.experiments.paradigms import run_federated_simulation
 
     assert deployed["status"] == "finished:completed"
+    results = json.loads((deployed["out"] / "results.json").read_text())
+    assert set(results["per_language"]) == set(LANGS) and results["low_resource"] == ["swh"]
+    assert results["low_resource_average"] is not None
     cfg = load_config(deployed["experiment"], {"output_dir": str(tmp_path / "sim")})
     run_federated_simulation(cfg, quiet=True)
     simulated, real = final_state(tmp_path / "sim"), final_state(deployed["out"])

@@ -207,9 +207,10 @@ def test_correlation_reproduces_scipy() -> None:
 
 
 def test_correlation_is_nan_with_reason_when_undefined() -> None:
-    assert correlate([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])[4] == "distance is the same for every language"
-    result = correlate([0.1, 0.2, float("nan")], [1.0, 2.0, 3.0])
-    assert all(math.isnan(v) for v in result[:4]) and "has 2" in result[4]
+    assert correlate([1.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0])[4] == "distance is the same for every language"
+    result = correlate([0.1, 0.2, 0.3, 0.4, float("nan")], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert all(math.isnan(v) for v in result[:4]) and result[4] == "too few languages for a correlation: 4, needs 5"
+    assert not math.isnan(correlate([0.1, 0.2, 0.3, 0.4, 0.5], [1.0, 2.0, 3.0, 5.0, 4.0])[0])
 
 
 # ---------------------------------------------------------------------------------------------- analysis

@@ -21,7 +21,6 @@ from mfpt.experiments.paradigms import run_experiment
 from mfpt.experiments.sweep import plan_sweep, sweep_warnings
 from mfpt.federation.server import run_federated
 from mfpt.model.factory import build_model
-from mfpt.results.schema import read_result
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

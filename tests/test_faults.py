@@ -213,7 +213,7 @@ def test_checkpoint_with_nan_is_damaged_and_progress_or_config_damage_is_refused
     (out / "progress.json").write_text('{"completed_round": 1}')
     assert RunRecorder(cfg, out, 10, 10, quiet=True).begin(True).round == 1
     (out / "config.toml").unlink()
-    with pytest.raises(ResumeError, match="config.toml' cannot be read"):
+    with pytest.raises(ResumeError, match="config.toml' is missing; without it the run cannot be resumed"):
         RunRecorder(cfg, out, 10, 10, quiet=True).begin(True)
 
 

@@ -22,7 +22,7 @@ from mfpt.train.runtime import Runtime, get_runtime
 SCHEMA = {"name", "paradigm", "method", "model", "seed", "trainable_params", "total_params", "rounds", "languages",
           "heldout_languages", "low_resource", "labels", "per_language", "heldout", "average", "low_resource_average",
           "heldout_average", "communication", "local_steps", "protocol", "refused_updates", "wall_seconds", "config",
-          "selection", "versions", "created", "privacy", "personalization", "unscored", "hyperparameters", "epochs",
+          "selection", "versions", "created", "privacy", "personalization", "unscored", "hyperparameters", "epochs", "model_path",
           "schema_version"}
 LANGS = ["eng", "swh", "hau"]
 IN_PROCESS = [name for name in PARADIGMS.names() if name != "federated"]
@@ -165,7 +165,8 @@ def test_damaged_checkpoint_resumes_from_the_last_intact_round(config, tmp_path,
     assert resumed["local_steps"] == whole["local_steps"]
     assert resumed["per_language"] == whole["per_language"]
 
-    for round_ in (1, 2, 3):  # nothing intact left: refused in one line
+    (tmp_path / "cut" / "results.json").unlink()  # interrupted again, and then nothing intact left: one line
+    for round_ in (1, 2, 3):
         path = tmp_path / "cut" / "checkpoints" / f"round-{round_:04d}.safetensors"
         path.write_bytes(b"not a checkpoint")
     capsys.readouterr()

@@ -208,7 +208,20 @@ def test_unfinished_or_per_language_runs_are_refused_in_one_line(run_dir, tmp_pa
     unfinished.mkdir()
     shutil.copy(run_dir / "config.toml", unfinished / "config.toml")
     assert main(["predict", str(unfinished), "--input", str(good), "--out", str(tmp_path / "p.jsonl")]) == 2
-    assert "results.json' does not exist: the run has not finished" in _error(capsys)
+    assert "holds no run (no results.json)" in _error(capsys)
+    files.write_json(unfinished / "progress.json", {"completed_round": 1})
+    assert main(["predict", str(unfinished), "--input", str(good), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert f"has not finished; finish it with `mfpt run --resume {unfinished}`" in _error(capsys)
+    files.write_json(unfinished / "failure.json", {"error": "run 'x' scored no training language"})
+    assert main(["predict", str(unfinished), "--input", str(good), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "holds a run that failed (run 'x' scored no training language)" in _error(capsys)
+
+    # A sweep folder (what `make demo` writes): its runs are named, with their paradigms.
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run_dir, sweep / "paradigm=federated__seed=0")
+    assert main(["predict", str(sweep), "--input", str(good), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert f"is a folder of 1 finished run(s), not one run; pass one of: {sweep / 'paradigm=federated__seed=0'} " \
+           f"({files.read_json(run_dir / 'results.json')['paradigm']})" in _error(capsys)
 
     local = tmp_path / "local"
     local.mkdir()

@@ -160,3 +160,29 @@ def test_communication_is_compared_with_full_fine_tuning(tmp_path: Path) -> None
     # 8 KB per round for 1,000 of 10,000 parameters: the whole model would send 80 KB, so 90% is saved.
     assert "- Communication of federated / prefix: 8.0 KB per round for 2 clients" in md
     assert "about 80.0 KB (90.00% less)." in md
+
+
+def test_a_run_report_says_what_its_numbers_mean(tmp_path):
+    """Rows scored and the majority class beside the scores, the bytes in words, the folder as the title."""
+    from mfpt.analysis.report import write_run_report
+
+    folder = fake_run(tmp_path, "federated", 0, {"eng": 0.5, "hau": 0.6})
+    folder = folder.rename(tmp_path / "my-run")
+    text = write_run_report(folder).read_text(encoding="utf-8")
+    assert text.startswith("# my-run: federated / prefix") and "(experiment `t`)" in text
+    rows = table_rows(text, "Accuracy (%)")
+    assert rows["rows scored"][:2] == ["9", "9"]
+    assert rows["majority class"][:3] == ["44.4", "44.4", "44.4"]
+    assert "each of 2 clients sends its 1.0 KB of trainable tensors" in text
+    assert "from the model loaded to the results written" in text
+
+
+def test_a_sweep_report_marks_the_majority_class_and_names_its_seeds(tmp_path):
+    runs = [fake_run(tmp_path, p, s, {"eng": 0.5 + s / 10, "hau": 0.6}) for p in ("federated", "local") for s in (0, 1)]
+    text = write_report(load_runs(runs), tmp_path / "report").read_text(encoding="utf-8")
+    rows = table_rows(text, "## Results")
+    assert rows["majority class"][:2] == ["44.4", "44.4"] and rows["rows scored"][:2] == ["9", "9"]
+    from mfpt.cli.sweep import sweep_title
+
+    assert sweep_title(tmp_path / "runs" / "sweep") == "Sweep runs/sweep"
+    assert sweep_title(tmp_path / "paradigms") == "Sweep paradigms"

@@ -12,8 +12,15 @@ from conftest import TINY_DATA
 from mfpt.config import ConfigError, load_config
 from mfpt.config.specs import hyperparameters
 from mfpt.experiments.sweep import SweepError, inprocess_runner
-from mfpt.experiments.tune import (TUNING_FILE, parse_settings, plan_tuning, run_tuning, search_points,
-                                   tuning_record, write_tuning)
+from mfpt.experiments.tune import (
+    TUNING_FILE,
+    parse_settings,
+    plan_tuning,
+    run_tuning,
+    search_points,
+    tuning_record,
+    write_tuning,
+)
 from mfpt.results.schema import METRICS_FILE
 
 GRID = [("train.lr", ["x0.1", "x1"])]

@@ -49,6 +49,12 @@ class Correlation:
     note: str = ""
 
 
+# Fewer points than this give no correlation, p-value or fit line: with 4 languages Spearman's rho has 24 orderings
+# and its smallest two-sided p is 0.083, and one language moves Pearson's r anywhere; a line through 3 points
+# suggests a trend the data cannot show.
+MIN_CORRELATION_POINTS = 5
+
+
 def correlate(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float, float, str]:
     """(pearson r, p, spearman rho, p, note) over pairs where both are finite; NaN with a note if undefined."""
     from scipy import stats  # imported here: `mfpt distance` should not pay scipy's import time
@@ -57,8 +63,8 @@ def correlate(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, flo
     keep = np.isfinite(xa) & np.isfinite(ya)
     xa, ya = xa[keep], ya[keep]
     nan = float("nan")
-    if len(xa) < 3:
-        return nan, nan, nan, nan, f"needs >= 3 languages, has {len(xa)}"
+    if len(xa) < MIN_CORRELATION_POINTS:
+        return nan, nan, nan, nan, f"too few languages for a correlation: {len(xa)}, needs {MIN_CORRELATION_POINTS}"
     # scipy warns and returns NaN on constant input; say why instead (e.g. every genetic distance is 1.0).
     if np.ptp(xa) == 0:
         return nan, nan, nan, nan, "distance is the same for every language"

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mfpt.analysis.distance import MEASURES, DistanceAnalysis, format_p
+from mfpt.analysis.distance import MEASURES, MIN_CORRELATION_POINTS, DistanceAnalysis, format_p
 from mfpt.config.specs import PARADIGMS
 from mfpt.core.files import atomic_write
 from mfpt.core.stats import mean_std
@@ -89,6 +89,9 @@ def plot_round_curves(series: Sequence[Series], path: Path, title: str = "") -> 
         ax.plot(rounds, means, marker="o", markersize=3, color=color, label=s.label)
         ax.fill_between(rounds, np.clip(means - stds, 0, 100), np.clip(means + stds, 0, 100), color=color, alpha=0.18)
     ax.set_xlabel("round")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole: no 0.5, 1.5 ticks
     ax.set_ylabel("mean accuracy over languages (%)")
     ax.set_xlim(0.5 if last_round >= 1 else -0.5, max(last_round, 1) + 0.5)
     ax.grid(alpha=0.3)
@@ -150,7 +153,7 @@ def plot_distance_vs_gain(analysis: DistanceAnalysis, measure: str, path: Path) 
             ax.scatter(x[keep], y[keep], s=22, color="tab:blue")
             for lang, xi, yi in zip(distances.index[keep], x[keep], y[keep]):
                 ax.annotate(lang, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=8)
-            if keep.sum() >= 2 and np.ptp(x[keep]) > 0:
+            if keep.sum() >= MIN_CORRELATION_POINTS and np.ptp(x[keep]) > 0:
                 slope, intercept = np.polyfit(x[keep], y[keep], 1)
                 xs = np.linspace(x[keep].min(), x[keep].max(), 2)
                 ax.plot(xs, slope * xs + intercept, color="tab:red", linewidth=1)

@@ -37,6 +37,7 @@ from mfpt.analysis.grouping import (
     sort_value,
     varying_keys,
 )
+from mfpt.analysis.model_card import write_model_card
 from mfpt.core import files
 from mfpt.core.stats import mean, mean_std
 from mfpt.data.uriel import LanguageNotInURIELError, URIELDataError
@@ -101,17 +102,30 @@ def language_table(rows: Sequence[tuple[str, RunResult]], languages: Sequence[st
         if low:
             cells.append(pct(mean(scores[lang] for lang in low if scores[lang] is not None)))
         lines.append(_table_row([label, *cells]))
+    if metric == "accuracy" and rows:
+        result = rows[0][1]
+        found = {lang: result.per_language.get(lang) or result.heldout.get(lang) for lang in languages}
+        lines.append(_table_row(["*rows scored*", *[str(s.n_test) if s else "-" for s in found.values()], "",
+                                 *([""] if low else [])]))
+        majority = {lang: s.majority for lang, s in found.items() if s is not None and s.majority is not None}
+        if majority:
+            low_majority = [majority[lang] for lang in low if lang in majority]
+            lines.append(_table_row(["*majority class*", *[pct(majority.get(lang)) for lang in languages],
+                                     pct(mean(majority.values())), *([pct(mean(low_majority))] if low else [])]))
     return "\n".join(lines)
 
 
-def _run_tables(result: RunResult) -> list[str]:
+def _run_tables(result: RunResult, title: str | None = None) -> list[str]:
     """The head of a run's report.md: title, setting, accuracy, macro-F1 and held-out tables."""
     label = _label(result)
+    named = f" (experiment `{result.name}`)" if title and title != result.name else ""
     parts = [
-        f"# {result.name}: {label}",
+        f"# {title or result.name}: {label}",
         "",
-        f"Model `{result.model}`, seed {result.seed}, {result.rounds} rounds. "
-        f"Accuracy (%) on each language's {config_value(result, 'data.eval_split')} split after the last round.",
+        f"Model `{result.model}`, seed {result.seed}, {result.rounds} rounds{named}. "
+        f"Accuracy (%) on each language's {config_value(result, 'data.eval_split')} split after the last round; "
+        "*rows scored* is the number of evaluation rows per language (one row is 100/n points), *majority class* "
+        "the accuracy of always answering the language's most frequent label.",
         "",
         language_table([(label, result)], result.languages, result.low_resource),
         "",
@@ -141,11 +155,11 @@ def render_run_summary(result: RunResult) -> str:
     return f"\n{_label(result)}: mean accuracy {pct(result.mean('average'))}{low}\n" + "\n".join(_run_tables(result)) + "\n"
 
 
-def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) -> str:
-    """report.md of one run: per-language tables, parameters, communication, per-round mean accuracy."""
-    comm = result.communication
+def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], title: str | None = None) -> str:
+    """report.md of one run (titled `title`, its folder's name, when given): per-language tables, parameters,
+    communication, per-round mean accuracy."""
     trainable, total = result.trainable_params, result.total_params
-    parts = [*_run_tables(result)]
+    parts = [*_run_tables(result, title)]
     if result.unscored:
         parts += ["", f"**Not scored in the reported round:** {', '.join(result.unscored)} (their evaluation was "
                       "missing or refused; metrics.jsonl says why). Every mean above leaves them out."]
@@ -154,10 +168,9 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) ->
         "## Cost",
         "",
         f"- Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%).",
-        f"- Sent per round: {human_bytes(comm.bytes_up_per_round)} up, {human_bytes(comm.bytes_down_per_round)} "
-        f"down (all clients; arrays only). Total: {human_bytes(comm.total_bytes)}.",
-        f"- Full fine-tuning would send {human_bytes(comm.full_model_bytes)} per client and direction each round.",
-        f"- Wall time: {result.wall_seconds:.0f} s.",
+        *_bytes_lines(result),
+        f"- Wall time: {result.wall_seconds:.0f} s, from the model loaded to the results written (start-up, such as "
+        "Ray and loading the model, comes on top).",
     ]
     if result.privacy:
         parts += ["", "## Privacy", "", f"- {privacy_in_words(result.privacy)}"]
@@ -174,6 +187,24 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]]) ->
     return "\n".join(parts) + "\n"
 
 
+def _bytes_lines(result: RunResult) -> list[str]:
+    """What the byte counts are: per round and direction over all clients, the total, and full fine-tuning's."""
+    comm = result.communication
+    if not comm.total_bytes:
+        return ["- Nothing was sent: this paradigm trains where the data is and communicates nothing."]
+    per_client = comm.bytes_up_per_round / comm.clients_per_round if comm.clients_per_round else 0
+    lines = [f"- Sent per round: {human_bytes(comm.bytes_up_per_round)} up (each of {comm.clients_per_round:g} "
+             f"clients sends its {human_bytes(per_client)} of trainable tensors as float32) and "
+             f"{human_bytes(comm.bytes_down_per_round)} down (the global state to every client trained, then to every "
+             "client evaluated); arrays only, metrics are a few bytes.",
+             f"- Total over {comm.rounds_recorded} round(s): {human_bytes(comm.total_bytes)}"
+             + (f", of which {human_bytes(comm.after_rounds_bytes)} after the last round (scoring the selected round "
+                "on test, personalisation's fine-tuning)." if comm.after_rounds_bytes else ".")]
+    lines.append(f"- Full fine-tuning would send {human_bytes(comm.full_model_bytes)} per client and direction each round "
+                 f"({comm.full_model_bytes / max(per_client, 1):,.0f} times as much).")
+    return lines
+
+
 def _sampled_evaluation_note(results: Sequence[RunResult]) -> list[str]:
     """A warning when rounds were evaluated on a sample of the clients: their means cover different languages."""
     fractions = sorted({f for r in results if (f := config_value(r, "federation.fraction_evaluate", 1.0)) < 1})
@@ -185,9 +216,11 @@ def _sampled_evaluation_note(results: Sequence[RunResult]) -> list[str]:
 
 
 def write_run_report(run_dir: str | os.PathLike) -> Path:
-    """Write RUN_DIR/report.md from its results.json and metrics.jsonl (what every finished run gets)."""
+    """Write RUN_DIR/report.md from its results.json and metrics.jsonl (what every finished run gets), and the model
+    card of its exported model."""
     run = load_run(run_dir)
-    return files.write_text(run.folder / REPORT_FILE, render_run_report(run.results, run.curves))
+    write_model_card(run.results, run.folder)
+    return files.write_text(run.folder / REPORT_FILE, render_run_report(run.results, run.curves, title=run.folder.name))
 
 
 def _round_means(curves: Sequence[Mapping[str, Any]], languages: Sequence[str], split: str) -> dict[int, float | None]:
@@ -326,14 +359,27 @@ def _axis_heading(axis: str) -> str:
 # ---------------------------------------------------------------------------------------------- the writer
 
 
-def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report", filename: str = "report.md") -> Path:
-    """Draw the figures and run the distance analyses of `runs` into out_dir, then write the report there."""
+def failed_runs_section(failed: Mapping[str, str]) -> list[str]:
+    """The runs that failed (name: error), listed so that a table without them is never read as complete."""
+    if not failed:
+        return []
+    return ["## Runs that failed", "", f"{len(failed)} run(s) failed and are in no table below; run the same command "
+            "again to retry them once the cause is fixed:", "", *(f"- `{name}`: {reason}" for name, reason in failed.items())]
+
+
+def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report", filename: str = "report.md",
+                 failed: Mapping[str, str] | None = None) -> Path:
+    """Draw the figures and run the distance analyses of `runs` into out_dir, then write the report there (with the
+    `failed` runs listed first; without any finished run, the list alone)."""
     out_dir = Path(out_dir)
+    if not runs and failed:
+        return files.write_text(out_dir / filename, "\n".join([f"# {title}", "", "No run finished.", "",
+                                                               *failed_runs_section(failed)]) + "\n")
     groups = group_runs(runs)
     curves: dict[str, Path] = {}
     distances: dict[str, DistanceResult] = {}
     for ctx in contexts(groups):
-        series = [Series(f"{g.label} (n={len(g.runs)})", g.paradigm, list(curve.items()), level=not g.spec.uses_rounds)
+        series = [Series(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})", g.paradigm, list(curve.items()), level=not g.spec.uses_rounds)
                   for g in ctx.groups if (curve := _round_curves(g))]
         if series:
             curves[ctx.slug] = plot_round_curves(series, out_dir / f"curves_{ctx.slug}.png", ctx.name)
@@ -343,7 +389,7 @@ def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report", 
     axes = {axis: plot_axis(*_axis_figure(groups, axis),
                             out_dir / ("data_efficiency.png" if axis == DATA_AXIS else f"axis_{axis}.png"))
             for axis in _numeric_axes(runs, groups)}
-    text = render_report(runs, out_dir, title, ReportArtifacts(curves, axes, distances))
+    text = render_report(runs, out_dir, title, ReportArtifacts(curves, axes, distances), failed or {})
     return files.write_text(out_dir / filename, text)
 
 
@@ -389,7 +435,7 @@ def _axis_figure(groups: Sequence[Group], axis: str) -> tuple[list[tuple[str, li
 
 
 def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
-                  artifacts: ReportArtifacts = ReportArtifacts()) -> str:
+                  artifacts: ReportArtifacts = ReportArtifacts(), failed: Mapping[str, str] | None = None) -> str:
     """One Markdown report over finished runs, linking the figures and distance analyses of `artifacts`.
 
     Pure: `out_dir` is only where the report will live (run folders are shown relative to it)."""
@@ -412,7 +458,10 @@ def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
              "directions over the run (0 where nothing is communicated). The budgets table gives each paradigm's "
              "optimisation steps, passes over its data and learning rates, and flags a comparison whose budgets or "
              "way of choosing the learning rate differ.",
-             "", "## Protocols", ""]
+             ""]
+    if failed:
+        parts += [*failed_runs_section(failed), ""]
+    parts += ["## Protocols", ""]
     for label in dict.fromkeys(g.label for g in groups):
         protocol = next((g.runs[0].results.protocol for g in groups if g.label == label), "") or "-"
         parts.append(f"- **{label}**: {protocol}")
@@ -522,7 +571,21 @@ def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequ
             cells += [f"{first.trainable_params:,}", human_bytes(first.communication.total_bytes),
                       ",".join(map(str, g.seeds))]
         lines.append(_table_row([g.label, *cells]))
-    return lines
+    return lines + (_reference_rows(groups, languages, low, len(header) - len(languages) - 1) if costs else [])
+
+
+def _reference_rows(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], rest: int) -> list[str]:
+    """Two rows that say what a score means: the rows each language was scored on (one row is 100/n points), and the
+    accuracy of always answering its most frequent label (results of older mfpt lack it: '-')."""
+    scores = {lang: next((s for g in groups for r in g.runs if (s := r.results.per_language.get(lang))), None)
+              for lang in languages}
+    majority = {lang: s.majority for lang, s in scores.items() if s is not None and s.majority is not None}
+    low_majority = [majority[lang] for lang in low if lang in majority]
+    rows = [_table_row(["*rows scored*", *[str(s.n_test) if s else "-" for s in scores.values()], *[""] * rest])]
+    rows.append(_table_row(["*majority class*", *[pct(majority.get(lang)) for lang in languages],
+                            pct(mean(list(majority.values()))) if majority else "-",
+                            pct(mean(low_majority)) if low_majority else "-", *[""] * (rest - 2)]))
+    return rows
 
 
 def _heldout_table(groups: Sequence[Group], heldout: Sequence[str], metric: str = "accuracy") -> list[str]:

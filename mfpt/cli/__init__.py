@@ -1,7 +1,8 @@
 """The `mfpt` command. Each module here parses one group of subcommands and calls the layer that does the work.
 
 User errors (bad config, missing data, unknown names, refused updates) print one clear line and exit 2;
-only bugs produce tracebacks.
+only bugs produce tracebacks. The transformers/peft version guard refuses the commands that build a model (they set
+`builds_model`); the others run under any pair and say in one line that training would be refused.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 from mfpt.cli import distance, experiment, predict, prepare, privacy, sweep, tune  # noqa: E402
 from mfpt.cli.common import config_args  # noqa: E402
 from mfpt.core.errors import UserError  # noqa: E402
-from mfpt.model.compat import ensure_supported_stack  # noqa: E402
+from mfpt.model import compat  # noqa: E402
 
 # Every command group, in the order `mfpt --help` lists them; each adds its subcommands with `add_parser`.
 COMMANDS = (experiment, sweep, tune, distance, prepare, predict, privacy)
@@ -53,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("transformers", "peft", "datasets"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        ensure_supported_stack()
+        if getattr(args, "builds_model", False):
+            compat.ensure_supported_stack()  # before Ray, data or a model start
+        elif problem := compat.installed_stack_problem():
+            # validate, data, keys, report, ... load no model: they run, and say what training would meet.
+            print(f"note: training would be refused here. {problem}", file=sys.stderr)
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

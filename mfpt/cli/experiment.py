@@ -3,52 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
 from mfpt.analysis.report import render_run_summary
 from mfpt.cli.common import load_from_args
-from mfpt.config import ConfigError, ExperimentConfig, describe, describe_markdown, to_toml
+from mfpt.config import describe, describe_markdown, to_toml
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one experiment."""
+    started = time.monotonic()
     from mfpt.experiments.paradigms import run_experiment
-    from mfpt.results.recorder import ensure_output_dir
+    from mfpt.results.recorder import check_resumable, ensure_output_dir, resumable_folder, saved_config
 
-    cfg = load_from_args(args)
     if args.resume:
-        cfg = cfg.replace(output_dir=str(args.resume))
-    out = Path(cfg.output_dir).expanduser().resolve()
-    ensure_output_dir(out)  # found now, not after the data and the model have loaded
+        out = Path(args.resume).expanduser().resolve()
+        resumable_folder(out)
+        given = args.config or args.set or args.tuned
+        # `mfpt run --resume DIR` alone continues DIR with the config it was started with, from any directory.
+        cfg = load_from_args(args) if given else saved_config(out)
+        cfg = cfg.replace(output_dir=str(out), **({"model.name": args.model} if args.model else {}))
+        # Everything --resume refuses is found now, before Ray, the data or the model start.
+        check_resumable(out, cfg)
+    else:
+        cfg = load_from_args(args)
+        cfg = cfg.replace(**{"model.name": args.model}) if args.model else cfg
+        out = Path(cfg.output_dir).expanduser().resolve()
+        ensure_output_dir(out)  # found now, not after the data and the model have loaded
     result = run_experiment(cfg, resume=bool(args.resume), quiet=args.quiet)
     print(render_run_summary(result))
     print(f"outputs in {out} (report.md, results.json, metrics.jsonl, checkpoints/)")
+    print(f"finished in {time.monotonic() - started:.0f} s: {result.wall_seconds:.0f} s from the model loaded to the "
+          "results written (results.json's wall_seconds, over every resume), the rest start-up")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check a config without running it (local paths included) and print it fully resolved."""
+    """Check a config as every run, node and client would (mfpt.experiments.preflight), print it fully resolved,
+    then what was checked, as TOML comments (so the output stays a valid config)."""
+    from mfpt.experiments.preflight import preflight
+
     cfg = load_from_args(args)
-    check_local_paths(cfg)
+    passed = preflight(cfg)
     print(to_toml(cfg), end="")
+    print("\n" + "\n".join(f"# ok: {line}" for line in passed))
     return 0
-
-
-def check_local_paths(cfg: ExperimentConfig) -> None:
-    """Refuse the local paths `run` would refuse, found without reading them: data.path and a model.name folder."""
-    data = cfg.data
-    if data.source == "files" and not data.path:
-        raise ConfigError("data.source = 'files' needs data.path: a JSONL, CSV or Parquet file in the universal schema.")
-    if data.path and not Path(data.path).expanduser().exists():
-        raise ConfigError(f"data.path = {data.path!r} does not exist; point it at the data file or folder.")
-    model = Path(cfg.model.name).expanduser()
-    if model.is_dir() and not (model / "config.json").is_file():
-        raise ConfigError(f"model.name = {cfg.model.name!r} is a directory without config.json; "
-                          "point it at a checkpoint folder.")
-    if not model.exists() and (model.is_absolute() or cfg.model.name.startswith((".", "~"))):
-        raise ConfigError(f"model.name = {cfg.model.name!r} looks like a local path but does not exist; "
-                          "fix the path, or give a hub id such as xlm-roberta-base.")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -76,9 +77,13 @@ def add_parser(sub: Any, config_args: argparse.ArgumentParser) -> None:
                          description="Run the experiment of CONFIG on this machine and write results, checkpoints "
                                      "and report.md to output_dir.", parents=[config_args])
     run.add_argument("--out", help="output directory (overrides output_dir)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed round")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an interrupted run from its last completed round (alone: with the config it was "
+                          "started with)")
+    run.add_argument("--model", metavar="PATH_OR_HUB_ID",
+                     help="the base model (sets model.name); with --resume, the same checkpoint found at another path")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, builds_model=True)
 
     validate = sub.add_parser("validate", help="check a config and print it resolved",
                               description="Validate CONFIG (and --set overrides) without running anything.",

@@ -21,7 +21,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     transformers_logging.disable_progress_bar()  # the command prints its own progress line
     predictions = predict_file(args.run_dir, args.input, args.out, device=args.device,
-                               progress=None if args.quiet else _progress_line)
+                               progress=None if args.quiet else _progress_line, model=args.model)
     counts = pd.Series([p["label"] for p in predictions]).value_counts()
     print(f"wrote {len(predictions)} predictions to {args.out} ("
           + ", ".join(f"{label} {n}" for label, n in counts.items()) + ")")
@@ -38,6 +38,9 @@ def add_parser(subparsers: Any, config_args: argparse.ArgumentParser) -> None:
     predict.add_argument("--input", required=True, metavar="FILE",
                          help="JSONL, CSV or Parquet file with columns text and lang (optional: text_pair, id)")
     predict.add_argument("--out", required=True, metavar="FILE", help="where to write the predictions (JSONL)")
+    predict.add_argument("--model", metavar="PATH_OR_HUB_ID",
+                         help="the base model to load the run's adapter onto (default: the one the run recorded; "
+                              "needed when its folder is not found from here)")
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     predict.add_argument("--quiet", action="store_true", help="no progress line")
-    predict.set_defaults(func=cmd_predict)
+    predict.set_defaults(func=cmd_predict, builds_model=True)

@@ -48,4 +48,4 @@ def add_parser(sub: Any, config_args: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=4, help="copies of each planted canary in the training data")
     parser.add_argument("--client", help="language whose data gets the canaries (default: the first low-resource)")
     parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
-    parser.set_defaults(func=cmd_audit_privacy)
+    parser.set_defaults(func=cmd_audit_privacy, builds_model=True)

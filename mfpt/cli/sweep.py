@@ -23,6 +23,11 @@ from mfpt.experiments.sweep import (
 )
 
 
+def sweep_title(out: Path) -> str:
+    """The default title of sweep.md: the sweep's folder name ('Sweep runs/paradigms'), never 'Sweep sweep'."""
+    return f"Sweep {out.parent.name}/{out.name}" if out.name.lower() in ("sweep", "sweeps") else f"Sweep {out.name}"
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """`mfpt sweep`: plan, run what is missing, write sweep.csv and sweep.md."""
     grid = parse_grid(args.grid or [])
@@ -39,7 +44,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                      "runs": [{"name": r.name, "values": dict(r.values), "seed": r.seed} for r in runs]})
     print(f"sweep of {len(runs)} run(s) into {out}")
     outcome = run_sweep(runs, out, args.config)
-    written = finish_sweep(runs, [k for k, _ in grid], out, title=args.title or f"Sweep {out.name}")
+    written = finish_sweep(runs, [k for k, _ in grid], out, title=args.title or sweep_title(out), failed=outcome.failed)
     print(f"\n{len(outcome.ran)} ran, {len(outcome.resumed)} resumed, {len(outcome.skipped)} already complete, "
           f"{len(outcome.failed)} failed.")
     for name, reason in outcome.failed.items():
@@ -91,7 +96,7 @@ def add_parser(subparsers: Any, config_args: argparse.ArgumentParser) -> None:
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     sweep.add_argument("--out", help="sweep folder (default: output_dir of the config + '-sweep')")
     sweep.add_argument("--title", help="title of sweep.md")
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=cmd_sweep, builds_model=True)
 
     report = subparsers.add_parser(
         "report", help="one report (Markdown + PNG) from finished runs and sweeps",

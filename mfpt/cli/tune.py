@@ -78,4 +78,4 @@ def add_parser(sub: Any, config_args: argparse.ArgumentParser) -> None:
                         help="a seeded random subset of this many grid points, the same for every setting (0 = all)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; a trial's score is their mean (default: 0)")
     parser.add_argument("--out", help="tuning folder (default: output_dir of the config + '-tune')")
-    parser.set_defaults(func=cmd_tune)
+    parser.set_defaults(func=cmd_tune, builds_model=True)

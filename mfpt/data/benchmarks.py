@@ -22,6 +22,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from mfpt.config import DataConfig
+from mfpt.core.hub import ensure_hub_reachable, is_unreachable
 from mfpt.core.languages import UnknownLanguageError, language_name, normalize_language
 from mfpt.data.sources import DATA_SOURCES, LABEL, LANG, SPLIT, TEXT, TEXT_PAIR, DataError, DataSource
 
@@ -321,8 +322,10 @@ def hub_revision(hub_id: str, ref: str) -> str | None:
 
     try:
         return HfApi().dataset_info(hub_id, revision=ref).sha
-    except OSError:  # offline, unreachable or gated: datasets may still read its cached copy, unpinned
-        return None
+    except Exception as err:  # offline, unreachable or gated: datasets may still read its cached copy, unpinned
+        if isinstance(err, OSError) or is_unreachable(err):
+            return None
+        raise
 
 
 def _first_line(err: BaseException) -> str:
@@ -368,6 +371,8 @@ class HubReader:
     def __call__(self, code: str, split: str) -> tuple[dict[str, Any], ColumnMap]:
         """One language's split as the columns its ColumnMap reads (labels as names), and that map."""
         hub = self.info.hub
+        ensure_hub_reachable(f"the {self.info.name} dataset {self.info.hub_id} ({code}, {split})",
+                             f"data.path = a local copy ({self.info.offline_layout})")
         dataset = self._dataset(hub.config.format(code=code), hub.splits[split].format(code=code))
         return dataset_table(dataset, hub.columns), hub.columns
 

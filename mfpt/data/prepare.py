@@ -8,7 +8,6 @@ language's file and points its SuperNode's `data-path` at it (docs/deploy.md).
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,14 +16,14 @@ import pandas as pd
 
 from mfpt import __version__
 from mfpt.config import DataConfig
-from mfpt.core.files import atomic_write, json_line, write_json, write_text
+from mfpt.core.files import atomic_write, json_line, sha256_file, write_json, write_text
 from mfpt.core.languages import language_name, normalize_languages
 from mfpt.core.registry import UnknownNameError, unknown_name_message
 from mfpt.data.benchmarks import BENCHMARKS, Provenance, load_benchmark_with_provenance
-from mfpt.data.sources import LABEL, LANG, SPLIT, TEXT, TEXT_PAIR, DataError, read_table
+from mfpt.data.sources import CARD_NAME, LABEL, LANG, SPLIT, TEXT, TEXT_PAIR, DataError, read_table
 
 FILES = "files"  # `mfpt prepare files`: split the user's own multilingual file instead of a benchmark
-CARD_NAME, README_NAME = "datacard.json", "README.md"
+README_NAME = "README.md"
 CARD_SCHEMA = "mfpt.datacard/1"
 SCHEMA_COLUMNS = (TEXT, TEXT_PAIR, LABEL, LANG, SPLIT)  # what a language file keeps, in this order
 UNSPLIT = "unsplit"  # the split name the card counts rows under when the input has no split column
@@ -57,15 +56,6 @@ def _read_user_file(path: str, languages: Sequence[str]) -> tuple[pd.DataFrame, 
                             f"{', '.join(sorted(set(frame[LANG])))}. Fix --languages.")
         frame = frame[frame[LANG].isin(wanted)]
     return frame, Provenance(FILES, str(source.resolve()), "local")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (XNLI-MT files run to about 100 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_language_file(path: Path, rows: pd.DataFrame) -> Path:

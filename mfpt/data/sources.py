@@ -7,6 +7,7 @@ registered before one is looked up.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -14,6 +15,7 @@ import pandas as pd
 
 from mfpt.config import DataConfig
 from mfpt.core.errors import UserError
+from mfpt.core.files import sha256_file
 from mfpt.core.languages import UnknownLanguageError, normalize_language
 from mfpt.core.registry import Registry
 
@@ -42,15 +44,47 @@ READERS = {
 }
 
 
+# `mfpt prepare` writes this data card next to its language files; a folder holding one is read as the card says.
+CARD_NAME = "datacard.json"
+
+
+def prepared_files(folder: Path) -> list[Path]:
+    """The language files a `mfpt prepare` folder's data card lists, each checked against its recorded sha256 (a
+    file changed after preparation would silently change the experiment)."""
+    card_path = folder / CARD_NAME
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        entries = {lang: (entry["file"], entry["sha256"]) for lang, entry in card["languages"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{str(card_path)!r} is not a data card of `mfpt prepare` ({type(err).__name__}: {err}); run "
+                        "`mfpt prepare` again into an empty folder, or remove the card to read the folder's files "
+                        "as they are.") from None
+    listed = []
+    for lang, (name, digest) in entries.items():
+        file = folder / name
+        if not file.is_file():
+            raise DataError(f"{str(file)!r} ({lang}), listed in {CARD_NAME}, is missing; copy the whole prepared "
+                            "folder, or run `mfpt prepare` again.")
+        if sha256_file(file) != digest:
+            raise DataError(f"{str(file)!r} ({lang}) differs from the file `mfpt prepare` wrote (sha256 in "
+                            f"{CARD_NAME}); run `mfpt prepare` again, or remove {CARD_NAME} if the change is meant.")
+        listed.append(file)
+    return sorted(listed)
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a JSONL, CSV, TSV or Parquet file, or every such file in a directory, into one DataFrame."""
+    """Read a JSONL, CSV, TSV or Parquet file, or every such file in a directory, into one DataFrame (a folder of
+    `mfpt prepare`: the files its data card lists, checked)."""
     path = Path(path).expanduser()
     if not str(path) or not path.exists():
         raise DataError(
             f"Data file {str(path)!r} does not exist; set data.path to a JSONL, CSV or Parquet file "
             "(or a directory of them) in the universal schema."
         )
-    files = sorted(p for p in path.iterdir() if p.suffix in READERS) if path.is_dir() else [path]
+    if path.is_dir() and (path / CARD_NAME).is_file():
+        files = prepared_files(path)
+    else:
+        files = sorted(p for p in path.iterdir() if p.suffix in READERS and p.name != CARD_NAME) if path.is_dir() else [path]
     if not files:
         raise DataError(f"Directory {str(path)!r} holds no {', '.join(READERS)} files.")
     frames = []

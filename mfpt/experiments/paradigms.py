@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,26 @@ def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet:
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "logging_level": "WARNING" if not verbose else "INFO",
                       "log_to_driver": verbose},
     }
-    run_simulation(server_app=build_server_app(cfg, resume=resume, quiet=quiet), client_app=client_app,
-                   num_supernodes=num_clients, backend_config=backend_config)  # type: ignore[arg-type]
+    notices = _FlowerNotices()
+    if not verbose:
+        flwr_logger.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            if not verbose:  # Ray's advice about a future default for GPU-less actors: nothing a user needs to do
+                warnings.filterwarnings("ignore", message=".*Ray will no longer override accelerator", category=FutureWarning)
+            run_simulation(server_app=build_server_app(cfg, resume=resume, quiet=quiet), client_app=client_app,
+                           num_supernodes=num_clients, backend_config=backend_config)  # type: ignore[arg-type]
+    finally:
+        flwr_logger.removeFilter(notices)
     return read_result(Path(cfg.output_dir).expanduser().resolve())
+
+
+class _FlowerNotices(logging.Filter):
+    """Drops Flower's notice that `run_simulation` is deprecated in favour of `flwr run`: `mfpt run` is the
+    documented way to simulate here, and `flwr run` is documented in docs/deploy.md (shown with -v)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
 
 
 @dataclass

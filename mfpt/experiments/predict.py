@@ -47,15 +47,14 @@ class Predictor:
     classifier: "ClassifierModel"
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, device: str = "auto") -> "Predictor":
-        """Load RUN_DIR's exported adapter onto its base model, with the run's labels, max length and text prefix."""
+    def from_run(cls, run_dir: str | os.PathLike, device: str = "auto", model: str | None = None) -> "Predictor":
+        """Load RUN_DIR's exported adapter onto its base model (`model` if given, else the one the run recorded),
+        with the run's labels, max length and text prefix."""
         from mfpt.model.factory import pick_device
         from mfpt.results.schema import ADAPTER_DIR
 
         run_dir = Path(run_dir).expanduser()
-        if not run_dir.is_dir():
-            raise PredictError(f"Run folder {str(run_dir)!r} does not exist; pass the output_dir of a finished run.")
-        result = read_result(run_dir)
+        result = read_result(finished_run(run_dir))
         adapter = run_dir / ADAPTER_DIR
         if not any((adapter / name).is_file() for name in ("adapter_config.json", "config.json")):
             raise PredictError(
@@ -68,6 +67,8 @@ class Predictor:
             cfg = from_dict(result.config)
         except ConfigError as err:
             raise PredictError(f"{str(run_dir / 'results.json')!r} holds a config this mfpt cannot read: {err}") from None
+        if cfg.peft.method.value != "full":  # full fine-tuning exported the whole model: no base model needed
+            cfg = cfg.replace(**{"model.name": base_model(result, model)})
         try:
             torch_device = pick_device(device)
         except (ConfigError, RuntimeError):
@@ -113,6 +114,50 @@ class Predictor:
                               for lang in sorted(unseen))
         log.warning("language(s) %s took no part in training this run (trained on %s); their predictions are "
                     "cross-lingual transfer, check them before trusting them", described, ", ".join(self.result.languages))
+
+
+def finished_run(folder: Path) -> Path:
+    """`folder` when it holds a finished run; otherwise a PredictError that says what it holds and what to pass
+    instead (the runs of a sweep folder, `--resume` for an unfinished run, the error of a failed one)."""
+    from mfpt.results.schema import FAILURE_FILE, PROGRESS_FILE, RESULTS_FILE
+
+    if not folder.is_dir():
+        raise PredictError(f"Run folder {str(folder)!r} does not exist; pass the output_dir of a finished run.")
+    if (folder / RESULTS_FILE).is_file():
+        return folder
+    if (folder / FAILURE_FILE).is_file():
+        raise PredictError(f"{str(folder)!r} holds a run that failed ({files.read_json(folder / FAILURE_FILE)['error']}); "
+                           "it exported no model.")
+    if (folder / PROGRESS_FILE).is_file():
+        raise PredictError(f"{str(folder)!r} holds a run that has not finished; finish it with "
+                           f"`mfpt run --resume {folder}`, then predict.")
+    runs = sorted(p.parent for p in folder.glob(f"*/{RESULTS_FILE}"))
+    if runs:
+        listed = "; ".join(f"{run} ({files.read_json(run / RESULTS_FILE).get('paradigm', '?')})" for run in runs)
+        raise PredictError(f"{str(folder)!r} is a folder of {len(runs)} finished run(s), not one run; pass one of: "
+                           f"{listed}.")
+    raise PredictError(f"{str(folder)!r} holds no run (no results.json); pass the output_dir of a finished run.")
+
+
+def base_model(result: RunResult, override: str | None = None) -> str:
+    """The base model to load the adapter onto: `override` (--model), else model.name when it is found from here,
+    else the folder the run resolved it to, else model.name as a hub id; a local folder found nowhere is refused."""
+    if override:
+        path = Path(override).expanduser()
+        if override.startswith((".", "/", "~")) and not path.is_dir():
+            raise PredictError(f"--model {override!r} is not a folder; pass the base model's checkpoint folder or hub id.")
+        return str(path.resolve()) if path.is_dir() else override
+    name = str(result.config.get("model", {}).get("name", result.model))
+    if Path(name).expanduser().is_dir():
+        return name
+    recorded = result.model_path
+    if recorded and Path(recorded).is_dir():
+        return recorded
+    if recorded and Path(recorded).is_absolute():
+        raise PredictError(f"The run's base model {name!r} (the folder {recorded!r} when it ran) is not found from "
+                           f"{os.getcwd()!r}; pass --model PATH_OR_HUB_ID (the same checkpoint), or run from the "
+                           "folder the run was started in.")
+    return name
 
 
 def _load(cfg: ExperimentConfig, result: RunResult, adapter: Path, device: Any) -> "ClassifierModel":
@@ -197,12 +242,12 @@ def check_output(out: str | os.PathLike, input_path: str | os.PathLike | None = 
 
 
 def predict_file(run_dir: str | os.PathLike, input_path: str | os.PathLike, out: str | os.PathLike,
-                 device: str = "auto", progress: Progress | None = None) -> list[dict[str, Any]]:
+                 device: str = "auto", progress: Progress | None = None, model: str | None = None) -> list[dict[str, Any]]:
     """Label every row of `input_path` with RUN_DIR's model and write the predictions to `out` as JSONL, atomically."""
     out = check_output(out, input_path)
     origin = f"Input file {str(input_path)!r}"
     rows = check_rows(read_rows(input_path), origin)  # refused before the model loads, not after
-    predictions = Predictor.from_run(run_dir, device).predict(rows, origin=origin, progress=progress)
+    predictions = Predictor.from_run(run_dir, device, model).predict(rows, origin=origin, progress=progress)
     files.write_text(out, "".join(files.json_line(p) for p in predictions))
     return predictions
 

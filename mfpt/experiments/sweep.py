@@ -31,14 +31,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mfpt.analysis.grouping import load_run
 from mfpt.analysis.report import write_report
 from mfpt.config import ConfigError, ExperimentConfig, load_config, parse_override
 from mfpt.core import files
 from mfpt.core.errors import UserError
-from mfpt.results.schema import RESULTS_FILE, read_result
+from mfpt.results.schema import FAILURE_FILE, RESULTS_FILE, read_result
 
 SWEEP_CSV = "sweep.csv"
 SWEEP_MD = "sweep.md"
@@ -49,7 +49,8 @@ CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accurac
 # Keys a grid may not vary: the seed has --seeds, and the sweep owns each run's folder.
 RESERVED = ("seed", "output_dir")
 # What `mfpt run` writes into a run folder; a folder holding anything else is not cleared automatically.
-RUN_OUTPUTS = ("config.toml", "metrics.jsonl", "progress.json", RESULTS_FILE, "report.md", "checkpoints", "adapter")
+RUN_OUTPUTS = ("config.toml", "metrics.jsonl", "progress.json", RESULTS_FILE, FAILURE_FILE, "report.md", "checkpoints",
+               "adapter")
 
 
 class SweepError(UserError, ValueError):
@@ -170,9 +171,12 @@ def sweep_warnings(runs: Sequence[PlannedRun]) -> list[str]:
 
 
 def run_state(folder: Path) -> str:
-    """'complete' (results.json), 'partial' (a recorded round to resume from), 'empty' (nothing kept) or 'new'."""
+    """'complete' (results.json), 'failed' (failure.json: it scored nothing), 'partial' (a recorded round to resume
+    from), 'empty' (nothing kept) or 'new'."""
     if (folder / RESULTS_FILE).is_file():
         return "complete"
+    if (folder / FAILURE_FILE).is_file():
+        return "failed"
     if (folder / "progress.json").is_file():
         return "partial"
     return "empty" if folder.exists() else "new"
@@ -235,7 +239,7 @@ def run_sweep(runs: Sequence[PlannedRun], out_dir: Path, config: str | None = No
             outcome.skipped.append(run.name)
             echo(f"{where}: complete, skipped")
             continue
-        if state == "empty":
+        if state in ("empty", "failed"):  # a failed run starts again from nothing once its cause is fixed
             clear_run_folder(run.folder)
         started = time.time()
         echo(f"{where}: {'resuming' if state == 'partial' else 'running'} ...")
@@ -287,13 +291,18 @@ def write_sweep_csv(runs: Sequence[PlannedRun], grid_keys: Sequence[str], path: 
     return files.atomic_write(path, write)
 
 
-def finish_sweep(runs: Sequence[PlannedRun], grid_keys: Sequence[str], out_dir: Path, title: str) -> list[Path]:
-    """Write sweep.csv and sweep.md (with its figures) from the runs that are complete."""
+def finish_sweep(runs: Sequence[PlannedRun], grid_keys: Sequence[str], out_dir: Path, title: str,
+                 failed: Mapping[str, str] | None = None) -> list[Path]:
+    """Write sweep.csv and sweep.md (with its figures) from the runs that are complete; sweep.md lists the runs that
+    failed (`failed`, and any folder whose failure.json says it scored nothing) before its tables."""
     out_dir = Path(out_dir).expanduser().resolve()
     written = [write_sweep_csv(runs, grid_keys, out_dir / SWEEP_CSV)]
     done = [load_run(r.folder) for r in runs if run_state(r.folder) == "complete"]
-    if done:
-        written.append(write_report(done, out_dir, title=title, filename=SWEEP_MD))
+    failures = {r.name: str(files.read_json(r.folder / FAILURE_FILE).get("error", "?"))
+                for r in runs if run_state(r.folder) == "failed"}
+    failures.update(failed or {})
+    if done or failures:
+        written.append(write_report(done, out_dir, title=title, filename=SWEEP_MD, failed=failures))
     return written
 
 

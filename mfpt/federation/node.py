@@ -62,6 +62,14 @@ def which_client(cfg: ExperimentConfig, node_config: Mapping[str, Any]) -> tuple
     return index, clients[index]
 
 
+def node_data_config(cfg: ExperimentConfig, client: ClientSpec, data_path: str) -> ExperimentConfig:
+    """The config a deployed node reads its data with: only its own file, which holds only its own language, so
+    every language list narrows to that language (`mfpt validate` builds the same one for every client)."""
+    return cfg.replace(**{"data.source": "files", "data.path": data_path, "data.languages": [client.lang],
+                          "data.heldout_languages": [],
+                          "data.low_resource": [lang for lang in cfg.data.low_resource if lang == client.lang]})
+
+
 @dataclass
 class ClientNode:
     """One client of one experiment on this node: its config, this process's runtime, its index and spec."""
@@ -76,11 +84,7 @@ class ClientNode:
         """The node as the server's config (sent in the message) and the node's own config define it."""
         cfg = config_from_entries(config_entries)
         index, client = which_client(cfg, node_config)
-        data_cfg = cfg
-        if "data-path" in node_config:
-            # Deployment: the node reads only its own file, which holds only its own language.
-            data_cfg = cfg.replace(**{"data.source": "files", "data.path": str(node_config["data-path"]),
-                                      "data.languages": [client.lang], "data.heldout_languages": []})
+        data_cfg = node_data_config(cfg, client, str(node_config["data-path"])) if "data-path" in node_config else cfg
         return cls(cfg, get_runtime(data_cfg), index, client)
 
     def describe(self) -> Metrics:

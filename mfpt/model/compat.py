@@ -78,12 +78,17 @@ def stack_problem(versions: Mapping[str, str], ranges: Mapping[str, str]) -> str
     )
 
 
+def installed_stack_problem() -> str | None:
+    """The problem of the installed transformers/peft pair (None when supported, or when SKIP_ENV says try it)."""
+    if os.environ.get(SKIP_ENV) == "1":
+        return None
+    return stack_problem(installed_versions(), supported_ranges())
+
+
 @functools.cache
 def ensure_supported_stack() -> None:
     """Refuse to start on a transformers/peft pair outside mfpt's declared ranges (checked once per process)."""
-    if os.environ.get(SKIP_ENV) == "1":
-        return
-    problem = stack_problem(installed_versions(), supported_ranges())
+    problem = installed_stack_problem()
     if problem:
         raise UnsupportedStackError(problem)
 

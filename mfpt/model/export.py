@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from mfpt.config import ExperimentConfig, PeftMethod
+from mfpt.core.files import DIR_MODE, FILE_MODE
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
 from mfpt.model.factory import ClassifierModel, _load_backbone, count_parameters, fit_inputs, quiet_transformers
 
@@ -22,7 +24,8 @@ def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     ensure_supported_stack()  # every exported model mfpt loads passes here
     # Prefix adapters need the encoder's cache argument under its old name (transformers >= 5.24, see compat).
     expose_past_key_values(base_model)
-    return PeftModel.from_pretrained(base_model, str(adapter_dir))
+    with quiet_transformers():
+        return PeftModel.from_pretrained(base_model, str(adapter_dir))
 
 
 def export_adapter(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
@@ -36,7 +39,10 @@ def export_adapter(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
 def export_atomically(model: nn.Module, tokenizer: Any, target: Path) -> Path:
     """Export the final adapter into a temp folder, then swap it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
+    os.chmod(tmp, DIR_MODE)  # mkdtemp makes it 0700; the run's other folders follow the umask
     export_adapter(model, tokenizer, tmp)
+    for written in tmp.rglob("*"):  # some writers (safetensors) create their files 0600 whatever the umask
+        os.chmod(written, DIR_MODE if written.is_dir() else FILE_MODE)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,9 +20,13 @@ from torch import nn
 
 from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
 from mfpt.config.specs import METHODS
+from mfpt.core.hub import HubUnreachableError, ensure_hub_reachable, is_unreachable, unreachable_message
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
 
 log = logging.getLogger("mfpt")
+# How to fetch a model on a machine with the network, for a site without it.
+MODEL_ELSEWHERE = ("download it where the network is (`hf download {name} --local-dir DIR`) and bring DIR here as "
+                   "model.name")
 
 
 # Model types whose classification head reads position 0 through a module we can re-point at <s>/[CLS].
@@ -66,6 +71,9 @@ def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
     local = Path(name).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise ConfigError(f"model.name = {name!r} is a directory without config.json; point it at a checkpoint folder.")
+    if not local.exists():  # a hub id: found unreachable in seconds, not after half a minute of retries
+        ensure_hub_reachable(f"model.name = {name!r} (weights and tokenizer)", "model.name = its checkpoint folder",
+                             MODEL_ELSEWHERE.format(name=name))
     try:
         config = AutoConfig.from_pretrained(name, num_labels=num_labels)
         # transformers reports every weight the checkpoint lacks (an encoder checkpoint always lacks the new task head,
@@ -75,7 +83,12 @@ def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 name, config=config, output_loading_info=True
             )
-    except OSError as err:
+    except Exception as err:
+        if is_unreachable(err):
+            raise HubUnreachableError(unreachable_message(f"model.name = {name!r}", "model.name = its checkpoint folder",
+                                                          str(err).splitlines()[0], MODEL_ELSEWHERE.format(name=name))) from None
+        if not isinstance(err, OSError):
+            raise
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (
             "HF_HUB_OFFLINE=1 is set, so only local folders and the local cache are searched"
@@ -102,14 +115,23 @@ def _is_head_or_pooler(key: str) -> bool:
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings off for the duration (its loading reports), then its level restored."""
+    """transformers' loading reports, its "Loading weights" progress bar and the deprecation notices transformers
+    gives peft off for the duration (none says anything a user can act on), then everything restored."""
+    from transformers.utils import logging as transformers_logging
+
     logger = logging.getLogger("transformers")
-    level = logger.level
+    level, bar = logger.level, transformers_logging.is_progress_bar_enabled()
     logger.setLevel(logging.ERROR)
+    transformers_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            # peft reads `is_gradient_checkpointing`, which transformers 5 deprecates in favour of a new name.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
     finally:
         logger.setLevel(level)
+        if bar:
+            transformers_logging.enable_progress_bar()
 
 
 def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
@@ -180,7 +202,8 @@ def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] 
 
     if peft.method == PeftMethod.PREFIX and expose_past_key_values(model):
         log.debug("encoder's `cache` argument exposed to peft as `past_key_values` (transformers >= 5.24)")
-    return get_peft_model(model, peft_config)
+    with quiet_transformers():
+        return get_peft_model(model, peft_config)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

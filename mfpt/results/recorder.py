@@ -24,13 +24,15 @@ import numpy as np
 import torch
 
 from mfpt import __version__
-from mfpt.config import ConfigError, ExperimentConfig, load_config, to_dict, to_toml
+from mfpt.config import ConfigError, ExperimentConfig, load_config, to_dict, to_flat, to_toml
 from mfpt.config.specs import hyperparameters, protocol
 from mfpt.core import files
+from mfpt.core.errors import UserError, error_line
 from mfpt.core.stats import mean
 from mfpt.results.checkpoints import Checkpoint, ResumeError, checkpoint_path, last_intact_checkpoint, save_checkpoint
 from mfpt.results.schema import (
     CONFIG_FILE,
+    FAILURE_FILE,
     METRICS_FILE,
     PERSONAL_SPLIT,
     PROGRESS_FILE,
@@ -46,6 +48,10 @@ from mfpt.train.evaluation import EvalCounts
 from mfpt.train.schedule import TEST, choice_for, round_means, round_split, selects_on_validation
 
 log = logging.getLogger("mfpt")
+
+
+class RunFailedError(UserError, RuntimeError):
+    """A run that went through its rounds but scored no training language (every client failed or was refused)."""
 
 
 def versions() -> dict[str, str]:
@@ -65,9 +71,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def resolved_model(name: str) -> str:
+    """A model.name as a run records it: the absolute folder when it names one here, else the name (a hub id)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
 def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
     """One language's evaluation as a metrics.jsonl row (the fields of a LanguageScore)."""
-    return {"accuracy": counts.accuracy, "macro_f1": counts.macro_f1, "loss": counts.mean_loss, "n_test": counts.n}
+    return {"accuracy": counts.accuracy, "macro_f1": counts.macro_f1, "loss": counts.mean_loss, "n_test": counts.n,
+            "majority": counts.majority}
 
 
 def epochs_per_learner(curves: list[dict[str, Any]], batch_size: int) -> dict[str, float]:
@@ -86,6 +99,71 @@ def mean_block(per_language: Mapping[str, LanguageScore], languages: list[str]) 
     if not present:
         return None
     return MeanScore(mean([s.accuracy for s in present]), mean([s.macro_f1 for s in present]))
+
+
+def saved_config(out_dir: Path) -> ExperimentConfig:
+    """The config a run folder was started with (config.toml, read through today's schema: keys an older mfpt did
+    not write take their defaults, which that run did use); a ResumeError when it cannot be read."""
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ResumeError(f"{str(path)!r} is missing; without it the run cannot be resumed: start it again with "
+                          "--out NEW_FOLDER.")
+    try:
+        return load_config(path)
+    except ConfigError:
+        pass
+    try:  # its values are resolved already: without a tuning file that has gone since, it means the same
+        return load_config(path, ['tuning.file=""'])
+    except (ConfigError, OSError) as err:
+        raise ResumeError(f"{str(path)!r} cannot be read as a config ({err}); start the run again with --out "
+                          "NEW_FOLDER.") from None
+
+
+# Keys a run fills in when they are left at their "derive it" value (threads from the cores a simulated client
+# gets, languages and labels from the data): a resume given the underived value means the same run.
+DERIVED_AT_RUN = {"train.threads": 0, "data.languages": "", "data.labels": ""}
+
+
+# Keys that may differ on resume: the tuning file (its values are in config.toml already) and the base model's name
+# (the same checkpoint at another path, `--model`; the checkpoint refuses a model whose tensors differ).
+RESUME_MAY_CHANGE = ("tuning.file", "model.name")
+
+
+def config_differences(out_dir: Path, cfg: ExperimentConfig, ignore: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+    """'key = then, now' for each key in which `cfg` differs from the config the run in out_dir was started with."""
+    then, now = to_flat(saved_config(out_dir)), to_flat(cfg)
+    return [f"{key} = {then.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(then) | set(now))
+            if key not in ignore and then.get(key) != now.get(key)
+            and not (key in DERIVED_AT_RUN and now.get(key) == DERIVED_AT_RUN[key])]
+
+
+def differ_message(out_dir: Path, differences: list[str]) -> str:
+    """The refusal of a resume under another config, naming (the first five of) the keys that differ."""
+    return (f"The config differs from the one {str(out_dir)!r} was started with ({CONFIG_FILE}): "
+            f"{'; '.join(differences[:5])}{' ...' if len(differences) > 5 else ''}. Resume with the same config "
+            f"(`mfpt run --resume {out_dir}` alone reads {CONFIG_FILE}), or start a new run with --out.")
+
+
+def check_resumable(out_dir: Path, cfg: ExperimentConfig) -> None:
+    """The checks `--resume` makes before anything loads: a run is there, unfinished, not failed, same config."""
+    resumable_folder(out_dir)
+    differences = config_differences(out_dir, cfg)
+    if differences:
+        raise ResumeError(differ_message(out_dir, differences))
+
+
+def resumable_folder(out_dir: Path) -> None:
+    """Refuse a --resume folder that holds no unfinished run (none at all, a finished one or a failed one)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ResumeError(f"--resume {str(out_dir)!r}: no such folder; pass the output_dir of an interrupted run.")
+    if (out_dir / FAILURE_FILE).is_file():
+        raise ResumeError(f"{str(out_dir)!r} holds a run that failed ({files.read_json(out_dir / FAILURE_FILE).get('error')}); "
+                          "delete the folder to run it again, or pass --out for a new one.")
+    if (out_dir / RESULTS_FILE).is_file():
+        raise ResumeError(f"{str(out_dir)!r} holds a finished run (results.json); nothing to resume.")
+    if not (out_dir / PROGRESS_FILE).is_file():
+        raise ResumeError(f"{str(out_dir)!r} has no {PROGRESS_FILE}: it holds no run to resume. Run without --resume.")
 
 
 def ensure_output_dir(out_dir: Path) -> Path:
@@ -120,6 +198,8 @@ class RunRecorder:
     # The run's learning rates and budgets with their sources, from the config it was started with (a paradigm may
     # record under a narrower config afterwards: zeroshot records its one stage as round 1).
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The failed, refused and missing clients of the stage being recorded, summarised in one line when it ends.
+    _problems: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.hyperparameters = self.hyperparameters or hyperparameters(self.cfg)
@@ -136,6 +216,11 @@ class RunRecorder:
             raise ResumeError(f"Output directory {str(self.out_dir)!r} is not writable ({err}); set output_dir or --out.") from None
         self._check_free_space()
         progress_file = self.out_dir / PROGRESS_FILE
+        failure = self.out_dir / FAILURE_FILE
+        if failure.is_file():
+            raise ResumeError(f"{str(self.out_dir)!r} holds a run that failed ({failure.name}: "
+                              f"{files.read_json(failure).get('error', '?')}); delete the folder to run it again, or "
+                              "pass --out for a new one.")
         if not resume:
             if progress_file.exists() or (self.out_dir / RESULTS_FILE).exists():
                 raise ResumeError(
@@ -163,25 +248,14 @@ class RunRecorder:
         return checkpoint
 
     def _check_same_config(self) -> None:
-        """Refuse to resume under another config than the run was started with."""
-        try:
-            saved = (self.out_dir / CONFIG_FILE).read_text(encoding="utf-8")
-        except OSError as err:
-            raise ResumeError(f"{str(self.out_dir / CONFIG_FILE)!r} cannot be read ({err.strerror}); without it the run "
-                              "cannot be resumed: start it again with --out NEW_FOLDER.") from None
-        if saved != to_toml(self.cfg) and not self._same_settings(self.out_dir / CONFIG_FILE):
-            raise ResumeError(
-                f"The config differs from the one {str(self.out_dir)!r} was started with ({CONFIG_FILE}); "
-                "resume with the same config, or start a new run with --out."
-            )
-
-    def _same_settings(self, saved: Path) -> bool:
-        """Whether a config.toml written by an older mfpt (without a newer section or key) means this config:
-        read through today's schema, its missing keys take their defaults, which the run did use."""
-        try:
-            return load_config(saved) == self.cfg
-        except ConfigError:
-            return False
+        """Refuse to resume under another config than the run was started with, naming the keys that differ."""
+        differences = config_differences(self.out_dir, self.cfg)
+        if differences:
+            raise ResumeError(differ_message(self.out_dir, differences))
+        before = saved_config(self.out_dir).model.name
+        if before != self.cfg.model.name:
+            log.warning("resuming on model.name = %r (the run started on %r); its checkpoint is checked against it",
+                        self.cfg.model.name, before)
 
     def _read_progress(self, path: Path) -> dict[str, Any]:
         """progress.json, or a ResumeError naming it when it is not the recorder's JSON."""
@@ -213,6 +287,8 @@ class RunRecorder:
     # ---------------------------------------------------------------------------------- per round
     def on_train(self, round_: int, rows: list[dict[str, Any]], bytes_up: int, bytes_down: int) -> None:
         files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "train", **row} for row in rows])
+        self._summarise_round(round_, "train", len(rows), self.cfg.federation.min_clients or 1,
+                              "the global state is unchanged (federation.min_clients)")
         self.comm.append({"round": round_, "bytes_up": bytes_up, "bytes_down": bytes_down, "clients": len(rows)})
         for row in rows:
             self.local_steps[row["client"]] = self.local_steps.get(row["client"], 0) + int(row["steps"])
@@ -221,23 +297,44 @@ class RunRecorder:
             print(f"round {round_:>3}/{self.cfg.federation.rounds} train loss | {losses}", flush=True)
 
     def on_refusal(self, round_: int, node: Any, node_id: int, reason: str) -> None:
+        """A reply that failed or was refused; kept in metrics.jsonl and in the round's one-line summary."""
         self.refusals += 1
         who = node.client.name(self.cfg.federation.clients_per_language) if node is not None else f"node {node_id}"
-        log.warning("round %d: refused %s: %s", round_, who, reason)
+        self._problems.append((who, error_line(reason)))
+        log.debug("round %d: refused %s: %s", round_, who, reason)
         files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "refused", "client": who, "reason": reason}])
 
     def on_missing(self, round_: int, node: Any, stage: str, reason: str) -> None:
         """A sampled client that did not reply this round (dead or silent node); the round went on without it."""
         who = node.client.name(self.cfg.federation.clients_per_language)
-        log.warning("round %d: %s missing from %s (node %d): %s", round_, who, stage, node.node_id, reason)
+        self._problems.append((who, f"missing ({reason})"))
+        log.debug("round %d: %s missing from %s (node %d): %s", round_, who, stage, node.node_id, reason)
         files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "missing", "stage": stage, "client": who,
                                                   "lang": node.client.lang, "node": node.node_id, "reason": reason}])
+
+    def _summarise_round(self, round_: int, stage: str, usable: int, required: int, consequence: str) -> None:
+        """One warning line for a round's failed, refused and missing clients (every client's reason in it); a round
+        with fewer usable replies than `required` is also recorded in metrics.jsonl (split 'incomplete')."""
+        problems, self._problems = self._problems, []
+        if not problems and usable >= required:
+            return
+        listed = "; ".join(f"{who}: {reason}" for who, reason in problems)
+        short = usable < required
+        log.warning("round %d/%d %s: %d usable repl%s%s%s", round_, self.cfg.federation.rounds, stage, usable,
+                    "y" if usable == 1 else "ies", f" (fewer than {required}: {consequence})" if short else "",
+                    f"; {listed}" if listed else "")
+        if short:
+            files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "incomplete", "stage": stage,
+                                                              "usable": usable, "required": required,
+                                                              "errors": dict(problems)}])
 
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None:
         split = round_split(self.cfg)
         rows = [{"round": round_, "split": split, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
         files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        self._summarise_round(round_, "evaluation", sum(lang in self.cfg.data.languages for lang in counts), 1,
+                              "no training language scored")
         if self.comm and self.comm[-1]["round"] == round_:
             self.comm[-1]["bytes_down"] += bytes_down
         if not self.quiet:
@@ -253,6 +350,8 @@ class RunRecorder:
         rows = [{"round": round_, "split": TEST, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages, "selected": True} for lang, c in counts.items()]
         files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        self._summarise_round(round_, "test scoring of the selected round", sum(lang in self.cfg.data.languages for lang in counts),
+                              1, "no training language scored")
         if not self.quiet:
             trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
             shown = f"{100 * mean(trained):.1f}" if trained else "-"
@@ -296,7 +395,7 @@ class RunRecorder:
             return None
         rows = [r for r in curves if r["split"] == PERSONAL_SPLIT]
         last = max((int(r["round"]) for r in rows), default=0)
-        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"])
+        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"))
                  for r in rows if int(r["round"]) == last}
         languages, heldout = list(cfg.data.languages), list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}
@@ -305,6 +404,20 @@ class RunRecorder:
                                average=mean_block(per_language, languages),
                                low_resource_average=mean_block(per_language, list(cfg.data.low_resource)),
                                heldout_average=mean_block(held, heldout), extra_bytes=self.personalization_bytes)
+
+    def _failed(self, curves: list[dict[str, Any]], last: int) -> "RunFailedError":
+        """The error of a run that scored no training language, with the first client error; failure.json says
+        the same, so that a sweep retries the run from the start and `--resume` does not continue it."""
+        errors = [r for r in curves if r["split"] in ("refused", "missing")]
+        first = (f"first problem (round {errors[0]['round']}, {errors[0]['client']}): "
+                 f"{error_line(errors[0]['reason'])}") if errors else "no client reported an error or went missing"
+        where = f"round {last}" if last else "any round"
+        message = (f"run {self.cfg.name!r} scored no training language in {where}: every evaluation failed or was "
+                   f"refused; {first}. metrics.jsonl in {str(self.out_dir)!r} lists every client's error; fix the "
+                   "cause and run again (a sweep retries it from the start).")
+        files.write_json(self.out_dir / FAILURE_FILE, {"error": message, "round": last,
+                                                        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        return RunFailedError(message)
 
     def finish(self) -> RunResult:
         """Write results.json from the last evaluated round in metrics.jsonl; return the result."""
@@ -317,7 +430,7 @@ class RunRecorder:
         else:
             evaluated = [r for r in curves if r["split"] == cfg.data.eval_split]
         last = max((int(r["round"]) for r in evaluated), default=0)
-        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"])
+        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"))
                  for r in evaluated if int(r["round"]) == last}
         heldout = list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}
@@ -350,7 +463,10 @@ class RunRecorder:
             personalization=self._personalization(curves),
             unscored=[lang for lang in languages + heldout if lang not in final],
             hyperparameters=self.hyperparameters, epochs=epochs_per_learner(curves, cfg.train.batch_size),
+            model_path=resolved_model(cfg.model.name),
         )
+        if languages and not per_language:
+            raise self._failed(curves, last)
         if result.unscored and not self.quiet:
             print(f"warning: no score in the reported round for {', '.join(result.unscored)} (evaluation missing or "
                   f"refused; metrics.jsonl says which): the means leave them out.", flush=True)

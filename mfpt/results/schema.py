@@ -22,6 +22,7 @@ SCHEMA_VERSION = 3
 RESULTS_FILE = "results.json"  # this RunResult
 METRICS_FILE = "metrics.jsonl"  # one line per round x language x split, plus train, refused, missing, privacy lines
 CONFIG_FILE = "config.toml"  # the resolved config the run was started with (resume refuses another one)
+FAILURE_FILE = "failure.json"  # written instead of results.json by a run that scored no language: its error
 PROGRESS_FILE = "progress.json"  # the last completed round, bytes so far, local steps: what resume starts from
 CHECKPOINTS_DIR = "checkpoints"  # round-NNNN.safetensors (mfpt.results.checkpoints)
 ADAPTER_DIR = "adapter"  # the final shared model in peft's format (`mfpt predict` loads it)
@@ -41,6 +42,8 @@ class LanguageScore:
     macro_f1: float
     loss: float
     n_test: int
+    # Accuracy of always answering the evaluation set's most frequent label (None in results of older mfpt).
+    majority: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class RunResult:
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Passes over its own training data each learner made in the whole run (steps / batches per epoch, by round).
     epochs: dict[str, float] = field(default_factory=dict)
+    # The base model as resolved when the run started: the absolute folder when model.name was a local folder (so
+    # that predict and resume find it from any working directory), else model.name itself (a hub id).
+    model_path: str = ""
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------------------------------- reading

@@ -52,6 +52,11 @@ class EvalCounts:
         return float(f1[present].mean())
 
     @property
+    def majority(self) -> float:
+        """The accuracy of always answering the most frequent gold label: the floor a score must clear."""
+        return float(self.confusion.sum(axis=1).max()) / max(self.n, 1) if self.confusion.size else 0.0
+
+    @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.n, 1)
 

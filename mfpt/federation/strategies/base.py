@@ -225,7 +225,7 @@ class MfptStrategy:
         # Every update that reached the server counts, the refused ones too: they crossed the network all the same.
         bytes_up = sum(msg.content[ARRAYS].count_bytes() for msg in received
                        if not msg.has_error() and ARRAYS in msg.content.array_records)
-        for msg in received:
+        for msg in sorted(received, key=lambda m: getattr(self._node(m), "index", -1)):  # refusals in client order
             node = self._node(msg)
             if msg.has_error():
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"client error: {msg.error.reason}")
@@ -244,9 +244,7 @@ class MfptStrategy:
                  "n": node.num_train} for node, msg in accepted]
         self.listener.on_train(round_, rows, bytes_up, getattr(self, "_bytes_down", 0))
         required = self.cfg.federation.min_clients or 1
-        if len(accepted) < required:
-            log.warning("round %d: %d usable update(s), fewer than federation.min_clients = %d: global state unchanged",
-                        round_, len(accepted), required)
+        if len(accepted) < required:  # the recorder's round summary says so, with every client's reason
             return None, None
         self.personalize(round_, accepted)
         # The absolute round: FedAdam/FedYogi's bias correction depends on it, so a resumed run must not restart at 1.

@@ -1,0 +1,55 @@
+"""What `mfpt validate` checks before anything runs: every refusal a run, a node or a client would otherwise meet
+later, found from the config alone (no data read, no model loaded, in a second).
+
+- the local paths `mfpt run` would refuse (data.path, a model.name folder; tuning.file is read as the config loads);
+- the config each deployed node builds for its own language (mfpt.federation.node.node_data_config): a key that
+  names languages the node does not hold (data.low_resource, ...) is refused there, after start-up, otherwise;
+- the config each simulated client receives in a message (the config record round-trips exactly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ConfigRecord
+
+from mfpt.config import ConfigError, ExperimentConfig
+from mfpt.data.clients import client_layout
+from mfpt.federation.node import node_data_config
+from mfpt.federation.protocol import config_entries, config_from_entries
+
+
+def check_local_paths(cfg: ExperimentConfig) -> None:
+    """Refuse the local paths `run` would refuse, found without reading them: data.path and a model.name folder."""
+    data = cfg.data
+    if data.source == "files" and not data.path:
+        raise ConfigError("data.source = 'files' needs data.path: a JSONL, CSV or Parquet file in the universal schema.")
+    if data.path and not Path(data.path).expanduser().exists():
+        raise ConfigError(f"data.path = {data.path!r} does not exist; point it at the data file or folder.")
+    model = Path(cfg.model.name).expanduser()
+    if model.is_dir() and not (model / "config.json").is_file():
+        raise ConfigError(f"model.name = {cfg.model.name!r} is a directory without config.json; "
+                          "point it at a checkpoint folder.")
+    if not model.exists() and (model.is_absolute() or cfg.model.name.startswith((".", "~"))):
+        raise ConfigError(f"model.name = {cfg.model.name!r} looks like a local path but does not exist; "
+                          "fix the path, or give a hub id such as xlm-roberta-base.")
+
+
+def preflight(cfg: ExperimentConfig) -> list[str]:
+    """Run every check; a ConfigError names the first that fails, else one line per check that passed."""
+    check_local_paths(cfg)
+    passed = ["config: every key known, typed and consistent", "local paths: data.path and model.name usable"]
+    if config_from_entries(dict(ConfigRecord(config_entries(cfg)))) != cfg:
+        raise ConfigError("the config does not survive the message a client receives (a key changes on the way); "
+                          "this is a bug in mfpt: please report it with the config.")
+    passed.append("client messages: the config a client receives is the config")
+    layout = client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language)
+    for client in layout:
+        try:
+            node_data_config(cfg, client, cfg.data.path or "node-data.jsonl")
+        except ConfigError as err:
+            raise ConfigError(f"a deployed node for {client.name(cfg.federation.clients_per_language)} would refuse "
+                              f"this experiment: {err}") from None
+    if layout:
+        passed.append(f"deployed nodes: the config of each of the {len(layout)} client nodes is valid")
+    return passed
