@@ -40,9 +40,10 @@ test-fast: setup
 	$(RUN) MFPT_TEST_TIER=fast $(BIN)/python -m pytest -q -m "not ray and not deployment and not slow" --durations=15
 
 # Re-resolve the lock after editing pyproject.toml (only what must move moves); UPGRADE=1 moves everything to the
-# newest versions the ranges allow. Prints what changed. Then `make test`, and commit pyproject.toml and the lock.
+# newest versions the ranges allow; PACKAGES="a b" moves only those (and what they need). Prints what changed. Then
+# `make test`, and commit pyproject.toml and the lock.
 lock: setup
-	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade) $(foreach p,$(PACKAGES),--upgrade-package $(p))
 
 # Drift check for maintainers: a throwaway venv with the newest versions the ranges allow, the fast tests on it, and
 # what differs from the lock. CI keeps running from the lock.

@@ -23,8 +23,9 @@ TORCH_WHEELS = Path(os.environ.get("MFPT_TORCH_WHEELS", "/opt/wheels"))
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
 
-def compile_command(out: Path, upgrade: bool, hashes: bool) -> list[str]:
-    """The `uv pip compile` command line that writes the lock to `out`."""
+def compile_command(out: Path, upgrade: bool, hashes: bool, packages: tuple[str, ...] = ()) -> list[str]:
+    """The `uv pip compile` command line that writes the lock to `out` (moving only `packages`, when given, and what
+    they need)."""
     from uv import find_uv_bin
 
     cmd = [
@@ -40,6 +41,8 @@ def compile_command(out: Path, upgrade: bool, hashes: bool) -> list[str]:
         cmd.append("--generate-hashes")
     if upgrade:
         cmd.append("--upgrade")
+    for package in packages:
+        cmd += ["--upgrade-package", package]
     return cmd
 
 
@@ -90,9 +93,9 @@ def releases_beyond_ranges(python: str = sys.executable) -> list[str]:
     return lines
 
 
-def resolve(out: Path, upgrade: bool, hashes: bool) -> None:
+def resolve(out: Path, upgrade: bool, hashes: bool, packages: tuple[str, ...] = ()) -> None:
     """Run the resolver; a failure prints uv's own explanation and exits 2."""
-    proc = subprocess.run(compile_command(out, upgrade, hashes), cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(compile_command(out, upgrade, hashes, packages), cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         sys.exit(f"error: the dependencies in pyproject.toml cannot be resolved (uv exit {proc.returncode}); see above.")
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     """Write the lock (default) or a newest-allowed requirements file, and print what differs from the lock."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upgrade", action="store_true", help="move every package to the newest allowed version")
+    parser.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",
+                        help="move this package (and what it needs) to the newest allowed version (repeatable)")
     parser.add_argument("--newest", type=Path, metavar="FILE",
                         help="write the newest versions the ranges allow to FILE (no hashes); the lock is untouched")
     args = parser.parse_args(argv)
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"newest allowed versions against {LOCK.relative_to(ROOT)}:")
         changes += releases_beyond_ranges()
     else:
-        resolve(LOCK, upgrade=args.upgrade, hashes=True)
+        resolve(LOCK, upgrade=args.upgrade, hashes=True, packages=tuple(args.upgrade_package))
         changes = pin_changes(before, read_pins(LOCK))
         print(f"{LOCK.relative_to(ROOT)}:")
     print("\n".join(changes) if changes else "  no version changed")
