@@ -18,9 +18,9 @@ from mfpt.train.loop import proximal_term
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def _reply(node_id: int, index: int, state: dict, n: int) -> Message:
+def _reply(node_id: int, index: int, state: dict, n: int, loss: float = 1.0) -> Message:
     request = Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=node_id, message_type=MessageType.TRAIN)
-    return train_reply(request, index, state, examples=n)
+    return train_reply(request, index, state, examples=n, loss=loss)
 
 
 def _setup(weighting: str):
@@ -65,15 +65,58 @@ def test_a_corrupt_update_is_refused_and_the_rest_aggregated():
 
 
 SERVER = {"federation.server_lr": 0.5, "federation.server_momentum": 0.9, "federation.tau": 0.01,
-          "federation.proximal_mu": 0.3}
+          "federation.proximal_mu": 0.3, "federation.trim_fraction": 0.34, "federation.krum_keep": 2,
+          "federation.qffl_q": 1.0, "federation.qffl_lr": 0.1}
+LOSSES = [0.5, 1.0, 2.0]
 
 
-def _expected(name: str, x0: dict, mean: dict, cfg) -> dict:
+def _flat(state: dict) -> np.ndarray:
+    return np.concatenate([state[k].double().numpy().ravel() for k in sorted(state)])
+
+
+def _krum_order(states: list[dict], f: int) -> list[int]:
+    """Clients by Krum score (Blanchard et al., 2017): the sum of squared distances to the n - f - 2 nearest others."""
+    flat = [_flat(s) for s in states]
+    nearest = max(1, len(states) - f - 2)
+    scores = [sorted(float(((a - b) ** 2).sum()) for j, b in enumerate(flat) if j != i)[:nearest]
+              for i, a in enumerate(flat)]
+    return sorted(range(len(states)), key=lambda i: (sum(scores[i]), i))
+
+
+def _expected(name: str, x0: dict, mean: dict, cfg, states: list[dict], weights: np.ndarray) -> dict:
     """The new global state by each strategy's published update rule, after one round from x0."""
     f = cfg.federation
     delta = {k: mean[k].double() - x0[k].double() for k in x0}
+    stacked = {k: torch.stack([s[k].double() for s in states]) for k in x0}
     if name in ("fedavg", "fedprox"):  # FedProx changes the clients' objective, not the server's average
         return mean
+    if name == "fedmedian":  # coordinate-wise median (Yin et al., 2018), unweighted
+        return {k: v.median(dim=0).values for k, v in stacked.items()}
+    if name == "fedtrimmedavg":  # coordinate-wise: drop the int(beta n) smallest and largest, average the rest
+        cut = int(f.trim_fraction * len(states))
+        return {k: v.sort(dim=0).values[cut:len(states) - cut].mean(dim=0) for k, v in stacked.items()}
+    if name in ("krum", "multikrum"):  # the best-scored state, or the example-weighted mean of the krum_keep best
+        keep = _krum_order(states, f.byzantine_clients)[:1 if name == "krum" else f.krum_keep]
+        w = weights[keep] / weights[keep].sum()
+        return {k: sum(wi * states[i][k].double() for wi, i in zip(w, keep)) for k in x0}
+    if name == "bulyan":  # Krum-selected theta = n - 2f states; per coordinate, the mean of the beta = theta - 2f
+        theta = len(states) - 2 * f.byzantine_clients  # closest to their median (El Mhamdi et al., 2018)
+        out = {}
+        for k in x0:
+            selected = torch.stack([states[i][k].double() for i in _krum_order(states, f.byzantine_clients)[:theta]])
+            beta = theta - 2 * f.byzantine_clients
+            order = (selected - selected.median(dim=0).values).abs().argsort(dim=0)[:beta]
+            out[k] = selected.gather(0, order).mean(dim=0)
+        return out
+    if name == "qfedavg":  # q-FFL (Li et al., 2020): L = 1/lr, Δ_k = F_k^q L (x0 - x_k), h_k = q F_k^(q-1) ||L (x0 - x_k)||² + L F_k^q
+        big_l, q = 1 / f.qffl_lr, f.qffl_q
+        grads = [{k: big_l * (x0[k].double() - s[k].double()) for k in x0} for s in states]
+        deltas = [{k: loss ** q * g[k] for k in x0} for g, loss in zip(grads, LOSSES)]
+        hs = [q * loss ** (q - 1) * sum(float((g[k] ** 2).sum()) for k in x0) + big_l * loss ** q
+              for g, loss in zip(grads, LOSSES)]
+        return {k: x0[k].double() - sum(d[k] for d in deltas) / sum(hs) for k in x0}
+    if name == "fedadagrad":  # Reddi et al., 2021, with Flower's beta_1 = 0: x0 + eta Δ / (sqrt(Δ²) + tau)
+        return {k: x0[k] + f.server_lr * d / (d.abs() + f.tau) for k, d in delta.items()}
     if name == "fedavgm":  # SGD with momentum on the pseudo-gradient x0 - mean; momentum starts at the first one
         return {k: x0[k] + f.server_lr * delta[k] for k in x0}
     b1, b2 = 0.9, 0.99  # Flower's defaults, which mfpt keeps
@@ -99,10 +142,11 @@ def test_every_strategy_updates_the_global_state_as_its_formula_says(name):
     sent = list(strategy.configure_train(1, ArrayRecord(x0), ConfigRecord({}), IdleGrid(nodes)))
     mu = [m.content[CONFIG].get(PROXIMAL_MU_KEY) for m in sent]
     assert mu == ([SERVER["federation.proximal_mu"]] * 3 if name == "fedprox" else [None] * 3)
-    got = strategy.aggregate_train(1, [_reply(100 + i, i, states[i], sizes[i]) for i in range(3)])[0].to_torch_state_dict()
+    got = strategy.aggregate_train(1, [_reply(100 + i, i, states[i], sizes[i], LOSSES[i])
+                                       for i in range(3)])[0].to_torch_state_dict()
     weights = np.array(sizes) / sum(sizes)
     mean = {k: sum(w * s[k] for w, s in zip(weights, states)).float() for k in x0}
-    expected = _expected(name, x0, mean, cfg)
+    expected = _expected(name, x0, mean, cfg, states, np.array(sizes, dtype=float))
     for key in x0:
         assert got[key].dtype == torch.float32, "the global state keeps the model's dtype"
         assert torch.allclose(got[key].double(), expected[key].double(), atol=1e-5), (name, key)

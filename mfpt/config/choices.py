@@ -32,6 +32,20 @@ class StrategyName(str, enum.Enum):
     FEDADAM = "fedadam"
     FEDYOGI = "fedyogi"
     FEDAVGM = "fedavgm"
+    FEDADAGRAD = "fedadagrad"
+    FEDMEDIAN = "fedmedian"
+    FEDTRIMMEDAVG = "fedtrimmedavg"
+    KRUM = "krum"
+    MULTIKRUM = "multikrum"
+    BULYAN = "bulyan"
+    QFEDAVG = "qfedavg"
+
+
+# Aggregators that read every client's update on its own (a median, a trimmed mean, a selection by distance, a
+# loss-weighted step) rather than their sum: SecAgg+ hides exactly that, client-level DP's noise is sized for the
+# mean's sensitivity, and per-language personalised aggregates would bypass the rule.
+ROBUST_STRATEGIES = frozenset({StrategyName.FEDMEDIAN, StrategyName.FEDTRIMMEDAVG, StrategyName.KRUM,
+                               StrategyName.MULTIKRUM, StrategyName.BULYAN, StrategyName.QFEDAVG})
 
 
 class PoolAt(str, enum.Enum):
@@ -120,4 +134,5 @@ DEFAULT_SERVER_LR: dict[StrategyName, tuple[float, str]] = {
     StrategyName.FEDADAM: (0.1, "Flower's FedAdam default (eta)"),
     StrategyName.FEDYOGI: (0.01, "Flower's FedYogi default (eta)"),
     StrategyName.FEDAVGM: (1.0, "Flower's FedAvgM default (server_learning_rate)"),
+    StrategyName.FEDADAGRAD: (0.1, "Flower's FedAdagrad default (eta)"),
 }

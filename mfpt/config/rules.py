@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mfpt.config.choices import (
     DEFAULT_LR,
     DEFAULT_SERVER_LR,
+    ROBUST_STRATEGIES,
     ClipAt,
     DpMode,
     Paradigm,
@@ -31,6 +32,7 @@ def check(cfg: ExperimentConfig) -> None:
     """Refuse a config with a value out of range or keys that cannot work together (one ConfigError, naming them)."""
     _check_ranges(cfg)
     _check_privacy(cfg)
+    _check_strategy(cfg)
 
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
@@ -171,6 +173,40 @@ def _check_privacy(cfg: ExperimentConfig) -> None:
                               "which the SecAgg+ workflow does not carry: set privacy.adaptive_clipping = false or "
                               "privacy.secure_aggregation = false.")
     _check_private_personalization(cfg)
+
+
+def _check_strategy(cfg: ExperimentConfig) -> None:
+    """Ranges of the robust and fairness-aware strategies' keys, and the combinations they cannot work in."""
+    f = cfg.federation
+    if not 0 <= f.trim_fraction < 0.5:
+        raise ConfigError(f"federation.trim_fraction = {f.trim_fraction!r} is not allowed: must be in [0, 0.5) (the "
+                          "fraction cut from each end).")
+    for key, value, least in (("byzantine_clients", f.byzantine_clients, 0), ("krum_keep", f.krum_keep, 1),
+                              ("qffl_q", f.qffl_q, 0), ("qffl_lr", f.qffl_lr, 0)):
+        if value < least:
+            raise ConfigError(f"federation.{key} = {value!r} is not allowed: must be >= {least}.")
+    if f.strategy not in ROBUST_STRATEGIES:
+        return
+    method = cfg.personalization.method
+    if method in (PersonalizationMethod.DISTANCE_WEIGHTED, PersonalizationMethod.UPDATE_SIMILARITY):
+        raise ConfigError(f"personalization.method = {method.value!r} averages each language's neighbours' updates "
+                          f"itself, bypassing federation.strategy = {f.strategy.value!r}'s robust rule; set "
+                          "personalization.method = 'none' or 'finetune', or federation.strategy = 'fedavg'.")
+    clients = len(cfg.data.languages) * f.clients_per_language
+    if not clients:  # languages read from the data: the run checks the count once it knows them
+        return
+    per_round = max(1, int(round(clients * f.fraction_train)))
+    byz = f.byzantine_clients
+    need_clients = {StrategyName.KRUM: 2 * byz + 3, StrategyName.MULTIKRUM: 2 * byz + 3,
+                    StrategyName.BULYAN: 4 * byz + 3}.get(f.strategy, 0)
+    if per_round < need_clients:
+        rule = "4f + 3" if f.strategy == StrategyName.BULYAN else "2f + 3 (more than 2f + 2)"
+        raise ConfigError(f"federation.strategy = {f.strategy.value!r} with federation.byzantine_clients = {byz} needs "
+                          f"at least {rule} = {need_clients} clients per round, but {per_round} train each round; "
+                          "lower federation.byzantine_clients or train more clients per round.")
+    if f.strategy == StrategyName.MULTIKRUM and f.krum_keep > per_round - byz:
+        raise ConfigError(f"federation.krum_keep = {f.krum_keep} exceeds the {per_round - byz} updates MultiKrum may "
+                          f"keep ({per_round} per round less federation.byzantine_clients = {byz}); lower it.")
 
 
 def _check_private_personalization(cfg: ExperimentConfig) -> None:

@@ -155,8 +155,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     rounds: int = _help("Federated rounds.", default=10)
-    strategy: StrategyName = _help("Server strategy: fedavg, fedprox, fedadam, fedyogi, fedavgm.",
-                                   default=StrategyName.FEDAVG)
+    strategy: StrategyName = _help(
+        "Server strategy (each is Flower's own): fedavg, fedprox, fedadam, fedyogi, fedavgm, fedadagrad; robust: "
+        "fedmedian, fedtrimmedavg, krum, multikrum, bulyan; fairness-aware: qfedavg (q-FFL).",
+        default=StrategyName.FEDAVG)
     weighting: Weighting = _help(
         "FedAvg weights: 'examples' (n_k / n, the FedAvg paper) or 'uniform' (every client counts the same).",
         default=Weighting.EXAMPLES,
@@ -173,12 +175,27 @@ class FederationConfig:
     dirichlet_alpha: float = _help("Dirichlet concentration; smaller = more skewed labels.", default=0.5)
     proximal_mu: float = _help("fedprox only: weight of the proximal term.", default=0.01)
     server_lr: float = _help(
-        "fedadam/fedyogi/fedavgm: server learning rate (eta); 0 = Flower's default for the strategy (fedadam 0.1, "
-        "fedyogi 0.01, fedavgm 1.0).",
+        "fedadam/fedyogi/fedadagrad/fedavgm: server learning rate (eta); 0 = Flower's default for the strategy "
+        "(fedadam 0.1, fedyogi 0.01, fedadagrad 0.1, fedavgm 1.0).",
         default=0.0,
     )
     server_momentum: float = _help("fedavgm only: server momentum.", default=0.9)
-    tau: float = _help("fedadam/fedyogi: adaptivity (controls the denominator's floor).", default=1e-3)
+    tau: float = _help("fedadam/fedyogi/fedadagrad: adaptivity (controls the denominator's floor).", default=1e-3)
+    trim_fraction: float = _help(
+        "fedtrimmedavg only: fraction of the updates cut from each end of every coordinate before averaging, in "
+        "[0, 0.5) (Flower's beta; its default 0.2).", default=0.2)
+    byzantine_clients: int = _help(
+        "krum/multikrum/bulyan: how many malicious clients the rule assumes (f; Flower's default 0). Krum needs more "
+        "than 2f + 2 clients per round, Bulyan at least 4f + 3.", default=0)
+    krum_keep: int = _help(
+        "multikrum only: how many of the best-scored updates are averaged (Flower's num_nodes_to_select; 1 = Krum).",
+        default=1)
+    qffl_q: float = _help(
+        "qfedavg only: q of q-FFL (Li et al., 2020); 0 = FedAvg-like, larger q weighs the clients with the highest "
+        "loss more (Flower's default 0.1).", default=0.1)
+    qffl_lr: float = _help(
+        "qfedavg only: the client learning rate q-FFL assumes (its Lipschitz estimate is 1/qffl_lr); 0 = train.lr.",
+        default=0.0)
     round_timeout: float = _help("Seconds the server waits for replies in a round.", default=3600.0)
     max_update_norm: float = _help(
         "Refuse a client update whose L2 norm of (update - current global state), over all trainable tensors, "

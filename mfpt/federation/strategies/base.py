@@ -1,4 +1,5 @@
-"""Server strategies: Flower's own (FedAvg, FedProx, FedAdam, FedYogi, FedAvgM) plus what mfpt adds on top.
+"""Server strategies: Flower's own (FedAvg, FedProx, FedAdam, FedYogi, FedAvgM, FedAdagrad; the robust FedMedian,
+FedTrimmedAvg, Krum, MultiKrum, Bulyan; the fairness-aware QFedAvg) plus what mfpt adds on top.
 
 `MfptStrategy` is a mixin placed before a Flower strategy in the MRO. It never re-implements `start()` or the
 aggregation maths; it only
@@ -24,7 +25,20 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+)
 
 from mfpt.config import ExperimentConfig, Weighting
 from mfpt.core.registry import Registry
@@ -82,6 +96,45 @@ def _fedyogi(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
 def _fedavgm(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
     return FedAvgM, {"server_learning_rate": cfg.federation.server_lr,
                      "server_momentum": cfg.federation.server_momentum}
+
+
+@STRATEGIES.register("fedadagrad")
+def _fedadagrad(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return FedAdagrad, {"eta": cfg.federation.server_lr, "eta_l": cfg.train.lr, "tau": cfg.federation.tau}
+
+
+@STRATEGIES.register("fedmedian")
+def _fedmedian(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return FedMedian, {}
+
+
+@STRATEGIES.register("fedtrimmedavg")
+def _fedtrimmedavg(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return FedTrimmedAvg, {"beta": cfg.federation.trim_fraction}
+
+
+@STRATEGIES.register("krum")
+def _krum(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return Krum, {"num_malicious_nodes": cfg.federation.byzantine_clients}
+
+
+@STRATEGIES.register("multikrum")
+def _multikrum(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return MultiKrum, {"num_malicious_nodes": cfg.federation.byzantine_clients,
+                       "num_nodes_to_select": cfg.federation.krum_keep}
+
+
+@STRATEGIES.register("bulyan")
+def _bulyan(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    return Bulyan, {"num_malicious_nodes": cfg.federation.byzantine_clients}
+
+
+@STRATEGIES.register("qfedavg")
+def _qfedavg(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+    # q-FFL reads each client's training loss (the loss of the round's local training, as in Flower's example: the
+    # paper's F_k(w^t) at the global state would cost every client an extra pass).
+    return QFedAvg, {"q": cfg.federation.qffl_q, "client_learning_rate": cfg.federation.qffl_lr or cfg.train.lr,
+                     "train_loss_key": TRAIN_LOSS_KEY}
 
 
 # Server-optimiser state that must survive a resume (FedOpt family: m_t, v_t; FedAvgM: momentum_vector;
@@ -176,6 +229,7 @@ class MfptStrategy:
         chosen = self._sample(server_round, self.cfg.federation.fraction_train, with_heldout=False)
         self._sampled["train"] = chosen
         self._global = arrays.to_torch_state_dict() if self.cfg.federation.max_update_norm > 0 else None
+        self._key_order = list(arrays.keys())
         messages = self._keep(super().configure_train(server_round, arrays, config, grid), chosen)  # type: ignore[misc]
         self._bytes_down = arrays.count_bytes() * len(messages)
         return messages
@@ -236,7 +290,11 @@ class MfptStrategy:
                 continue
             accepted.append((node, msg))  # type: ignore[arg-type]
         accepted.sort(key=lambda pair: pair[0].index)
+        order = getattr(self, "_key_order", None)
         for node, msg in accepted:
+            if order:  # Flower's Krum, Bulyan and QFedAvg pair tensors by position: every record in the order sent
+                record = msg.content[ARRAYS]
+                msg.content[ARRAYS] = ArrayRecord({key: record[key] for key in order})
             metrics = msg.content[METRICS]
             metrics[WEIGHT_KEY] = float(node.num_train) if self.cfg.federation.weighting == Weighting.EXAMPLES else 1.0
         rows = [{"client": node.client.name(self.cfg.federation.clients_per_language), "lang": node.client.lang,
