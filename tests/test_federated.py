@@ -4,10 +4,12 @@ trainable tensors and scalar metrics."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
+from mfpt.data.clients import prepare
 from mfpt.experiments.paradigms import run_experiment
 from mfpt.federation.protocol import ARRAYS, METRICS
 from mfpt.federation.strategies import base as strategy_module
@@ -73,7 +75,11 @@ def test_results_json_has_the_schema_and_every_language(federated_run):
     raw = 3 * 4 * results["trainable_params"]  # 3 clients x float32 values; Flower adds names, dtypes and shapes
     assert raw <= comm["bytes_up_per_round"] <= raw + 3 * 10 * 300
     assert comm["total_bytes"] == 2 * comm["bytes_up_per_round"] + 2 * comm["bytes_down_per_round"]
-    assert results["local_steps"] == {lang: 2 * 4 for lang in LANGS}  # 27 examples / batch 8 = 4 steps x 2 rounds
+    # Each client's training rows after the validation hold-out, in batches of 8, for 2 rounds.
+    prepared = prepare(cfg)
+    train_rows = {lang: len(prepared.language_rows(lang, "train")) for lang in LANGS}
+    assert all(20 <= n < 27 for n in train_rows.values())  # 27 rows, less the 10% validation hold-out
+    assert results["local_steps"] == {lang: 2 * math.ceil(n / 8) for lang, n in train_rows.items()}
 
 
 def test_metrics_checkpoints_report_and_adapter(federated_run):
