@@ -134,7 +134,7 @@ def _check_privacy(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"privacy.target_epsilon = {pv.target_epsilon!r} is not allowed: must be > 0 (0 = use "
                           "privacy.noise_multiplier).")
     if not 0 <= pv.delta < 1:
-        raise ConfigError(f"privacy.delta = {pv.delta!r} is not allowed: must be in (0, 1) (0 = the default 1/N).")
+        raise ConfigError(f"privacy.delta = {pv.delta!r} is not allowed: must be in (0, 1) (0 = the default min(1e-5, N^-1.1)).")
     private = pv.dp != DpMode.NONE or pv.secure_aggregation
     if private and cfg.paradigm != Paradigm.FEDERATED:
         raise ConfigError(f"[privacy] (privacy.dp = {pv.dp.value!r}, privacy.secure_aggregation = "

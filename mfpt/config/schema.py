@@ -295,13 +295,19 @@ class PrivacyConfig:
         default=0.0,
     )
     delta: float = _help(
-        "The delta of (epsilon, delta); 0 = 1/N, N = the number of training clients (client) or the number of "
-        "training examples of each client (example).",
+        "The delta of (epsilon, delta); 0 = min(1e-5, N^-1.1), N = the number of training clients (client) or the "
+        "number of training examples of each client (example). A delta >= 1/N is refused (publishing one of the N "
+        "at random would satisfy it) unless allow_weak_delta = true.",
         default=0.0,
+    )
+    allow_weak_delta: bool = _help(
+        "true accepts a privacy.delta >= 1/N, a guarantee too weak to mean much; for comparisons with work that "
+        "used one.",
+        default=False,
     )
     adaptive_clipping: bool = _help(
         "client only: adapt the clipping bound each round to the median update norm (Andrew et al., 2021; "
-        "Flower's adaptive-clipping wrappers).",
+        "Flower's adaptive-clipping wrappers, corrected: noise sized to the bound used, bound moved as in the paper).",
         default=False,
     )
     clip_at: ClipAt = _help(

@@ -4,7 +4,8 @@ later, found from the config alone (no data read, no model loaded, in a second).
 - the local paths `mfpt run` would refuse (data.path, a model.name folder; tuning.file is read as the config loads);
 - the config each deployed node builds for its own language (mfpt.federation.node.node_data_config): a key that
   names languages the node does not hold (data.low_resource, ...) is refused there, after start-up, otherwise;
-- the config each simulated client receives in a message (the config record round-trips exactly).
+- the config each simulated client receives in a message (the config record round-trips exactly);
+- client-level DP's delta against 1/N (example-level needs each client's size: `mfpt privacy CONFIG` reads the data).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord
 
-from mfpt.config import ConfigError, ExperimentConfig
+from mfpt.config import ConfigError, DpMode, ExperimentConfig
+from mfpt.config.specs import training_clients
 from mfpt.data.clients import client_layout
 from mfpt.federation.node import node_data_config
 from mfpt.federation.protocol import config_entries, config_from_entries
+from mfpt.privacy.accounting import checked_delta
 
 
 def check_local_paths(cfg: ExperimentConfig) -> None:
@@ -52,4 +55,7 @@ def preflight(cfg: ExperimentConfig) -> list[str]:
                               f"this experiment: {err}") from None
     if layout:
         passed.append(f"deployed nodes: the config of each of the {len(layout)} client nodes is valid")
+    if cfg.privacy.dp == DpMode.CLIENT:
+        n = training_clients(cfg)
+        passed.append(f"privacy: delta {checked_delta(cfg, n, 'training clients'):.3g} is below 1/N = 1/{n}")
     return passed

@@ -7,10 +7,18 @@ trainable tensors, the only ones exchanged), averages and adds Gaussian noise of
 With `privacy.clip_at = "client"` the nodes clip before sending (Flower's fixed or adaptive clipping mod,
 mfpt.federation.mods.dp_clipping). The noise is drawn from numpy's global generator, never from the run's seed: noise anyone could
 regenerate from a published config would protect nothing.
+
+Adaptive clipping corrects two things in Flower 1.42's adaptive wrappers (flwr/serverapp/strategy/
+dp_adaptive_clipping.py): they move the bound before adding the round's noise, so the noise is sized to the next
+round's bound rather than the one the updates were clipped to (too little noise whenever the bound shrinks); and
+they shrink the bound when more than the target share of updates is clipped, the opposite of Andrew et al. (2021),
+whose bound grows until that share is reached. Here the noise uses the bound the round clipped with, and the bound
+then moves by C <- C exp(lr (clipped share - target clipped share)).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -61,6 +69,25 @@ def private_base(cfg: ExperimentConfig, base: type) -> type:
         if "clipping_norm" in state:
             self.clipping_norm = float(np.asarray(state["clipping_norm"]))
 
+    def aggregate_train(self: Any, server_round: int, replies: Any) -> Any:
+        """Flower's aggregation with the noise sized to the bound this round clipped with; the bound moves after."""
+        self.next_clipping_norm = None
+        result = super(private, self).aggregate_train(server_round, replies)
+        if self.next_clipping_norm is not None:
+            self.clipping_norm = self.next_clipping_norm
+        return result
+
+    methods: dict[str, Any] = {"__init__": __init__, "dp_clip_state": property(_get_clip_state, _set_clip_state)}
+    if cfg.privacy.adaptive_clipping:
+        methods.update(_geometric_update=_hold_next_bound, aggregate_train=aggregate_train)
     # dp_clip_state: the adaptive clipping bound, saved in checkpoints so a resumed run goes on with it.
-    return type(f"{wrapper.__name__}Of{base.__name__}", (wrapper,),
-                {"__init__": __init__, "dp_clip_state": property(_get_clip_state, _set_clip_state)})
+    private = type(f"{wrapper.__name__}Of{base.__name__}", (wrapper,), methods)
+    return private
+
+
+def _hold_next_bound(self: Any, clipped_fraction: float) -> None:
+    """Andrew et al.'s update, held until the round's noise is added: the bound grows while more than the target
+    share of updates is clipped and shrinks while fewer are."""
+    self.next_clipping_norm = self.clipping_norm * math.exp(
+        self.clip_norm_lr * (clipped_fraction - self.target_clipped_quantile))
+
