@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from mfpt.federation.protocol import ARRAYS, CONFIG, config_entries
 from mfpt.federation.strategies.base import NodeInfo, make_strategy
 from mfpt.model.state import state_spec
 from mfpt.privacy import accounting as privacy
+from mfpt.results.checkpoints import checkpoint_path, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -112,6 +114,49 @@ def test_epsilon_agrees_with_an_independent_rdp_computation(sigma, q, steps, del
     assert math.isinf(privacy.rdp_epsilon(0.0, q, steps, delta))
 
 
+def test_under_dp_the_client_sample_is_secret_and_without_it_follows_the_seed():
+    def samples(overrides: dict) -> list[set[int]]:
+        cfg = load_config(None, {**DP, "federation.fraction_train": 0.5, **overrides})
+        nodes = {100 + i: NodeInfo(100 + i, i, ClientSpec(lang), 10, 5) for i, lang in enumerate(LANGS)}
+        strategy = make_strategy(cfg, nodes, state_spec(X0), RecordingListener())
+        return [strategy._sample(r, 0.5, False) for r in range(1, 13)]
+
+    plain = {"privacy.dp": "none", "federation.weighting": "examples"}
+    assert samples(plain) == samples(plain)  # the seed decides: a resume samples alike
+    first, second = samples({}), samples({})
+    assert all(len(s) == 2 for s in first + second)
+    assert first != second  # 12 rounds of 2 clients out of 4 alike by chance: (1/6)^12
+
+
+def test_dpsgd_batches_are_poisson_samples_from_os_entropy():
+    from mfpt.train.dpsgd import DpSgd
+
+    n, batch, draws = 40, 10, 4000
+    dp = privacy.example_dp(load_config(None, {"data.languages": LANGS, "privacy.dp": "example",
+                                              "train.batch_size": batch}), n)
+    assert dp.expected_batch_size == batch
+    picks = [dp.sample_batch(n, batch) for _ in range(draws)]
+    sizes = np.array([len(p) for p in picks])
+    q = batch / n  # 0.25: sizes are Binomial(40, 0.25), mean 10, variance 7.5
+    assert abs(sizes.mean() - n * q) < 4 * math.sqrt(n * q * (1 - q) / draws)
+    assert sizes.var() == pytest.approx(n * q * (1 - q), rel=0.1) and sizes.min() < batch < sizes.max()
+    inclusion = np.bincount(np.concatenate(picks), minlength=n) / draws
+    assert np.all(np.abs(inclusion - q) < 4 * math.sqrt(q * (1 - q) / draws))
+    other = DpSgd(1.0, 1.0, expected_batch_size=batch)
+    assert any(not np.array_equal(dp.sample_batch(n, batch), other.sample_batch(n, batch)) for _ in range(5))
+
+
+def test_an_empty_poisson_batch_steps_on_noise_alone(tiny_xlmr):
+    from mfpt.model.factory import build_model
+    from mfpt.train.dpsgd import DpSgd
+
+    cfg = load_config(None, {"model.name": str(tiny_xlmr), "data.labels": ["a", "b", "c"], "peft.num_virtual_tokens": 4})
+    model = build_model(cfg, 3).model
+    loss = DpSgd(0.5, 2.0, expected_batch_size=8).step_gradients(model, {}, torch.zeros(0, dtype=torch.long))
+    noise = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]).double()
+    assert loss.item() == 0.0 and noise.std().item() == pytest.approx(2.0 * 0.5 / 8, rel=0.1)
+
+
 def test_default_delta_is_well_below_one_over_n_at_every_size():
     assert privacy.default_delta(16) == 1e-5 and privacy.default_delta(10 ** 6) == pytest.approx(10 ** -6.6)
     for n in (1, 2, 16, 38, 1000, 10 ** 5, 10 ** 7):
@@ -185,7 +230,9 @@ def test_target_epsilon_gives_a_noise_whose_epsilon_is_within_one_percent(target
     cfg = load_config(None, {**DP, "privacy.target_epsilon": target, "federation.rounds": 30,
                              "federation.fraction_train": 0.5})
     account = privacy.client_account(cfg)
-    assert account.sample_rate == 0.5 and account.delta == 1e-5  # min(1e-5, 4^-1.1)
+    # A fixed-size client sample is not the Poisson sample the analysis assumes: no amplification is claimed.
+    assert account.sample_rate == 1.0 and account.delta == 1e-5  # min(1e-5, 4^-1.1)
+    assert any("without amplification" in w for w in privacy.warnings(cfg))
     epsilon = account.epsilon(30)
     assert target * 0.99 <= epsilon <= target
 
@@ -390,5 +437,13 @@ def test_an_example_level_dp_run_completes_and_accounts_each_client(make_config)
                          "federation.rounds": 1})
     result = run_federated(InProcessGrid(2), cfg, quiet=True)
     assert result.privacy["dp"] == "example" and result.privacy["epsilon"] > 0
-    assert result.privacy["delta"] == 1e-5  # min(1e-5, 24^-1.1): 24 training examples per fixture client
+    assert result.privacy["delta"] == 1e-5  # min(1e-5, n^-1.1) for every fixture client
     assert result.average is not None
+    # The same seed without DP trains to another state: DP-SGD's clipping, noise and Poisson batches took effect.
+    plain = make_config(**{"data.languages": ["en", "sw"], "federation.rounds": 1,
+                           "output_dir": str(cfg.output_dir) + "-plain"})
+    run_federated(InProcessGrid(2), plain, quiet=True)
+    private_state = load_checkpoint(checkpoint_path(Path(cfg.output_dir), 1)).state
+    plain_state = load_checkpoint(checkpoint_path(Path(plain.output_dir), 1)).state
+    assert private_state.keys() == plain_state.keys()
+    assert all(not torch.allclose(private_state[k], plain_state[k]) for k in private_state)

@@ -1,12 +1,13 @@
 """The (epsilon, delta) account of a private run, and the noise that reaches a target epsilon.
 
 Client-level DP (`privacy.dp = "client"`): one Gaussian release per round of the average of the sampled clients'
-clipped updates; sampling rate q = sampled clients / training clients (federation.fraction_train), one step per
-round. Example-level DP (`privacy.dp = "example"`, DP-SGD in mfpt.train.dpsgd): each client's own steps, at sampling rate
-q = train.batch_size / its training examples, counted for every round (as if sampled each round: an upper bound
-when federation.fraction_train < 1). Both use Opacus's RDP accountant (a maintained library, never our own maths);
-Google's dp-accounting (the accountant Flower's RdpAccountant wraps) checks every epsilon independently.
-The RDP analysis assumes Poisson sampling; mfpt samples fixed-size batches and client sets, the usual approximation.
+clipped updates, one step per round, accounted at q = 1: no amplification by sampling, because with
+federation.fraction_train < 1 the server samples a fixed-size client set (secretly, from OS entropy), which the
+Poisson analysis does not cover. Example-level DP (`privacy.dp = "example"`, DP-SGD in mfpt.train.dpsgd): each
+client's own steps on Poisson batches (each example in with probability q = train.batch_size / its training
+examples, drawn from OS entropy), counted for every round (an upper bound when federation.fraction_train < 1).
+Both use Opacus's RDP accountant (a maintained library, never our own maths); Google's dp-accounting (the
+accountant Flower's RdpAccountant wraps) checks every epsilon independently.
 
 delta defaults to min(1e-5, N^-1.1), N = training clients (client-level) or a client's training examples
 (example-level): well below 1/N, because a mechanism that publishes one whole client (or example) at random with
@@ -133,9 +134,10 @@ def _noise(cfg: ExperimentConfig, sample_rate: float, steps: int, delta: float) 
 
 
 def client_account(cfg: ExperimentConfig) -> Account:
-    """Client-level DP: one release per round at q = sampled / training clients, delta min(1e-5, N^-1.1) by default."""
+    """Client-level DP: one release per round, no amplification by sampling (q = 1; the module docstring says why),
+    delta min(1e-5, N^-1.1) by default."""
     n = training_clients(cfg)
-    q = sampled_clients(cfg) / n
+    q = 1.0
     delta = checked_delta(cfg, n, "training clients")
     return Account("client", _noise(cfg, q, cfg.federation.rounds, delta), q, 1, delta)
 
@@ -157,7 +159,8 @@ def example_dp(cfg: ExperimentConfig, num_train: int) -> DpSgd | None:
         return None
     from mfpt.train.dpsgd import DpSgd
 
-    return DpSgd(cfg.privacy.clip_norm, example_account(cfg, num_train).noise_multiplier)
+    return DpSgd(cfg.privacy.clip_norm, example_account(cfg, num_train).noise_multiplier,
+                 expected_batch_size=min(cfg.train.batch_size, num_train))
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,11 @@ def warnings(cfg: ExperimentConfig) -> list[str]:
                      "(utility suffers) and example-level DP keeps a per-example gradient of every weight (memory).")
     if pv.dp != DpMode.NONE and pv.noise_multiplier == 0 and pv.target_epsilon == 0:
         found.append("privacy.noise_multiplier = 0 clips but adds no noise: epsilon is infinite.")
+    if pv.dp == DpMode.CLIENT and sampled_clients(cfg) < training_clients(cfg):
+        found.append(f"privacy.dp = 'client' with federation.fraction_train = {cfg.federation.fraction_train:g}: "
+                     "epsilon is accounted without amplification by sampling (q = 1), since the server samples a "
+                     "fixed-size client set, not the Poisson sample the analysis assumes; the noise is sized "
+                     "for every round as if every client took part.")
     if pv.dp == DpMode.CLIENT and training_clients(cfg) < 10:
         found.append(f"privacy.dp = 'client' with {training_clients(cfg)} training clients: the noise std is "
                      "noise_multiplier x clip_norm / clients sampled, which few clients cannot dilute.")

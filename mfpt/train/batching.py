@@ -1,4 +1,5 @@
-"""The order in which a training pass visits its examples: shuffled, or grouped by length to cut padding.
+"""The order in which a training pass visits its examples: shuffled, or grouped by length to cut padding; and
+DP-SGD's Poisson batches.
 
 Batches are padded to their longest example, so a batch of similar lengths wastes less compute. Grouping sorts
 examples by length inside large random chunks, cuts them into batches, then shuffles the batches: every draw
@@ -36,3 +37,9 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: np.random
     # `batch_size` slices line up with the batches made here.
     short = [batches.pop()] if len(batches[-1]) < batch_size else []
     return np.concatenate([batches[i] for i in rng.permutation(len(batches))] + short) if batches or short else order
+
+
+def poisson_batch(num_examples: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """One DP-SGD batch: every example included independently with probability `sample_rate` (a variable size, possibly
+    empty), the sampling the RDP account of subsampled Gaussian steps assumes (Opacus samples the same way)."""
+    return np.flatnonzero(rng.random(num_examples) < sample_rate)

@@ -4,7 +4,10 @@ Per-example gradients are taken over the trainable tensors only (prompt + head):
 parameters, one backward pass per example (see `per_example_gradients` for why not torch.func's vmap). Each
 example's gradient is clipped to `clip_norm` (L2 over all trainable tensors), the clipped gradients are summed,
 Gaussian noise of std noise_multiplier x clip_norm is added, and the sum is divided by the batch size (Abadi et
-al., 2016). The noise comes from a generator seeded by the operating system, never by the run's public seed.
+al., 2016). The batches are Poisson samples (each example in with probability q = batch_size / examples), as the
+account assumes, so the sum is divided by the expected batch size, as Opacus does. The noise and the batches come
+from generators seeded by the operating system, never by the run's public seed: batches anyone could recompute from
+the published config would void the amplification by sampling that the account counts on.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mfpt.train.batching import poisson_batch
 
 
 @dataclass
@@ -24,6 +30,13 @@ class DpSgd:
     clip_norm: float
     noise_multiplier: float
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(secrets.randbits(63)))
+    # The divisor of the noised sum: the expected batch size of Poisson batches; 0 = each batch's own size.
+    expected_batch_size: float = 0.0
+    sampler: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
+
+    def sample_batch(self, num_examples: int, batch_size: int) -> np.ndarray:
+        """A Poisson batch of expected size `batch_size` (at most all examples), drawn from OS entropy."""
+        return poisson_batch(num_examples, min(1.0, batch_size / num_examples), self.sampler)
 
     def per_example_gradients(self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
                               labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -43,19 +56,23 @@ class DpSgd:
             loss = F.cross_entropy(model(**row).logits.float(), labels[i:i + 1])
             per_example.append(torch.autograd.grad(loss, params))
             losses.append(loss.detach())
+        if not per_example:  # an empty Poisson batch: no example, only noise
+            return {n: torch.zeros(0, *p.shape, dtype=p.dtype, device=p.device) for n, p in named}, torch.zeros(0)
         grads = {n: torch.stack([g[j] for g in per_example]) for j, (n, _) in enumerate(named)}
         return grads, torch.stack(losses)
 
     def private_gradient(self, per_example: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """(sum of per-example gradients clipped to clip_norm + N(0, (sigma C)^2)) / batch size, per tensor."""
+        """(sum of per-example gradients clipped to clip_norm + N(0, (sigma C)^2)) / batch size, per tensor (the
+        expected batch size when set)."""
         batch = next(iter(per_example.values())).shape[0]
-        norms = torch.sqrt(sum(g.reshape(batch, -1).double().pow(2).sum(1) for g in per_example.values()))
+        divisor = self.expected_batch_size or batch
+        norms = torch.sqrt(sum(g.flatten(1).double().pow(2).sum(1) for g in per_example.values()))
         factors = (self.clip_norm / (norms + 1e-12)).clamp(max=1.0)
         out = {}
         for name, g in per_example.items():
             clipped_sum = torch.einsum("b,b...->...", factors.to(g.dtype), g)
             noise = torch.randn(clipped_sum.shape, generator=self.generator, dtype=torch.float64)
-            out[name] = ((clipped_sum.double().cpu() + self.noise_multiplier * self.clip_norm * noise) / batch).to(
+            out[name] = ((clipped_sum.double().cpu() + self.noise_multiplier * self.clip_norm * noise) / divisor).to(
                 dtype=g.dtype, device=g.device)
         return out
 
@@ -66,4 +83,4 @@ class DpSgd:
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.grad = private[name] if p.grad is None else p.grad + private[name]
-        return losses.mean().detach()
+        return losses.mean().detach() if len(losses) else torch.zeros(())

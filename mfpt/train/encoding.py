@@ -40,6 +40,12 @@ def batches(data: Encoded, batch_size: int, tokenizer: Any, order: np.ndarray | 
     """Dynamically padded batches in `order` (default: as stored)."""
     order = np.arange(len(data)) if order is None else order
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        padded = tokenizer.pad([data.features[i] for i in idx], return_tensors="pt")
-        yield dict(padded), torch.as_tensor(data.labels[idx])
+        yield collate(data, order[start:start + batch_size], tokenizer)
+
+
+def collate(data: Encoded, idx: np.ndarray, tokenizer: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The examples at `idx`, padded to the longest; an empty `idx` (a Poisson batch can be) gives no inputs."""
+    if len(idx) == 0:
+        return {}, torch.zeros(0, dtype=torch.long)
+    padded = tokenizer.pad([data.features[i] for i in idx], return_tensors="pt")
+    return dict(padded), torch.as_tensor(data.labels[idx])

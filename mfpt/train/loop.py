@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mfpt.config import TrainConfig
 from mfpt.train.batching import length_grouped_order, shuffled_order
 from mfpt.train.dpsgd import DpSgd
-from mfpt.train.encoding import Encoded, batches
+from mfpt.train.encoding import Encoded, collate
 from mfpt.train.precision import autocast_dtype, forward_context, grad_scaler
 
 
@@ -53,7 +53,8 @@ def train(
 ) -> TrainStats:
     """Run `num_steps` AdamW steps on the trainable tensors, reshuffling each pass; FedProx adds mu/2·||w - anchor||².
 
-    With `dp` (example-level privacy) each step's gradient is DP-SGD's (mfpt.train.dpsgd) instead of the batch gradient.
+    With `dp` (example-level privacy) each step's gradient is DP-SGD's (mfpt.train.dpsgd) instead of the batch gradient,
+    on Poisson batches drawn by `dp` from OS entropy instead of passes over a seeded shuffle.
     """
     if len(data) == 0:
         raise ValueError("train() got an empty dataset; the caller must refuse empty clients first.")
@@ -69,41 +70,51 @@ def train(
     lengths = [len(f["input_ids"]) for f in data.features] if cfg.group_by_length else None
     stats = TrainStats()
     model.train()
-    while stats.steps < num_steps:
-        order = (length_grouped_order(lengths, cfg.batch_size, rng) if lengths is not None
-                 else shuffled_order(len(data), rng))
-        for inputs, labels in batches(data, cfg.batch_size, tokenizer, order):
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            optimizer.zero_grad(set_to_none=True)
+
+    def batch_indices() -> Iterator[np.ndarray]:
+        """Endless batches: seeded shuffled passes, or DP-SGD's Poisson batches from OS entropy."""
+        while True:
             if dp is not None:
-                # DP-SGD: each example's gradient clipped, the sum noised (mfpt.train.dpsgd). bf16 autocast only: fp16
-                # would need loss scaling of every per-example gradient.
-                with forward_context(dtype if dtype == torch.bfloat16 else None, device):
-                    loss = dp.step_gradients(model, inputs, labels.to(device))
-                if anchor_on_device is not None:  # data-independent: added after the noise, costs no privacy
-                    proximal_term(named, anchor_on_device, proximal_mu).backward()
+                yield dp.sample_batch(len(data), cfg.batch_size)
+                continue
+            order = (length_grouped_order(lengths, cfg.batch_size, rng) if lengths is not None
+                     else shuffled_order(len(data), rng))
+            for start in range(0, len(order), cfg.batch_size):
+                yield order[start:start + cfg.batch_size]
+
+    for idx in batch_indices() if num_steps > 0 else ():
+        inputs, labels = collate(data, idx, tokenizer)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        optimizer.zero_grad(set_to_none=True)
+        if dp is not None:
+            # DP-SGD: each example's gradient clipped, the sum noised (mfpt.train.dpsgd). bf16 autocast only: fp16
+            # would need loss scaling of every per-example gradient.
+            with forward_context(dtype if dtype == torch.bfloat16 else None, device):
+                loss = dp.step_gradients(model, inputs, labels.to(device))
+            if anchor_on_device is not None:  # data-independent: added after the noise, costs no privacy
+                proximal_term(named, anchor_on_device, proximal_mu).backward()
+        else:
+            with forward_context(dtype, device):
+                logits = model(**inputs).logits
+            loss = F.cross_entropy(logits.float(), labels.to(device))
+            objective = loss if anchor_on_device is None else loss + proximal_term(named, anchor_on_device, proximal_mu)
+            if scaler is not None:
+                scaler.scale(objective).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             else:
-                with forward_context(dtype, device):
-                    logits = model(**inputs).logits
-                loss = F.cross_entropy(logits.float(), labels.to(device))
-                objective = loss if anchor_on_device is None else loss + proximal_term(named, anchor_on_device, proximal_mu)
-                if scaler is not None:
-                    scaler.scale(objective).backward()
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                else:
-                    objective.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler is not None and dp is None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            stats.steps += 1
-            stats.examples_seen += len(labels)
-            stats.loss_sum += loss.item() * len(labels)
-            if stats.steps >= num_steps:
-                break
+                objective.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if scaler is not None and dp is None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        stats.steps += 1
+        stats.examples_seen += len(labels)
+        stats.loss_sum += loss.item() * len(labels)
+        if stats.steps >= num_steps:
+            break
     return stats
 
 

@@ -17,6 +17,7 @@ aggregation maths; it only
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -40,7 +41,7 @@ from flwr.serverapp.strategy import (
     QFedAvg,
 )
 
-from mfpt.config import ExperimentConfig, Weighting
+from mfpt.config import DpMode, ExperimentConfig, Weighting
 from mfpt.core.registry import Registry
 from mfpt.core.seeds import derive_seed
 from mfpt.core.stats import mean
@@ -199,7 +200,11 @@ class MfptStrategy:
     def _sample(self, server_round: int, fraction: float, with_heldout: bool) -> set[int]:
         trainers = sorted((n for n in self.nodes.values() if not n.client.heldout), key=lambda n: n.index)
         count = max(1, int(round(len(trainers) * fraction)))
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, self.round_offset + server_round, 7))
+        # Under [privacy] the sample comes from OS entropy: a sample anyone can recompute from the published seed
+        # amplifies nothing. Otherwise from the run's seed, so that a run and its resume sample alike.
+        private = self.cfg.privacy.dp != DpMode.NONE
+        rng = np.random.default_rng(secrets.randbits(128) if private else
+                                    derive_seed(self.cfg.seed, self.round_offset + server_round, 7))
         chosen = {trainers[i].node_id for i in rng.choice(len(trainers), size=count, replace=False)}
         if with_heldout:
             chosen |= {n.node_id for n in self.nodes.values() if n.client.heldout}
