@@ -67,6 +67,18 @@ def test_run_writes_outputs_and_prints_the_table(capsys, tmp_path, base_args):
     assert "--resume" in _error(capsys)
 
 
+def test_validate_checks_an_experiment_against_a_sites_privacy_floor(capsys, base_args):
+    dp = [*base_args[:-2], "--set", 'privacy.dp="client"', "--set", 'federation.weighting="uniform"',
+          "--set", "privacy.noise_multiplier=0.8"]
+    assert main(["validate", *dp, "--node-config", "require-dp='client' min-noise-multiplier=0.5"]) == 0
+    assert "# ok: node privacy floor: the experiment meets it" in capsys.readouterr().out
+    assert main(["validate", *dp, "--node-config", "min-noise-multiplier=1.0 require-secure-aggregation=true"]) == 2
+    err = _error(capsys)
+    assert "min-noise-multiplier=1 but the noise multiplier is 0.8" in err and "require-secure-aggregation=true" in err
+    assert main(["validate", *dp, "--node-config", "require-dp=maybe"]) == 2
+    assert "--node-config" in _error(capsys)
+
+
 def test_validate_data_and_keys(capsys, base_args):
     assert main(["validate", *base_args[:-2]]) == 0
     assert "[peft]" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from typing import Any
 
 from mfpt.analysis.report import render_run_summary
 from mfpt.cli.common import load_from_args
-from mfpt.config import describe, describe_markdown, to_toml
+from mfpt.config import ConfigError, describe, describe_markdown, to_toml
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -46,7 +46,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from mfpt.experiments.preflight import preflight
 
     cfg = load_from_args(args)
-    passed = preflight(cfg)
+    node_config = {}
+    if args.node_config:
+        from flwr.common.config import parse_config_args
+
+        try:
+            node_config = parse_config_args([args.node_config])
+        except Exception:  # noqa: BLE001 - Flower raises click's exception for a malformed string
+            raise ConfigError(f"--node-config {args.node_config!r} is not a node config; write it as for "
+                              "flower-supernode, e.g. \"require-dp='client' min-noise-multiplier=1.0\".") from None
+    passed = preflight(cfg, node_config)
     print(to_toml(cfg), end="")
     print("\n" + "\n".join(f"# ok: {line}" for line in passed))
     return 0
@@ -88,6 +97,10 @@ def add_parser(sub: Any, config_args: argparse.ArgumentParser) -> None:
     validate = sub.add_parser("validate", help="check a config and print it resolved",
                               description="Validate CONFIG (and --set overrides) without running anything.",
                               parents=[config_args])
+    validate.add_argument("--node-config", metavar="NODE_CONFIG",
+                          help="a site's SuperNode --node-config: check the experiment against its privacy floor "
+                               "(require-dp, min-noise-multiplier, max-epsilon, max-clip-norm, "
+                               "require-secure-aggregation, min-clients)")
     validate.set_defaults(func=cmd_validate)
 
     data = sub.add_parser("data", help="show the clients and their data without training",

@@ -5,12 +5,14 @@ later, found from the config alone (no data read, no model loaded, in a second).
 - the config each deployed node builds for its own language (mfpt.federation.node.node_data_config): a key that
   names languages the node does not hold (data.low_resource, ...) is refused there, after start-up, otherwise;
 - the config each simulated client receives in a message (the config record round-trips exactly);
-- client-level DP's delta against 1/N (example-level needs each client's size: `mfpt privacy CONFIG` reads the data).
+- client-level DP's delta against 1/N (example-level needs each client's size: `mfpt privacy CONFIG` reads the data);
+- a site's privacy floor (its node config), where it does not depend on the site's data.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 from flwr.app import ConfigRecord
 
@@ -18,6 +20,7 @@ from mfpt.config import ConfigError, DpMode, ExperimentConfig
 from mfpt.config.specs import training_clients
 from mfpt.data.clients import client_layout
 from mfpt.federation.node import node_data_config
+from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import config_entries, config_from_entries
 from mfpt.privacy.accounting import checked_delta
 
@@ -38,8 +41,9 @@ def check_local_paths(cfg: ExperimentConfig) -> None:
                           "fix the path, or give a hub id such as xlm-roberta-base.")
 
 
-def preflight(cfg: ExperimentConfig) -> list[str]:
-    """Run every check; a ConfigError names the first that fails, else one line per check that passed."""
+def preflight(cfg: ExperimentConfig, node_config: Mapping[str, Any] | None = None) -> list[str]:
+    """Run every check (the privacy floor of `node_config` too, when given); a ConfigError names the first that
+    fails, else one line per check that passed."""
     check_local_paths(cfg)
     passed = ["config: every key known, typed and consistent", "local paths: data.path and model.name usable"]
     if config_from_entries(dict(ConfigRecord(config_entries(cfg)))) != cfg:
@@ -58,4 +62,11 @@ def preflight(cfg: ExperimentConfig) -> list[str]:
     if cfg.privacy.dp == DpMode.CLIENT:
         n = training_clients(cfg)
         passed.append(f"privacy: delta {checked_delta(cfg, n, 'training clients'):.3g} is below 1/N = 1/{n}")
+    floor = PrivacyFloor.from_node_config(node_config or {})
+    if floor.is_set:
+        if cfg.privacy.dp == DpMode.EXAMPLE:  # the noise and epsilon depend on the node's own example count
+            passed.append("node privacy floor: example-level DP is checked by each node against its own data")
+        else:
+            floor.check(cfg, 0)
+            passed.append("node privacy floor: the experiment meets it")
     return passed

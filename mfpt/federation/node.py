@@ -6,7 +6,7 @@ trainable tensors (train) and scalar metrics (every message); `mfpt.federation.m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -16,6 +16,7 @@ from mfpt.core.languages import normalize_language
 from mfpt.core.seeds import derive_seed
 from mfpt.data.clients import ClientSpec, client_layout
 from mfpt.data.sources import DataError
+from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import (
     CLIENT_KEY,
     EVAL_LOSS_SUM_KEY,
@@ -78,14 +79,16 @@ class ClientNode:
     runtime: Runtime
     index: int
     client: ClientSpec
+    floor: PrivacyFloor = field(default_factory=PrivacyFloor)  # the site's own minimum (node config)
 
     @classmethod
     def for_message(cls, config_entries: Mapping[str, Any], node_config: Mapping[str, Any]) -> "ClientNode":
         """The node as the server's config (sent in the message) and the node's own config define it."""
         cfg = config_from_entries(config_entries)
+        floor = PrivacyFloor.from_node_config(node_config)
         index, client = which_client(cfg, node_config)
         data_cfg = node_data_config(cfg, client, str(node_config["data-path"])) if "data-path" in node_config else cfg
-        return cls(cfg, get_runtime(data_cfg), index, client)
+        return cls(cfg, get_runtime(data_cfg), index, client, floor)
 
     def describe(self) -> Metrics:
         """Handshake: which client this node is and how many examples it holds (data and model now loaded)."""
@@ -98,8 +101,9 @@ class ClientNode:
         if self.client.heldout:
             raise DataError(f"client {self.client.lang!r} is held out and must not train; the server sampled it by mistake.")
         model, runtime = self.runtime.classifier.model, self.runtime
-        load_trainable_state(model, global_state, origin="global state from the server")
         data = runtime.encoded(self.client, "train")
+        self.floor.check(self.cfg, len(data))  # before the data is trained on
+        load_trainable_state(model, global_state, origin="global state from the server")
         round_ = int(config[ROUND_KEY])
         mu = float(config.get(PROXIMAL_MU_KEY, 0.0))
         # personalization = finetune: after the last round, the same loop for finetune_steps (0 = one round's steps).

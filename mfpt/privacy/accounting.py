@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from mfpt.config import ConfigError, DpMode, ExperimentConfig, PeftMethod
 from mfpt.config.specs import sampled_clients, training_clients
@@ -60,7 +60,8 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
-    from opacus.accountants import RDPAccountant
+    with root_logging_untouched():
+        from opacus.accountants import RDPAccountant
 
     accountant = RDPAccountant()
     accountant.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
@@ -68,9 +69,9 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
 
 
 def independent_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """The same account by Google's dp-accounting RDP accountant: never below Opacus's epsilon, equal where both
-    evaluate the same orders (dp-accounting 0.6 drops fractional orders below about 2 when its series does not
-    converge, so with little noise its epsilon can be larger)."""
+    """The same account by Google's dp-accounting RDP accountant over its orders from 2 up: never below Opacus's
+    epsilon (which also searches the orders from 1.1), equal where the best order is at least 2, larger with little
+    noise, where the best order is lower."""
     if steps <= 0:
         return 0.0
     if noise_multiplier <= 0:
@@ -81,14 +82,24 @@ def independent_epsilon(noise_multiplier: float, sample_rate: float, steps: int,
     event = dp_event.GaussianDpEvent(float(noise_multiplier))
     if sample_rate < 1:
         event = dp_event.PoissonSampledDpEvent(float(sample_rate), event)
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    absl_log = logging.getLogger("absl")
-    level = absl_log.level
-    with contextlib.ExitStack() as restore:  # its "order dropped" warnings are explained in the docstring above
-        absl_log.setLevel(logging.ERROR)
-        restore.callback(absl_log.setLevel, level)
-        accountant.compose(event, int(steps))
-        return float(accountant.get_epsilon(float(delta)))
+    # Its default orders minus those below 2, whose series dp-accounting 0.6 cannot always sum (it would drop them
+    # and log a warning through absl, which reconfigures the process's logging as it does).
+    orders = [order for order in rdp_privacy_accountant.DEFAULT_RDP_ORDERS if order >= 2]
+    accountant = rdp_privacy_accountant.RdpAccountant(orders)
+    accountant.compose(event, int(steps))
+    return float(accountant.get_epsilon(float(delta)))
+
+
+@contextlib.contextmanager
+def root_logging_untouched() -> Iterator[None]:
+    """Opacus (on import) and absl (before each message) call logging.basicConfig(), which leaves a handler on the
+    root logger, bound to whatever sys.stderr is at the time, for good; a guard handler makes that call a no-op."""
+    root, guard = logging.getLogger(), logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
 
 
 # Memoised: the search takes seconds, and every client asks again each round (example_dp).
@@ -97,7 +108,8 @@ def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, del
                       tolerance: float = 0.005) -> float:
     """The noise multiplier whose epsilon after `steps` is at most `target_epsilon` and within `tolerance` (a fraction of
     the target) of it: Opacus's own search over its RDP accountant."""
-    from opacus.accountants.utils import get_noise_multiplier
+    with root_logging_untouched():
+        from opacus.accountants.utils import get_noise_multiplier
 
     try:
         return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,

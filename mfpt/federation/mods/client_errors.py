@@ -9,18 +9,24 @@ the run recorder prints per round and a run that scored nothing reports as its e
 
 from __future__ import annotations
 
-from logging import ERROR
+from logging import ERROR, WARNING
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
+from mfpt.federation.privacy_floor import PrivacyFloorError
+
 
 def client_error_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Call the rest of the ClientApp; turn an exception into an error reply naming its type and message."""
     try:
         return call_next(msg, context)
+    except PrivacyFloorError as err:  # the node's own decision, not a fault: one line, no traceback
+        log(WARNING, "mfpt: refused %s: %s", msg.metadata.message_type, err)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(err).__name__}: {err}"),
+                       reply_to=msg)
     except Exception as err:  # noqa: BLE001 - every failure must reach the server as a reply, never silence
         log(ERROR, "mfpt: %s failed on this node", msg.metadata.message_type, exc_info=err)
         text = " ".join(str(err).split()) or "(no message)"
