@@ -20,7 +20,9 @@ METRICS_FILE = "metrics.jsonl"
 
 IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads")
 # Keys that make a table row; every other varying key makes its own table (a "context").
-ROW_KEYS = ("paradigm", "peft.method", "personalization.method")  # rows of one table, not separate contexts
+# Aggregators and attacks are rows too, so that attacked runs and robust strategies sit side by side in one table.
+ROW_KEYS = ("paradigm", "peft.method", "personalization.method", "federation.strategy", "attack.kind",
+            "attack.languages", "attack.factor", "attack.from_round")
 DATA_AXIS = "data.train_per_language"
 
 
@@ -196,6 +198,10 @@ def group_runs(runs: Sequence[RunData]) -> list[Group]:
         key = (context, paradigm, method, tuple(repr(setting.get(k)) for k in varying if k in ROW_KEYS))
         personal = setting.get("personalization.method", "none")
         label = f"{paradigm} / {method}" + (f" + {personal}" if personal != "none" else "")
+        if "federation.strategy" in varying:
+            label += f" / {setting.get('federation.strategy')}"
+        if setting.get("attack.kind", "none") != "none":
+            label += f" / attacked: {setting['attack.kind']} by {show_value(setting.get('attack.languages'))}"
         group = groups.setdefault(key, Group(label, paradigm, method, context, []))
         if run.seed in group.seeds:
             other = group.by_seed()[run.seed].folder
@@ -226,7 +232,7 @@ def show_value(value: Any, key: str = "") -> str:
         return "all"
     if value is None:
         return "-"
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(map(str, value)) or "(none)"
     return str(value)
 

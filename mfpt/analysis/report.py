@@ -38,6 +38,7 @@ from mfpt.analysis.grouping import (
     varying_keys,
 )
 from mfpt.analysis.model_card import write_model_card
+from mfpt.config.specs import attack_in_words
 from mfpt.core import files
 from mfpt.core.stats import mean, mean_std
 from mfpt.data.uriel import LanguageNotInURIELError, URIELDataError
@@ -82,7 +83,10 @@ def _table_row(cells: Sequence[str]) -> str:
 
 
 def _label(result: RunResult) -> str:
-    return f"{result.paradigm} / {result.method}"
+    label = f"{result.paradigm} / {result.method}"
+    if result.attack:  # attacked runs side by side with clean ones, never mistaken for them
+        label += f" / {result.attack['kind']} by {'+'.join(result.attack['languages'])}"
+    return label
 
 
 # =============================================================================================================
@@ -174,6 +178,8 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], ti
     ]
     if result.privacy:
         parts += ["", "## Privacy", "", f"- {privacy_in_words(result.privacy)}"]
+    if result.attack:
+        parts += ["", "## Attack", "", f"- {attack_in_words(result.attack)}"]
     if result.selection:  # data.selection: which round's model the tables score, and why
         parts += ["", "## Selected round", "", f"Round {result.selection['round']}: {result.selection['reason']}."]
     on_validation = result.selection.get("rule") == "best-validation"

@@ -8,6 +8,7 @@
 """
 
 from mfpt.config.choices import (
+                                 AttackKind,
                                  ClipAt,
                                  DistanceKind,
                                  DpMode,
@@ -40,7 +41,7 @@ from mfpt.config.schema import (
 from mfpt.core.errors import ConfigError
 
 __all__ = [
-    "SECTIONS", "ClipAt", "ConfigError", "DataConfig", "DistanceKind", "DpMode", "ExperimentConfig",
+    "SECTIONS", "AttackKind", "ClipAt", "ConfigError", "DataConfig", "DistanceKind", "DpMode", "ExperimentConfig",
     "FederationConfig", "ModelConfig", "Paradigm", "Partition", "PeftConfig", "PeftMethod", "PersonalizationConfig",
     "PersonalizationMethod", "PoolAt", "Precision", "PrivacyConfig", "Selection", "StrategyName", "TrainConfig",
     "TransferConfig", "Weighting", "describe", "describe_markdown", "from_dict", "from_flat", "load_config", "parse_override",

@@ -48,6 +48,16 @@ ROBUST_STRATEGIES = frozenset({StrategyName.FEDMEDIAN, StrategyName.FEDTRIMMEDAV
                                StrategyName.MULTIKRUM, StrategyName.BULYAN, StrategyName.QFEDAVG})
 
 
+class AttackKind(str, enum.Enum):
+    """What the malicious clients of an attack experiment do ([attack], mfpt.federation.attacks)."""
+
+    NONE = "none"
+    LABEL_FLIP = "label-flip"
+    SIGN_FLIP = "sign-flip"
+    SCALE = "scale"
+    NOISE = "noise"
+
+
 class PoolAt(str, enum.Enum):
     BOS = "bos"
     FIRST = "first"

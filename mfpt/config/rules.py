@@ -13,6 +13,7 @@ from mfpt.config.choices import (
     DEFAULT_LR,
     DEFAULT_SERVER_LR,
     ROBUST_STRATEGIES,
+    AttackKind,
     ClipAt,
     DpMode,
     Paradigm,
@@ -33,6 +34,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_ranges(cfg)
     _check_privacy(cfg)
     _check_strategy(cfg)
+    _check_attack(cfg)
 
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
@@ -209,6 +211,27 @@ def _check_strategy(cfg: ExperimentConfig) -> None:
                           f"keep ({per_round} per round less federation.byzantine_clients = {byz}); lower it.")
 
 
+def _check_attack(cfg: ExperimentConfig) -> None:
+    """Refuse an [attack] that names no attacker, or attackers and no attack, or a non-federated run."""
+    attack = cfg.attack
+    if attack.kind == AttackKind.NONE:
+        if attack.languages:
+            raise ConfigError(f"attack.languages = {list(attack.languages)} but attack.kind = 'none'; set attack.kind "
+                              "(label-flip, sign-flip, scale or noise) or remove attack.languages.")
+        return
+    if cfg.paradigm != Paradigm.FEDERATED:
+        raise ConfigError(f"attack.kind = {attack.kind.value!r} applies to federated runs only, but paradigm = "
+                          f"{cfg.paradigm.value!r}.")
+    if not attack.languages:
+        raise ConfigError(f"attack.kind = {attack.kind.value!r} needs attack.languages: the malicious clients, by "
+                          "language, e.g. attack.languages = [\"yor\"].")
+    if not 1 <= attack.from_round <= cfg.federation.rounds:
+        raise ConfigError(f"attack.from_round = {attack.from_round} must be a round of the run (1 to "
+                          f"federation.rounds = {cfg.federation.rounds}).")
+    if not attack.factor > 0:
+        raise ConfigError(f"attack.factor = {attack.factor!r} is not allowed: must be > 0.")
+
+
 def _check_private_personalization(cfg: ExperimentConfig) -> None:
     """Refuse combinations of the newer sections that cannot hold together: personalisation reads each language's
     own update (or fine-tuned state), which [privacy] may hide or not cover, and keeps no per-round selection."""
@@ -239,7 +262,8 @@ def _check_private_personalization(cfg: ExperimentConfig) -> None:
 
 
 # Every config key that lists languages; each is made canonical (ISO 639-3, script where it differs) once, here.
-LANGUAGE_KEYS = (("data", "languages"), ("data", "heldout_languages"), ("data", "low_resource"), ("transfer", "sources"))
+LANGUAGE_KEYS = (("data", "languages"), ("data", "heldout_languages"), ("data", "low_resource"), ("transfer", "sources"),
+                 ("attack", "languages"))
 
 
 def canonical_languages(cfg: ExperimentConfig) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -256,6 +280,10 @@ def canonical_languages(cfg: ExperimentConfig) -> dict[tuple[str, str], tuple[st
         raise ConfigError(f"data.heldout_languages lists {both}, which data.languages also trains on; a held-out "
                           "language must never train: remove it from one of the two lists.")
     _check_language_roles(cfg, trained, heldout, canonical[("data", "low_resource")], canonical[("transfer", "sources")])
+    stray = [lang for lang in canonical[("attack", "languages")] if lang in heldout or (trained and lang not in trained)]
+    if stray:
+        raise ConfigError(f"attack.languages lists {stray}, which do not train in this run ({', '.join(trained)}); "
+                          "an attacker must be a training language.")
     return canonical
 
 

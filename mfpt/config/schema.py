@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mfpt.config.choices import (
+    AttackKind,
     ClipAt,
     DistanceKind,
     DpMode,
@@ -355,6 +356,24 @@ class PersonalizationConfig:
 
 
 @dataclass(frozen=True)
+class AttackConfig:
+    kind: AttackKind = _help(
+        "Experiments only: what the malicious clients do. none; label-flip (train on labels shifted by one, "
+        "y -> y + 1 mod the label count); sign-flip (send -factor x the honest update); scale (send factor x the "
+        "honest update); noise (a Gaussian update with the honest update's norm). Recorded in results.json and "
+        "report.md.",
+        default=AttackKind.NONE,
+    )
+    languages: tuple[str, ...] = _help(
+        "The malicious clients, by language (every client of that language). On a deployment a site attacks only "
+        "if its node config also says attack=true; a site named here without it refuses to train.",
+        default=(),
+    )
+    from_round: int = _help("The first round in which they misbehave (earlier rounds are honest).", default=1)
+    factor: float = _help("> 0: k of sign-flip (-k x the update) and scale (k x the update).", default=10.0)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = _help("Run name, used in reports.", default="mfpt")
     seed: int = _help("Seeds data sampling, model init and every client's training in every round.", default=0)
@@ -371,6 +390,7 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def __post_init__(self) -> None:
         check(self)
@@ -380,7 +400,8 @@ class ExperimentConfig:
         return from_dict(set_dotted(to_dict(self), overrides))
 
 
-SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy", "personalization", "tuning")
+SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy", "personalization", "tuning",
+            "attack")
 
 
 # --------------------------------------------------------------------------------------------- dicts

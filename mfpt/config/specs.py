@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from mfpt.config import ExperimentConfig, Paradigm, PeftConfig
+from mfpt.config import AttackKind, ExperimentConfig, Paradigm, PeftConfig
 from mfpt.config.choices import DEFAULT_LR, DEFAULT_SERVER_LR
 from mfpt.config.tuning import tuned_setting
 from mfpt.core.registry import Registry
@@ -257,3 +257,27 @@ def hyperparameters(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
 def paradigm_rank(name: str) -> int:
     """A paradigm's place in tables and figures (unknown names last)."""
     return PARADIGMS.get(name).order if name in PARADIGMS else len(PARADIGMS.names())
+
+
+# --------------------------------------------------------------------------------------------- attacks
+
+
+def attack_summary(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """results.json's `attack` block (None for a clean run)."""
+    attack = cfg.attack
+    if attack.kind == AttackKind.NONE:
+        return None
+    return {"kind": attack.kind.value, "languages": list(attack.languages), "from_round": attack.from_round,
+            "factor": attack.factor if attack.kind in (AttackKind.SIGN_FLIP, AttackKind.SCALE) else None}
+
+
+def attack_in_words(summary: Mapping[str, Any]) -> str:
+    """'attacked: sign-flip (each malicious client sends -10 x its honest update) by yor from round 1' for reports."""
+    kind = summary["kind"]
+    if kind in ("sign-flip", "scale"):
+        what = f"sends {'-' if kind == 'sign-flip' else ''}{summary['factor']:g} x its honest update"
+    else:
+        what = {"label-flip": "trains on labels shifted by one",
+                "noise": "sends Gaussian noise with its honest update's norm"}[kind]
+    return (f"ATTACKED RUN (an experiment, not a clean result): {summary['kind']} (each malicious client {what}) by "
+            f"{', '.join(summary['languages'])} from round {summary['from_round']}.")

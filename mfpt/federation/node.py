@@ -11,11 +11,12 @@ from typing import Any, Mapping
 
 import torch
 
-from mfpt.config import ExperimentConfig
+from mfpt.config import AttackKind, ExperimentConfig
 from mfpt.core.languages import normalize_language
 from mfpt.core.seeds import derive_seed
 from mfpt.data.clients import ClientSpec, client_layout
 from mfpt.data.sources import DataError
+from mfpt.federation import attacks
 from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import (
     CLIENT_KEY,
@@ -65,10 +66,12 @@ def which_client(cfg: ExperimentConfig, node_config: Mapping[str, Any]) -> tuple
 
 def node_data_config(cfg: ExperimentConfig, client: ClientSpec, data_path: str) -> ExperimentConfig:
     """The config a deployed node reads its data with: only its own file, which holds only its own language, so
-    every language list narrows to that language (`mfpt validate` builds the same one for every client)."""
+    every language list narrows to that language (`mfpt validate` builds the same one for every client). The
+    attack of an attack experiment is the node's to carry out (ClientNode.train), not its data's."""
     return cfg.replace(**{"data.source": "files", "data.path": data_path, "data.languages": [client.lang],
                           "data.heldout_languages": [],
-                          "data.low_resource": [lang for lang in cfg.data.low_resource if lang == client.lang]})
+                          "data.low_resource": [lang for lang in cfg.data.low_resource if lang == client.lang],
+                          "attack.kind": "none", "attack.languages": []})
 
 
 @dataclass
@@ -80,6 +83,7 @@ class ClientNode:
     index: int
     client: ClientSpec
     floor: PrivacyFloor = field(default_factory=PrivacyFloor)  # the site's own minimum (node config)
+    node_config: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_message(cls, config_entries: Mapping[str, Any], node_config: Mapping[str, Any]) -> "ClientNode":
@@ -88,7 +92,7 @@ class ClientNode:
         floor = PrivacyFloor.from_node_config(node_config)
         index, client = which_client(cfg, node_config)
         data_cfg = node_data_config(cfg, client, str(node_config["data-path"])) if "data-path" in node_config else cfg
-        return cls(cfg, get_runtime(data_cfg), index, client, floor)
+        return cls(cfg, get_runtime(data_cfg), index, client, floor, dict(node_config))
 
     def describe(self) -> Metrics:
         """Handshake: which client this node is and how many examples it holds (data and model now loaded)."""
@@ -105,6 +109,9 @@ class ClientNode:
         self.floor.check(self.cfg, len(data))  # before the data is trained on
         load_trainable_state(model, global_state, origin="global state from the server")
         round_ = int(config[ROUND_KEY])
+        attacking = attacks.is_attacking(self.cfg, self.client, round_, self.node_config)  # [attack] experiments
+        if attacking and self.cfg.attack.kind == AttackKind.LABEL_FLIP:
+            data = attacks.flipped_labels(data, len(runtime.data.labels))
         mu = float(config.get(PROXIMAL_MU_KEY, 0.0))
         # personalization = finetune: after the last round, the same loop for finetune_steps (0 = one round's steps).
         finetune = int(config[FINETUNE_STEPS_KEY]) if FINETUNE_STEPS_KEY in config else None
@@ -115,6 +122,8 @@ class ClientNode:
         metrics: Metrics = {CLIENT_KEY: self.index, EXAMPLES_KEY: len(data), TRAIN_LOSS_KEY: stats.mean_loss,
                             TRAIN_STEPS_KEY: stats.steps}
         state = trainable_state(model)
+        if attacking:
+            state = attacks.poisoned_update(self.cfg, state, global_state, round_, self.index)
         if finetune is not None:  # the fine-tuned state is this language's personal state: evaluate it here
             metrics.update({PERSONAL_PREFIX + k: v for k, v in self._evaluate_loaded().items() if k != CLIENT_KEY})
         return state, metrics

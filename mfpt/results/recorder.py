@@ -25,7 +25,7 @@ import torch
 
 from mfpt import __version__
 from mfpt.config import ConfigError, ExperimentConfig, load_config, to_dict, to_flat, to_toml
-from mfpt.config.specs import hyperparameters, protocol
+from mfpt.config.specs import attack_summary, hyperparameters, protocol
 from mfpt.core import files
 from mfpt.core.errors import UserError, error_line
 from mfpt.core.stats import mean
@@ -461,6 +461,7 @@ class RunRecorder:
             versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             privacy=self.privacy,
             personalization=self._personalization(curves),
+            attack=attack_summary(cfg),
             unscored=[lang for lang in languages + heldout if lang not in final],
             hyperparameters=self.hyperparameters, epochs=epochs_per_learner(curves, cfg.train.batch_size),
             model_path=resolved_model(cfg.model.name),

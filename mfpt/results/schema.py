@@ -127,6 +127,9 @@ class RunResult:
     # accountant, ...} (mfpt.privacy.accounting.PrivacyPlan.summary); None for runs without [privacy].
     privacy: dict[str, Any] | None = None
     personalization: Personalization | None = None
+    # Attack experiments ([attack]): {kind, languages, from_round, factor} (mfpt.config.specs.attack_summary); None
+    # for a clean run.
+    attack: dict[str, Any] | None = None
     # Trained or held-out languages with no score in the reported round (their evaluation was missing or refused):
     # the means above leave them out, so a mean over fewer languages is never mistaken for the full one.
     unscored: list[str] = field(default_factory=list)
