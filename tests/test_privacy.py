@@ -299,6 +299,18 @@ def test_the_noise_has_the_configured_std():
     assert noise.std().item() == pytest.approx(expected_std, rel=0.03)
 
 
+def test_the_noise_follows_the_updates_actually_averaged():
+    np.random.seed(0)
+    updates = [{k: torch.full_like(v, 1e-4 * (i + 1)) for k, v in X0.items()} for i in range(4)]
+    updates[3] = {"prompt": torch.full((100, 50), float("nan")), "head": torch.zeros(2)}  # refused: 3 averaged
+    strategy, _, got = _round({"privacy.noise_multiplier": 1.5, "privacy.clip_norm": 0.2}, X0, updates)
+    assert "NaN" in strategy.listener.refused[0]
+    noise = torch.cat([(got[k] - 2e-4).flatten() for k in X0]).double()  # the mean of 1e-4, 2e-4 and 3e-4
+    # The average of 3 has sensitivity clip / 3: sigma x clip / 3, not the sampled count's / 4.
+    assert noise.std().item() == pytest.approx(1.5 * 0.2 / 3, rel=0.03)
+    assert strategy.num_sampled_clients == 4  # the next round's sample size is untouched
+
+
 def test_mfpt_refuses_a_broken_update_before_flowers_dp_sees_it():
     updates = [_far(i) for i in range(4)]
     updates[1] = {"prompt": torch.full((100, 50), float("nan")), "head": torch.zeros(2)}

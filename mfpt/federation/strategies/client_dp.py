@@ -70,16 +70,24 @@ def private_base(cfg: ExperimentConfig, base: type) -> type:
             self.clipping_norm = float(np.asarray(state["clipping_norm"]))
 
     def aggregate_train(self: Any, server_round: int, replies: Any) -> Any:
-        """Flower's aggregation with the noise sized to the bound this round clipped with; the bound moves after."""
+        """Flower's aggregation with the noise sized to the updates actually averaged (mfpt passes only the accepted
+        ones): std sigma x clip / their count, not / the sampled count, which would under-noise an average of fewer.
+        With adaptive clipping, the noise is sized to the bound this round clipped with, and the bound moves after."""
+        replies = list(replies)
+        sampled, self.num_sampled_clients = self.num_sampled_clients, max(1, len(replies))
         self.next_clipping_norm = None
-        result = super(private, self).aggregate_train(server_round, replies)
+        try:
+            result = super(private, self).aggregate_train(server_round, replies)
+        finally:
+            self.num_sampled_clients = sampled
         if self.next_clipping_norm is not None:
             self.clipping_norm = self.next_clipping_norm
         return result
 
-    methods: dict[str, Any] = {"__init__": __init__, "dp_clip_state": property(_get_clip_state, _set_clip_state)}
+    methods: dict[str, Any] = {"__init__": __init__, "dp_clip_state": property(_get_clip_state, _set_clip_state),
+                               "aggregate_train": aggregate_train}
     if cfg.privacy.adaptive_clipping:
-        methods.update(_geometric_update=_hold_next_bound, aggregate_train=aggregate_train)
+        methods.update(_geometric_update=_hold_next_bound)
     # dp_clip_state: the adaptive clipping bound, saved in checkpoints so a resumed run goes on with it.
     private = type(f"{wrapper.__name__}Of{base.__name__}", (wrapper,), methods)
     return private
