@@ -1,4 +1,5 @@
-"""`mfpt audit-privacy`: the canaries, their planting, and the leakage measures (membership AUC/advantage, exposure)."""
+"""`mfpt audit-privacy`: the canaries, their planting, the leakage measures (membership AUC/advantage, exposure),
+what they are worth without any signal, and the epsilon they can show."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ import pandas as pd
 import pytest
 
 from mfpt.config import ConfigError
-from mfpt.experiments.canary_audit import audit, planted_data
-from mfpt.privacy.canaries import exposures, make_canaries, membership_scores
+from mfpt.experiments.canary_audit import Exposure, audit, planted_data, render
+from mfpt.privacy.canaries import (
+    epsilon_lower_bound,
+    exposures,
+    largest_certifiable_epsilon,
+    make_canaries,
+    membership_scores,
+    null_statistics,
+    p_value,
+)
 
 
 def test_membership_scores_and_exposure_follow_their_definitions():
@@ -40,3 +49,36 @@ def test_canaries_are_random_labelled_strings_and_are_planted_in_one_clients_tra
 def test_audit_refuses_a_config_without_privacy_settings(make_config, tmp_path):
     with pytest.raises(ConfigError, match="privacy.dp"):
         audit(make_config(**{"data.languages": ["en", "sw"]}), tmp_path / "audit")
+
+
+def test_without_membership_signal_the_statistics_are_what_the_null_says():
+    rng = np.random.default_rng(0)
+    planted, fresh = rng.normal(size=20), rng.normal(size=20)
+    null = null_statistics(planted, fresh, draws=1000)
+    assert abs(null["auc"].mean() - 0.5) < 0.02
+    # 20 + 20 canaries and no leakage at all: an advantage near 0.18 and about 1.3 bits of exposure on average.
+    assert 0.12 < null["advantage"].mean() < 0.24 and 1.0 < null["mean_exposure"].mean() < 1.6
+    assert np.percentile(null["advantage"], 95) > 0.3
+    memorised = fresh.min() - 1 - rng.random(20)  # every planted loss below every fresh one
+    assert p_value(membership_scores(memorised, fresh)[0], null["auc"]) == pytest.approx(1 / 1001)
+    assert p_value(0.5, null["auc"]) > 0.3
+
+
+def test_the_epsilon_lower_bound_is_valid_and_limited_by_the_canary_count():
+    rng = np.random.default_rng(1)
+    shown = [epsilon_lower_bound(rng.normal(size=20), rng.normal(size=20), 1e-5) for _ in range(200)]
+    assert np.mean(np.array(shown) > 0) <= 0.05  # no signal: a positive bound at most 5% of the time
+    perfect = epsilon_lower_bound(np.zeros(20), np.ones(20), 1e-5)
+    ceiling = largest_certifiable_epsilon(20, 20, 1e-5)
+    assert 0 < perfect <= ceiling
+    # One threshold, a perfect test: TPR >= a^(1/n) and FPR <= 1 - a^(1/n) at one-sided level a = 2.5% each.
+    a = 0.025 ** (1 / 20)
+    assert ceiling == pytest.approx(math.log((a - 1e-5) / (1 - a)))
+    assert largest_certifiable_epsilon(1000, 1000, 1e-5) > ceiling + 3
+
+
+def test_the_audit_table_prints_the_null_and_what_the_canaries_can_certify():
+    found = [Exposure("no privacy", 0.9, 0.6, 2.5, 4.0, 0.5, 0.4, None, 0.65, 0.35, 1.9, 0.001, 0.8)]
+    text = render(found, 20)
+    assert "0.900 (0.650, 0.001)" in text and "0.600 (0.350)" in text and "(1.90)" in text
+    assert f"can never show more than {largest_certifiable_epsilon(20, 20, 1e-5):.2f}" in text

@@ -40,3 +40,61 @@ def exposures(planted: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     """Each planted canary's exposure against the fresh ones: log2(|fresh| + 1) - log2(its rank by loss)."""
     ranks = np.array([1 + int((fresh < p).sum()) for p in planted])
     return math.log2(len(fresh) + 1) - np.log2(ranks)
+
+
+# ------------------------------------------------------------------------------------------ what a figure is worth
+
+
+def null_statistics(planted: np.ndarray, fresh: np.ndarray, draws: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+    """AUC, advantage and mean exposure when membership carries no signal: the pooled losses split at random into
+    `len(planted)` "planted" and `len(fresh)` "fresh" ones, `draws` times (a permutation test)."""
+    pooled = np.concatenate([planted, fresh])
+    rng = np.random.default_rng(seed)
+    stats: dict[str, list[float]] = {"auc": [], "advantage": [], "mean_exposure": []}
+    for _ in range(draws):
+        order = rng.permutation(len(pooled))
+        p, f = pooled[order[:len(planted)]], pooled[order[len(planted):]]
+        auc, advantage = membership_scores(p, f)
+        stats["auc"].append(auc)
+        stats["advantage"].append(advantage)
+        stats["mean_exposure"].append(float(exposures(p, f).mean()))
+    return {name: np.asarray(values) for name, values in stats.items()}
+
+
+def p_value(observed: float, null: np.ndarray) -> float:
+    """The share of no-signal splits at least as extreme as `observed` (with the observed split counted)."""
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
+
+
+def _clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
+    """One-sided (1 - alpha) Clopper-Pearson bounds of a binomial rate: (lower, upper)."""
+    from scipy.stats import beta
+
+    lower = 0.0 if successes == 0 else float(beta.ppf(alpha, successes, trials - successes + 1))
+    upper = 1.0 if successes == trials else float(beta.ppf(1 - alpha, successes + 1, trials - successes))
+    return lower, upper
+
+
+def epsilon_lower_bound(planted: np.ndarray, fresh: np.ndarray, delta: float, confidence: float = 0.95) -> float:
+    """An empirical lower bound on epsilon, holding with `confidence` (Jagielski et al., 2020): a membership test at
+    threshold t with true- and false-positive rates TPR, FPR shows epsilon >= log((TPR - delta) / FPR). The rates'
+    Clopper-Pearson bounds take a union bound over every threshold tried (the threshold is chosen on these
+    canaries), so the bound stays valid; 0 = nothing shown."""
+    thresholds = np.unique(np.concatenate([planted, fresh]))
+    alpha = (1 - confidence) / (2 * len(thresholds))  # two rates per threshold
+    best = 0.0
+    for t in thresholds:
+        tpr_low, _ = _clopper_pearson(int((planted <= t).sum()), len(planted), alpha)
+        _, fpr_high = _clopper_pearson(int((fresh <= t).sum()), len(fresh), alpha)
+        if tpr_low - delta > 0 and fpr_high > 0:
+            best = max(best, math.log((tpr_low - delta) / fpr_high))
+    return best
+
+
+def largest_certifiable_epsilon(planted: int, fresh: int, delta: float, confidence: float = 0.95) -> float:
+    """The largest epsilon lower bound `planted` + `fresh` canaries can ever show (a perfect membership test),
+    at one threshold: what the audit's size can certify at most."""
+    alpha = (1 - confidence) / 2
+    tpr_low, _ = _clopper_pearson(planted, planted, alpha)
+    _, fpr_high = _clopper_pearson(0, fresh, alpha)
+    return max(0.0, math.log(max(tpr_low - delta, 1e-300) / fpr_high))
