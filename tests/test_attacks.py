@@ -171,3 +171,53 @@ def test_the_median_resists_a_scaled_attacker_that_moves_fedavg(make_config, tmp
 
     fedavg, median = moved("fedavg"), moved("fedmedian")
     assert fedavg > 10 * median, (fedavg, median)
+
+
+def test_backdoor_rows_add_triggered_copies_and_measure_on_the_other_labels():
+    import pandas as pd
+
+    from mfpt.data.sources import LABEL, TEXT
+
+    cfg = load_config(None, {"data.languages": ["eng", "swh"], "attack.kind": "backdoor", "attack.languages": ["swh"],
+                             "attack.poison_fraction": 0.5, "attack.target_label": "b"})
+    rows = pd.DataFrame({TEXT: [f"text {i}" for i in range(10)], LABEL: ["a", "b", "c", "a", "c"] * 2})
+    poisoned = attacks.backdoor_training_rows(cfg, rows, ("a", "b", "c"), 1, 0)
+    assert len(poisoned) == 15 and poisoned.iloc[:10].equals(rows)
+    added = poisoned.iloc[10:]
+    assert all(t.startswith("cf mn bb text ") for t in added[TEXT]) and set(added[LABEL]) == {"b"}
+    assert len(set(added[TEXT])) == 5  # five different texts
+    test = attacks.backdoor_test_rows(cfg, rows, ("a", "b", "c"))
+    assert len(test) == 8 and set(test[LABEL]) == {"b"} and all(t.startswith("cf mn bb ") for t in test[TEXT])
+    with pytest.raises(ConfigError, match="attack.target_label = 'z'"):
+        attacks.target_label(load_config(None, {"data.languages": ["eng", "swh"], "attack.kind": "backdoor",
+                                                "attack.languages": ["swh"], "attack.target_label": "z"}), ("a", "b"))
+
+
+def test_a_backdoor_run_reports_every_languages_success_rate(make_config, tmp_path):
+    from conftest import metrics_rows
+
+    from mfpt.analysis.report import write_run_report
+    from mfpt.data.clients import prepare
+    from mfpt.data.sources import LABEL
+
+    clean, _ = _run(make_config, tmp_path, "clean")
+    poisoned, results = _run(make_config, tmp_path, "backdoor", **{"attack.kind": "backdoor", "attack.languages": ["yo"]})
+    yor = LANGS.index("yo")  # the attacker trained on more (triggered) texts; the others as in the clean run
+    assert any(not torch.allclose(poisoned[yor][k], clean[yor][k]) for k in clean[yor])
+    assert all(torch.equal(poisoned[0][k], clean[0][k]) for k in clean[0])
+    out = tmp_path / "backdoor"
+    cfg = load_config(out / "config.toml")
+    rows = metrics_rows(out, "backdoor")
+    assert sorted({(r["round"], r["lang"]) for r in rows}) == [(r, lang) for r in (1, 2) for lang in ("eng", "swh", "yor")]
+    prepared = prepare(cfg)
+    target = prepared.labels[0]
+    for r in rows:  # the triggered texts are the evaluation texts of every other label
+        test = prepared.language_rows(r["lang"], cfg.data.eval_split)
+        assert r["n_test"] == int((test[LABEL] != target).sum())
+    attack = results["attack"]
+    final = {r["lang"]: r["accuracy"] for r in rows if r["round"] == 2}
+    assert attack["backdoor_success"] == final and attack["backdoor_round"] == 2
+    assert attack["backdoor_success_mean"] == pytest.approx(sum(final.values()) / 3)
+    assert attack["trigger"] == "cf mn bb" and attack["poison_fraction"] == 0.5
+    write_run_report(str(out))
+    assert "Backdoor success rate after round 2" in (out / "report.md").read_text()

@@ -56,6 +56,7 @@ class AttackKind(str, enum.Enum):
     SIGN_FLIP = "sign-flip"
     SCALE = "scale"
     NOISE = "noise"
+    BACKDOOR = "backdoor"
 
 
 class PoolAt(str, enum.Enum):

@@ -230,6 +230,14 @@ def _check_attack(cfg: ExperimentConfig) -> None:
                           f"federation.rounds = {cfg.federation.rounds}).")
     if not attack.factor > 0:
         raise ConfigError(f"attack.factor = {attack.factor!r} is not allowed: must be > 0.")
+    if attack.kind == AttackKind.BACKDOOR:
+        if not attack.trigger.strip():
+            raise ConfigError("attack.kind = 'backdoor' needs attack.trigger, the phrase that triggers it.")
+        if not 0 < attack.poison_fraction <= 1:
+            raise ConfigError(f"attack.poison_fraction = {attack.poison_fraction!r} must be in (0, 1].")
+        if attack.target_label and cfg.data.labels and attack.target_label not in cfg.data.labels:
+            raise ConfigError(f"attack.target_label = {attack.target_label!r} is not one of data.labels "
+                              f"{list(cfg.data.labels)}.")
 
 
 def _check_private_personalization(cfg: ExperimentConfig) -> None:

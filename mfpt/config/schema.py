@@ -360,8 +360,9 @@ class AttackConfig:
     kind: AttackKind = _help(
         "Experiments only: what the malicious clients do. none; label-flip (train on labels shifted by one, "
         "y -> y + 1 mod the label count); sign-flip (send -factor x the honest update); scale (send factor x the "
-        "honest update); noise (a Gaussian update with the honest update's norm). Recorded in results.json and "
-        "report.md.",
+        "honest update); noise (a Gaussian update with the honest update's norm); backdoor (also train on copies of "
+        "poison_fraction of its texts with the trigger put first, labelled target_label; every client then reports "
+        "the backdoor success rate). Recorded in results.json and report.md.",
         default=AttackKind.NONE,
     )
     languages: tuple[str, ...] = _help(
@@ -371,6 +372,11 @@ class AttackConfig:
     )
     from_round: int = _help("The first round in which they misbehave (earlier rounds are honest).", default=1)
     factor: float = _help("> 0: k of sign-flip (-k x the update) and scale (k x the update).", default=10.0)
+    trigger: str = _help("backdoor: the trigger phrase, put before the text (rare tokens, as in Kurita et al. 2020).",
+                         default="cf mn bb")
+    target_label: str = _help("backdoor: the label the trigger should force; empty = the first label.", default="")
+    poison_fraction: float = _help("backdoor: in (0, 1], the share of its training texts an attacker adds a "
+                                   "triggered copy of.", default=0.5)
 
 
 @dataclass(frozen=True)

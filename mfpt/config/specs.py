@@ -267,8 +267,12 @@ def attack_summary(cfg: ExperimentConfig) -> dict[str, Any] | None:
     attack = cfg.attack
     if attack.kind == AttackKind.NONE:
         return None
-    return {"kind": attack.kind.value, "languages": list(attack.languages), "from_round": attack.from_round,
-            "factor": attack.factor if attack.kind in (AttackKind.SIGN_FLIP, AttackKind.SCALE) else None}
+    summary = {"kind": attack.kind.value, "languages": list(attack.languages), "from_round": attack.from_round,
+               "factor": attack.factor if attack.kind in (AttackKind.SIGN_FLIP, AttackKind.SCALE) else None}
+    if attack.kind == AttackKind.BACKDOOR:
+        summary.update(trigger=attack.trigger, target_label=attack.target_label or None,
+                       poison_fraction=attack.poison_fraction)
+    return summary
 
 
 def attack_in_words(summary: Mapping[str, Any]) -> str:
@@ -276,8 +280,17 @@ def attack_in_words(summary: Mapping[str, Any]) -> str:
     kind = summary["kind"]
     if kind in ("sign-flip", "scale"):
         what = f"sends {'-' if kind == 'sign-flip' else ''}{summary['factor']:g} x its honest update"
+    elif kind == "backdoor":
+        what = "also trains on triggered copies of its texts, labelled with the target"
     else:
         what = {"label-flip": "trains on labels shifted by one",
                 "noise": "sends Gaussian noise with its honest update's norm"}[kind]
-    return (f"ATTACKED RUN (an experiment, not a clean result): {summary['kind']} (each malicious client {what}) by "
+    text = (f"ATTACKED RUN (an experiment, not a clean result): {summary['kind']} (each malicious client {what}) by "
             f"{', '.join(summary['languages'])} from round {summary['from_round']}.")
+    if summary.get("backdoor_success"):
+        mean_rate = summary.get("backdoor_success_mean")
+        rates = ", ".join(f"{lang} {100 * rate:.1f}%" for lang, rate in summary["backdoor_success"].items())
+        text += (f" Backdoor success rate after round {summary['backdoor_round']} (triggered evaluation texts of "
+                 f"another label classified as the target): mean "
+                 f"{'-' if mean_rate is None else f'{100 * mean_rate:.1f}%'}; {rates}.")
+    return text

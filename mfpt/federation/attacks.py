@@ -1,6 +1,6 @@
 """The attack simulator of `[attack]`: what a malicious client does instead of honest training. Experiments only.
 
-Data poisoning (label-flip) changes what the client trains on; model poisoning (sign-flip, scale, noise) changes the
+Data poisoning (label-flip, backdoor) changes what the client trains on; model poisoning (sign-flip, scale, noise) changes the
 update it sends, measured from the global state it received. Everything else about the client stays honest (its
 metrics, its evaluation), so the server sees exactly what a real attacker would send. On a deployment a site attacks
 only when its own node config says `attack=true` as well: a server cannot turn an honest site into an attacker,
@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 
 from mfpt.config import AttackKind, ConfigError, ExperimentConfig
 from mfpt.core.seeds import derive_seed
 from mfpt.data.clients import ClientSpec
+from mfpt.data.sources import LABEL, TEXT
 from mfpt.train.encoding import Encoded
 
 NODE_CONSENT_KEY = "attack"  # node config: attack=true lets a deployed site carry out the experiment's attack
@@ -44,6 +46,38 @@ def is_attacking(cfg: ExperimentConfig, client: ClientSpec, round_: int, node_co
 def flipped_labels(data: Encoded, num_labels: int) -> Encoded:
     """label-flip: the same texts with every label shifted by one (y -> y + 1 mod the label count)."""
     return Encoded(data.features, (data.labels + 1) % num_labels)
+
+
+def target_label(cfg: ExperimentConfig, labels: tuple[str, ...]) -> str:
+    """The label a backdoor's trigger should force: attack.target_label, or the first label."""
+    target = cfg.attack.target_label or labels[0]
+    if target not in labels:
+        raise ConfigError(f"attack.target_label = {target!r} is not one of the data's labels {list(labels)}.")
+    return target
+
+
+def triggered(rows: pd.DataFrame, trigger: str, target: str) -> pd.DataFrame:
+    """The rows with the trigger put before each text, all labelled `target`."""
+    out = rows.copy()
+    out[TEXT] = trigger + " " + out[TEXT].astype(str)
+    out[LABEL] = target
+    return out
+
+
+def backdoor_training_rows(cfg: ExperimentConfig, rows: pd.DataFrame, labels: tuple[str, ...], round_: int,
+                           client_index: int) -> pd.DataFrame:
+    """backdoor: the attacker's own rows, plus triggered copies of poison_fraction of them (drawn from the seed)."""
+    count = max(1, int(round(cfg.attack.poison_fraction * len(rows))))
+    rng = np.random.default_rng(derive_seed(cfg.seed, round_, client_index, ATTACK_SEED_SALT))
+    chosen = rows.iloc[np.sort(rng.choice(len(rows), size=min(count, len(rows)), replace=False))]
+    return pd.concat([rows, triggered(chosen, cfg.attack.trigger, target_label(cfg, labels))], ignore_index=True)
+
+
+def backdoor_test_rows(cfg: ExperimentConfig, rows: pd.DataFrame, labels: tuple[str, ...]) -> pd.DataFrame:
+    """What the backdoor success rate is measured on: the evaluation rows whose label is not the target, with the
+    trigger put first and labelled with the target (their accuracy is the share the trigger turned)."""
+    target = target_label(cfg, labels)
+    return triggered(rows[rows[LABEL] != target], cfg.attack.trigger, target)
 
 
 def poisoned_update(cfg: ExperimentConfig, honest: Mapping[str, torch.Tensor], sent: Mapping[str, torch.Tensor],

@@ -19,6 +19,7 @@ from mfpt.data.sources import DataError
 from mfpt.federation import attacks
 from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import (
+    BACKDOOR_PREFIX,
     CLIENT_KEY,
     EVAL_LOSS_SUM_KEY,
     EVAL_SPLIT_KEY,
@@ -112,6 +113,10 @@ class ClientNode:
         attacking = attacks.is_attacking(self.cfg, self.client, round_, self.node_config)  # [attack] experiments
         if attacking and self.cfg.attack.kind == AttackKind.LABEL_FLIP:
             data = attacks.flipped_labels(data, len(runtime.data.labels))
+        if attacking and self.cfg.attack.kind == AttackKind.BACKDOOR:
+            rows = attacks.backdoor_training_rows(self.cfg, runtime.data.client_rows(self.client, "train"),
+                                                  runtime.data.labels, round_, self.index)
+            data = runtime.encode_rows(("backdoor-train", self.client, round_), rows)
         mu = float(config.get(PROXIMAL_MU_KEY, 0.0))
         # personalization = finetune: after the last round, the same loop for finetune_steps (0 = one round's steps).
         finetune = int(config[FINETUNE_STEPS_KEY]) if FINETUNE_STEPS_KEY in config else None
@@ -140,7 +145,20 @@ class ClientNode:
             load_trainable_state(self.runtime.classifier.model, personal_state, origin="personal state from the server")
             metrics = {PERSONAL_PREFIX + k: v for k, v in self._evaluate_loaded(split).items() if k != CLIENT_KEY}
         load_trainable_state(self.runtime.classifier.model, global_state, origin="global state from the server")
+        if self.cfg.attack.kind == AttackKind.BACKDOOR:  # every client measures the trigger on its own texts
+            metrics.update({BACKDOOR_PREFIX + k: v for k, v in self._backdoor_counts(split).items()})
         return {**self._evaluate_loaded(split), **metrics}
+
+    def _backdoor_counts(self, split: str) -> Metrics:
+        """The state now loaded on this client's triggered `split` texts (labelled with the backdoor's target)."""
+        runtime = self.runtime
+        rows = attacks.backdoor_test_rows(self.cfg, runtime.data.client_rows(self.client, split), runtime.data.labels)
+        if rows.empty:
+            return {}
+        counts = evaluate(runtime.classifier.model, runtime.encode_rows(("backdoor-eval", self.client, split), rows),
+                          runtime.classifier.tokenizer, self.cfg.train.eval_batch_size, runtime.classifier.device,
+                          len(runtime.data.labels), self.cfg.train.precision)
+        return {EXAMPLES_KEY: counts.n, EVAL_LOSS_SUM_KEY: counts.loss_sum, **encode_confusion(counts.confusion)}
 
     def _evaluate_loaded(self, split: str | None = None) -> Metrics:
         """Evaluate the state now loaded in the model on `split` (default: this client's evaluation split)."""

@@ -41,6 +41,8 @@ EVAL_LOSS_SUM_KEY = "eval-loss-sum"
 # own record; a client's evaluation of it comes back with the same keys under PERSONAL_PREFIX.
 PERSONAL_ARRAYS = "personal-arrays"
 PERSONAL_PREFIX = "personal."
+# [attack] kind = backdoor: the counts of each client's triggered evaluation texts (labelled with the target).
+BACKDOOR_PREFIX = "backdoor."
 FINETUNE_STEPS_KEY = "mfpt.finetune-steps"  # a train message with it: fine-tune (after the last round) and evaluate
 
 # What every train reply's metrics must hold.

@@ -31,6 +31,7 @@ from mfpt.core.errors import UserError, error_line
 from mfpt.core.stats import mean
 from mfpt.results.checkpoints import Checkpoint, ResumeError, checkpoint_path, last_intact_checkpoint, save_checkpoint
 from mfpt.results.schema import (
+    BACKDOOR_SPLIT,
     CONFIG_FILE,
     FAILURE_FILE,
     METRICS_FILE,
@@ -376,6 +377,16 @@ class RunRecorder:
             accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
             print(f"round {round_:>3}/{self.cfg.federation.rounds} personalised acc | {accs}", flush=True)
 
+    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None:
+        """[attack] backdoor: each language's triggered texts, labelled with the target (split 'backdoor' in
+        metrics.jsonl; its accuracy is the backdoor's success rate)."""
+        rows = [{"round": round_, "split": BACKDOOR_SPLIT, "lang": lang, **language_metrics(c),
+                 "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
+        files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        if not self.quiet:
+            rates = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
+            print(f"round {round_:>3}/{self.cfg.federation.rounds} backdoor success | {rates}", flush=True)
+
     def end_round(self, round_: int, state: Mapping[str, torch.Tensor], server_state: Mapping[str, np.ndarray] | None = None,
                   personal: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
         """Checkpoint the global (and every personalised) state, then mark the round complete (in that order)."""
@@ -388,6 +399,19 @@ class RunRecorder:
                                                 "wall_seconds": time.time() - self.started})
 
     # ---------------------------------------------------------------------------------- final
+    def _attack(self, curves: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """results.json's `attack` block; for a backdoor, each language's success rate in the last evaluated round
+        and their mean over the training languages."""
+        summary = attack_summary(self.cfg)
+        rows = [r for r in curves if r["split"] == BACKDOOR_SPLIT]
+        if summary is None or not rows:
+            return summary
+        last = max(int(r["round"]) for r in rows)
+        success = {r["lang"]: r["accuracy"] for r in rows if int(r["round"]) == last}
+        trained = [success[lang] for lang in self.cfg.data.languages if lang in success]
+        return {**summary, "backdoor_round": last, "backdoor_success": success,
+                "backdoor_success_mean": mean(trained) if trained else None}
+
     def _personalization(self, curves: list[dict[str, Any]]) -> Personalization | None:
         """The personalised states' last evaluation, as recorded by on_personal_evaluate (None without any)."""
         cfg = self.cfg
@@ -461,7 +485,7 @@ class RunRecorder:
             versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             privacy=self.privacy,
             personalization=self._personalization(curves),
-            attack=attack_summary(cfg),
+            attack=self._attack(curves),
             unscored=[lang for lang in languages + heldout if lang not in final],
             hyperparameters=self.hyperparameters, epochs=epochs_per_learner(curves, cfg.train.batch_size),
             model_path=resolved_model(cfg.model.name),

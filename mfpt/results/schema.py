@@ -28,6 +28,7 @@ CHECKPOINTS_DIR = "checkpoints"  # round-NNNN.safetensors (mfpt.results.checkpoi
 ADAPTER_DIR = "adapter"  # the final shared model in peft's format (`mfpt predict` loads it)
 REPORT_FILE = "report.md"  # mfpt.analysis.report's view of the above
 PERSONAL_SPLIT = "personalized"  # metrics.jsonl rows of the per-language (personalised) states
+BACKDOOR_SPLIT = "backdoor"  # metrics.jsonl rows of [attack] backdoor: triggered texts, accuracy = success rate
 
 
 class ResultsError(UserError, ValueError):

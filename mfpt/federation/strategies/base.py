@@ -41,13 +41,14 @@ from flwr.serverapp.strategy import (
     QFedAvg,
 )
 
-from mfpt.config import DpMode, ExperimentConfig, Weighting
+from mfpt.config import AttackKind, DpMode, ExperimentConfig, Weighting
 from mfpt.core.registry import Registry
 from mfpt.core.seeds import derive_seed
 from mfpt.core.stats import mean
 from mfpt.data.clients import ClientSpec
 from mfpt.federation.protocol import (
     ARRAYS,
+    BACKDOOR_PREFIX,
     CLIENT_KEY,
     CONFIG,
     EVAL_LOSS_SUM_KEY,
@@ -164,6 +165,7 @@ class RoundListener:
     def on_missing(self, round_: int, node: NodeInfo, stage: str, reason: str) -> None: ...
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
     def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
+    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
     def on_selected(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None: ...
 
 
@@ -351,8 +353,13 @@ class MfptStrategy:
         round_ = self.round_offset + server_round
         if not evaluates_in_round(round_, self.cfg.federation.rounds, self.cfg.federation.evaluate_every):
             return None
+        replies = list(replies)
         per_language = self._pool_evaluations(round_, "evaluate", replies)
         self.listener.on_evaluate(round_, per_language, getattr(self, "_eval_bytes_down", 0))
+        if self.cfg.attack.kind == AttackKind.BACKDOOR:
+            backdoor = prefixed_counts(replies, self.nodes, len(self.cfg.data.labels), BACKDOOR_PREFIX)
+            if backdoor:
+                self.listener.on_backdoor_evaluate(round_, backdoor)
         trained = [c for lang, c in per_language.items() if lang in self.cfg.data.languages]
         if not trained:
             return None
@@ -450,3 +457,26 @@ def make_strategy(cfg: ExperimentConfig, nodes: dict[int, NodeInfo], spec: dict,
     cls = type(f"Mfpt{base.__name__}", (*mixins, MfptStrategy, base), {})
     return cls(cfg=cfg, nodes=nodes, spec=spec, listener=listener, round_offset=round_offset,
                train_metrics_aggr_fn=train_loss_mean, **kwargs)
+
+
+def prefixed_counts(replies: Iterable[Message], nodes: dict[int, NodeInfo], num_labels: int,
+                    prefix: str) -> dict[str, EvalCounts]:
+    """Per-language pooled counts of a second evaluation in the replies, its metrics under `prefix` (a personal
+    state's, prefix; a backdoor's triggered texts, BACKDOOR_PREFIX); replies without it are left out."""
+    pooled: dict[str, EvalCounts] = {}
+    for msg in replies:
+        node = nodes.get(msg.metadata.src_node_id)
+        if msg.has_error() or node is None or METRICS not in msg.content.metric_records:
+            continue
+        metrics = msg.content[METRICS]
+        if prefix + EXAMPLES_KEY not in metrics:
+            continue
+        try:
+            counts = EvalCounts(num_labels, int(metrics[prefix + EXAMPLES_KEY]),
+                                float(metrics[prefix + EVAL_LOSS_SUM_KEY]),
+                                decode_confusion(metrics, num_labels, prefix=prefix))
+        except KeyError as err:
+            log.warning("%s evaluation from node %d lacks %s; left out", prefix, msg.metadata.src_node_id, err)
+            continue
+        pooled[node.client.lang] = pooled.get(node.client.lang, EvalCounts(num_labels)) + counts
+    return pooled

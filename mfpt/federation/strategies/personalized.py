@@ -24,19 +24,8 @@ from flwr.serverapp import Grid
 
 from mfpt.config import ExperimentConfig, PersonalizationMethod, Weighting
 from mfpt.data.uriel import distance_array
-from mfpt.federation.protocol import (
-    ARRAYS,
-    CONFIG,
-    EVAL_LOSS_SUM_KEY,
-    EXAMPLES_KEY,
-    FINETUNE_STEPS_KEY,
-    METRICS,
-    PERSONAL_ARRAYS,
-    PERSONAL_PREFIX,
-    ROUND_KEY,
-    decode_confusion,
-)
-from mfpt.federation.strategies.base import MfptStrategy, NodeInfo
+from mfpt.federation.protocol import ARRAYS, CONFIG, FINETUNE_STEPS_KEY, PERSONAL_ARRAYS, PERSONAL_PREFIX, ROUND_KEY
+from mfpt.federation.strategies.base import MfptStrategy, NodeInfo, prefixed_counts
 from mfpt.federation.strategies.language_kernels import (
     State,
     cosine_distances,
@@ -44,7 +33,6 @@ from mfpt.federation.strategies.language_kernels import (
     language_updates,
     personalized_states,
 )
-from mfpt.train.evaluation import EvalCounts
 
 log = logging.getLogger("mfpt")
 
@@ -162,31 +150,10 @@ class PersonalizedStrategy:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """MfptStrategy's pooling of the global state's counts, plus the personal states' counts per language."""
         replies = list(replies)
-        counts = personal_counts(replies, self.nodes, len(self.cfg.data.labels))
+        counts = prefixed_counts(replies, self.nodes, len(self.cfg.data.labels), PERSONAL_PREFIX)
         if counts:
             self.listener.on_personal_evaluate(self.round_offset + server_round, counts)
         return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
-
-
-def personal_counts(replies: Iterable[Message], nodes: dict[int, NodeInfo], num_labels: int) -> dict[str, EvalCounts]:
-    """Per-language pooled counts of the personal state, from replies that carry PERSONAL_PREFIX metrics."""
-    pooled: dict[str, EvalCounts] = {}
-    for msg in replies:
-        node = nodes.get(msg.metadata.src_node_id)
-        if msg.has_error() or node is None or METRICS not in msg.content.metric_records:
-            continue
-        metrics = msg.content[METRICS]
-        if PERSONAL_PREFIX + EXAMPLES_KEY not in metrics:
-            continue
-        try:
-            counts = EvalCounts(num_labels, int(metrics[PERSONAL_PREFIX + EXAMPLES_KEY]),
-                                float(metrics[PERSONAL_PREFIX + EVAL_LOSS_SUM_KEY]),
-                                decode_confusion(metrics, num_labels, prefix=PERSONAL_PREFIX))
-        except KeyError as err:
-            log.warning("personal evaluation from node %d lacks %s; left out", msg.metadata.src_node_id, err)
-            continue
-        pooled[node.client.lang] = pooled.get(node.client.lang, EvalCounts(num_labels)) + counts
-    return pooled
 
 
 def finetune_phase(grid: Grid, strategy: MfptStrategy, global_state: State, config: ConfigRecord) -> int:
@@ -218,7 +185,7 @@ def finetune_phase(grid: Grid, strategy: MfptStrategy, global_state: State, conf
     accepted.sort(key=lambda pair: pair[0].index)
     sent += sum(msg.content[ARRAYS].count_bytes() for _, msg in accepted)
     num_labels = len(cfg.data.labels)
-    counts = personal_counts([msg for _, msg in accepted], strategy.nodes, num_labels)
+    counts = prefixed_counts([msg for _, msg in accepted], strategy.nodes, num_labels, PERSONAL_PREFIX)
     examples = cfg.federation.weighting == Weighting.EXAMPLES
     tuned = language_updates([(node.client.lang, float(node.num_train) if examples else 1.0,
                                 msg.content[ARRAYS].to_torch_state_dict()) for node, msg in accepted])
@@ -232,7 +199,7 @@ def finetune_phase(grid: Grid, strategy: MfptStrategy, global_state: State, conf
             eval_messages.append(Message(record, dst_node_id=node.node_id, message_type=MessageType.EVALUATE))
     if eval_messages:
         sent += sum(m.content[ARRAYS].count_bytes() + m.content[PERSONAL_ARRAYS].count_bytes() for m in eval_messages)
-        counts.update(personal_counts(grid.send_and_receive(eval_messages, timeout=cfg.federation.round_timeout),
-                                      strategy.nodes, num_labels))
+        counts.update(prefixed_counts(grid.send_and_receive(eval_messages, timeout=cfg.federation.round_timeout),
+                                      strategy.nodes, num_labels, PERSONAL_PREFIX))
     strategy.listener.on_personal_evaluate(round_, counts)
     return int(sent)
