@@ -77,7 +77,8 @@ class PeftConfig:
     lora_alpha: int = _help("lora only: scaling numerator.", default=16)
     lora_dropout: float = _help("lora only: dropout on the LoRA branch.", default=0.1)
     lora_target_modules: tuple[str, ...] = _help(
-        "lora only: module names to adapt.", default=("query", "value")
+        "lora only: module names to adapt; empty = the architecture's usual ones (peft's mapping: query, value for "
+        "XLM-R and BERT; q_proj, v_proj for Qwen, Llama and Gemma; query_key_value for BLOOM).", default=()
     )
     init_std: float = _help(
         "prefix/prompt/ptuning: std of the initial virtual-token parameters (0 = peft's N(0, 1)). Small values start "

@@ -82,7 +82,7 @@ def _lora(p: PeftConfig, extra_trainable: list[str]) -> Any:
     from peft import LoraConfig, TaskType
 
     return LoraConfig(task_type=TaskType.SEQ_CLS, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                      target_modules=list(p.lora_target_modules), modules_to_save=extra_trainable or None)
+                      target_modules=list(p.lora_target_modules) or None, modules_to_save=extra_trainable or None)
 
 
 @_method("full", "every weight of the model", frozen_encoder=False)

@@ -93,6 +93,28 @@ def ensure_supported_stack() -> None:
         raise UnsupportedStackError(problem)
 
 
+def expose_past_key_values_on(module: nn.Module) -> bool:
+    """The same adapter on `module` itself (a decoder's sequence classifier, whose own forward takes `cache`): peft
+    then calls the whole classifier with the prefix, which pools the last real token; True if adapted."""
+    signature = inspect.signature(module.forward)
+    if "past_key_values" in signature.parameters or "cache" not in signature.parameters:
+        return False
+    original = module.forward
+
+    @functools.wraps(original)
+    def forward(*args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            kwargs["cache"] = past_key_values
+        return original(*args, **kwargs)
+
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    params.insert(at, inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None))
+    forward.__signature__ = signature.replace(parameters=params)
+    module.forward = forward
+    return True
+
+
 def expose_past_key_values(model: nn.Module) -> bool:
     """Let peft's prefix tuning find the encoder's cache argument under its pre-5.24 name; True if adapted.
 
@@ -106,20 +128,4 @@ def expose_past_key_values(model: nn.Module) -> bool:
     for module in (model, backbone):
         if module is None or "past_key_values" in inspect.signature(module.forward).parameters:
             return False
-    signature = inspect.signature(backbone.forward)
-    if "cache" not in signature.parameters:
-        return False
-    original = backbone.forward
-
-    @functools.wraps(original)
-    def forward(*args, past_key_values=None, **kwargs):
-        if past_key_values is not None:
-            kwargs["cache"] = past_key_values
-        return original(*args, **kwargs)
-
-    params = list(signature.parameters.values())
-    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
-    params.insert(at, inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None))
-    forward.__signature__ = signature.replace(parameters=params)
-    backbone.forward = forward
-    return True
+    return expose_past_key_values_on(backbone)

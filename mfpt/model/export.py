@@ -12,9 +12,18 @@ import torch
 from torch import nn
 
 from mfpt.config import ExperimentConfig, PeftMethod
+from mfpt.config.specs import METHODS
 from mfpt.core.files import DIR_MODE, FILE_MODE
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
-from mfpt.model.factory import ClassifierModel, _load_backbone, count_parameters, fit_inputs, quiet_transformers
+from mfpt.model.factory import (
+    ClassifierModel,
+    _load_backbone,
+    count_parameters,
+    fit_inputs,
+    is_decoder,
+    prepare_decoder,
+    quiet_transformers,
+)
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
@@ -54,15 +63,20 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     ensure_supported_stack()  # before any weight is read
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    input_prompt = METHODS.get(cfg.peft.method.value).input_prompt
     if cfg.peft.method == PeftMethod.FULL:  # full fine-tuning exports the whole classifier, not an adapter
         with quiet_transformers():
             model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
         max_length, notes = fit_inputs(model, cfg)
+        if is_decoder(model):
+            notes += prepare_decoder(model, tokenizer, input_prompt, prefix=False)
     else:
         model, _ = _load_backbone(cfg.model.name, num_labels)
         max_length, notes = fit_inputs(model, cfg)  # before peft wraps it: the head hook sits on the bare model
+        if is_decoder(model):  # as build_model did: pad token, padding side, position ids, the prefix argument
+            notes += prepare_decoder(model, tokenizer, input_prompt, cfg.peft.method == PeftMethod.PREFIX)
         model = load_adapter(model, adapter_dir)
     model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, cfg.peft.method, trainable, total, notes)

@@ -21,7 +21,7 @@ from torch import nn
 from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
 from mfpt.config.specs import METHODS
 from mfpt.core.hub import HubUnreachableError, ensure_hub_reachable, is_unreachable, unreachable_message
-from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
+from mfpt.model.compat import ensure_supported_stack, expose_past_key_values, expose_past_key_values_on
 
 log = logging.getLogger("mfpt")
 # How to fetch a model on a machine with the network, for a site without it.
@@ -40,6 +40,15 @@ _POSITION0_READERS = {
 
 # RoBERTa-family position ids start after padding_idx, so 514 positions leave 512 usable.
 _POSITION_OFFSET = {"xlm-roberta": 2, "roberta": 2, "camembert": 2}
+
+# Decoder language models whose sequence classifier (transformers' *ForSequenceClassification) reads the last real
+# token. Each is tested on a tiny random model with prompt, prefix and LoRA (tests/test_decoders.py).
+DECODER_TYPES = ("qwen2", "qwen3", "llama", "gemma", "gemma2", "gemma3_text", "bloom")
+
+
+def is_decoder(model: nn.Module) -> bool:
+    """Whether `model` is one of the decoder classifiers mfpt supports (DECODER_TYPES)."""
+    return getattr(model.config, "model_type", "") in DECODER_TYPES
 
 
 @dataclass
@@ -159,6 +168,8 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     max_length, head_notes = fit_inputs(model, cfg)
     notes += head_notes
     spec = METHODS.get(method.value)
+    if is_decoder(model):
+        notes += prepare_decoder(model, tokenizer, spec.input_prompt, method == PeftMethod.PREFIX)
     model = apply_method(model, cfg.peft, extra_trainable)
     if cfg.peft.init_std and spec.prompt_table:
         _scale_prompt_init(model, cfg.peft.init_std)
@@ -175,6 +186,10 @@ def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]
     """
     model_type = model.config.model_type
     positions = getattr(model.config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(model_type, 0)
+    if is_decoder(model):  # the head reads the last real token, after any virtual tokens (prepare_decoder)
+        budget = cfg.model.max_seq_length if not METHODS.get(cfg.peft.method.value).input_prompt else min(
+            cfg.model.max_seq_length, positions - cfg.peft.num_virtual_tokens)
+        return min(budget, positions), []
     if not METHODS.get(cfg.peft.method.value).input_prompt:
         return min(cfg.model.max_seq_length, positions), []
     # Virtual tokens are prepended to the embeddings and use up positions (stack.md §0.8).
@@ -204,6 +219,57 @@ def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] 
         log.debug("encoder's `cache` argument exposed to peft as `past_key_values` (transformers >= 5.24)")
     with quiet_transformers():
         return get_peft_model(model, peft_config)
+
+
+def prepare_decoder(model: nn.Module, tokenizer: Any, input_prompt: bool, prefix: bool) -> list[str]:
+    """Make a decoder classifier read each text's last real token under every peft method; the notes say how.
+
+    - a pad token where the tokenizer has none (its end-of-text token), known to the model, which finds the last
+      real token by it;
+    - input prompts (prompt, ptuning): peft passes embeddings, so the model reads the last position: texts are
+      padded on the left, and position ids follow the attention mask (a padded text is read as it is alone);
+    - prefix: peft is shown the `past_key_values` argument on the classifier itself (transformers 5.24 calls it
+      `cache`), so the classifier, not its backbone, takes the prefix and pools as usual; right padding.
+    """
+    notes = []
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"model.name = {model.name_or_path!r}: its tokenizer has neither a pad nor an "
+                              "end-of-text token, so padded texts cannot be told apart; add a pad token to it.")
+        tokenizer.pad_token = tokenizer.eos_token
+        notes.append("tokenizer has no pad token: its end-of-text token pads")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "left" if input_prompt else "right"
+    if input_prompt:
+        backbone = getattr(model, model.base_model_prefix)
+        backbone.register_forward_pre_hook(_positions_from_mask, with_kwargs=True)
+        # transformers warns on every such model that it cannot find pads in embeddings: left padding is the answer.
+        model_log = logging.getLogger(type(model).__module__)
+        if _LAST_POSITION_NOTICE not in model_log.filters:
+            model_log.addFilter(_LAST_POSITION_NOTICE)
+        notes.append("decoder: the head reads the last token; texts padded on the left, positions from the mask")
+    else:
+        notes.append("decoder: the head reads the last real token")
+    if prefix and expose_past_key_values_on(model):
+        log.debug("decoder classifier's `cache` argument exposed to peft as `past_key_values`")
+    return notes
+
+
+class _DropLastPositionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will not detect padding tokens in `inputs_embeds`" not in record.getMessage()
+
+
+_LAST_POSITION_NOTICE = _DropLastPositionNotice()
+
+
+def _positions_from_mask(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict]:
+    # peft puts the virtual tokens first and marks them in the mask: [v v v v pad pad t t] gets positions
+    # [0 1 2 3 3 3 4 5], those of [v v v v t t], so a padded text is read exactly as it is alone.
+    mask = kwargs.get("attention_mask")
+    if kwargs.get("position_ids") is None and mask is not None and mask.dim() == 2:
+        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return args, kwargs
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
