@@ -84,14 +84,15 @@ def _fedprox(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
     return FedProx, {"proximal_mu": cfg.federation.proximal_mu}
 
 
-@STRATEGIES.register("fedadam")
-def _fedadam(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
-    return FedAdam, {"eta": cfg.federation.server_lr, "eta_l": cfg.train.lr, "tau": cfg.federation.tau}
+def _server_optimizer(flower_class: type) -> StrategyFactory:
+    """FedAdam, FedYogi and FedAdagrad: the same server-optimiser settings (Reddi et al. 2021)."""
+    def factory(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
+        return flower_class, {"eta": cfg.federation.server_lr, "eta_l": cfg.train.lr, "tau": cfg.federation.tau}
+    return factory
 
 
-@STRATEGIES.register("fedyogi")
-def _fedyogi(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
-    return FedYogi, {"eta": cfg.federation.server_lr, "eta_l": cfg.train.lr, "tau": cfg.federation.tau}
+STRATEGIES.register("fedadam")(_server_optimizer(FedAdam))
+STRATEGIES.register("fedyogi")(_server_optimizer(FedYogi))
 
 
 @STRATEGIES.register("fedavgm")
@@ -100,9 +101,7 @@ def _fedavgm(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
                      "server_momentum": cfg.federation.server_momentum}
 
 
-@STRATEGIES.register("fedadagrad")
-def _fedadagrad(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
-    return FedAdagrad, {"eta": cfg.federation.server_lr, "eta_l": cfg.train.lr, "tau": cfg.federation.tau}
+STRATEGIES.register("fedadagrad")(_server_optimizer(FedAdagrad))
 
 
 @STRATEGIES.register("fedmedian")
