@@ -22,7 +22,8 @@ from mfpt.train.runtime import Runtime, get_runtime
 SCHEMA = {"name", "paradigm", "method", "model", "seed", "trainable_params", "total_params", "rounds", "languages",
           "heldout_languages", "low_resource", "labels", "per_language", "heldout", "average", "low_resource_average",
           "heldout_average", "communication", "local_steps", "protocol", "refused_updates", "wall_seconds", "config",
-          "selection", "versions", "created", "privacy", "personalization", "unscored", "hyperparameters", "epochs", "model_path",
+          "selection", "versions", "created", "privacy", "personalization", "attack", "unscored", "hyperparameters", "epochs",
+          "model_path",
           "schema_version"}
 LANGS = ["eng", "swh", "hau"]
 IN_PROCESS = [name for name in PARADIGMS.names() if name != "federated"]
