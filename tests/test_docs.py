@@ -83,6 +83,8 @@ def test_every_mfpt_command_parses_and_its_config_validates(page, line, tmp_path
     path = ROOT / config
     assert path.is_file(), f"{page.name}: `{line}` names {config}, which does not exist"
     overrides = list(args.set or [])
+    if args.command == "tune":  # as `mfpt tune` loads it: a search never starts from the config's own tuning file
+        overrides.append('tuning.file=""')
     if args.command == "sweep":
         plan_sweep(path, parse_grid(args.grid or []), parse_seeds(args.seeds), tmp_path / "sweep", overrides)
     else:

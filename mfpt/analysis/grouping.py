@@ -165,6 +165,17 @@ def run_setting(results: RunResult) -> dict[str, Any]:
     return flat
 
 
+def tuned_keys(runs: Sequence[RunData]) -> set[str]:
+    """Hyperparameters every run that has them took from a tuning file: each setting's own choice on validation
+    (FedAvg's learning rate beside local training's), part of its row, never a reason for a separate table."""
+    sources: dict[str, set[bool]] = {}
+    for run in runs:
+        for key, entry in (run.results.hyperparameters or {}).items():
+            tuned = isinstance(entry, dict) and str(entry.get("source", "")).startswith("tuned")
+            sources.setdefault(key, set()).add(tuned)
+    return {key for key, found in sources.items() if found == {True}}
+
+
 def varying_keys(runs: Sequence[RunData]) -> list[str]:
     """Config keys with more than one value among the runs (a key a run lacks does not count as a value)."""
     settings = [run_setting(r.results) for r in runs]
@@ -189,13 +200,14 @@ def sort_value(value: Any, key: str = "") -> tuple:
 def group_runs(runs: Sequence[RunData]) -> list[Group]:
     """Runs grouped by setting; groups ordered by context, then paradigm, then method; runs by seed."""
     varying = varying_keys(runs)
-    context_keys = [k for k in varying if k not in ROW_KEYS]
+    row_keys = set(ROW_KEYS) | tuned_keys(runs)
+    context_keys = [k for k in varying if k not in row_keys]
     groups: dict[tuple, Group] = {}
     for run in runs:
         setting = run_setting(run.results)
         paradigm, method = run.results.paradigm, run.results.method
         context = tuple((k, setting.get(k)) for k in context_keys)
-        key = (context, paradigm, method, tuple(repr(setting.get(k)) for k in varying if k in ROW_KEYS))
+        key = (context, paradigm, method, tuple(repr(setting.get(k)) for k in varying if k in row_keys))
         personal = setting.get("personalization.method", "none")
         label = f"{paradigm} / {method}" + (f" + {personal}" if personal != "none" else "")
         if "federation.strategy" in varying:

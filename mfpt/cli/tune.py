@@ -26,7 +26,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     overrides = config_overrides(args)
     settings = parse_settings(args.for_ or [])
-    base = load_config(args.config, overrides)
+    # A search never starts from an earlier search's choices (the config's own tuning.file): every trial clears it.
+    base = load_config(args.config, [*overrides, 'tuning.file=""'])
     out = Path(args.out or f"{base.output_dir.rstrip('/')}-tune").expanduser().resolve()
     trials = plan_tuning(args.config, settings, grid, seeds, out, overrides, args.trials)
     budget = len(search_points(grid, args.trials, min(seeds)))
