@@ -9,7 +9,7 @@ ENCODER := models/multilingual-e5-small
 # Re-install when the lock or the project's metadata changes.
 INSTALLED := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
-.PHONY: setup test test-fast test-latest lock demo encoder clean-runs
+.PHONY: setup test test-fast test-latest lock demo encoder browser clean-runs
 
 setup: $(INSTALLED)
 
@@ -31,8 +31,9 @@ $(INSTALLED): pyproject.toml $(LOCK)
 # .venv/bin on PATH: Flower's SuperLink starts its helper processes (flower-superexec, ...) by name.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
-# Every test (what CI runs). The offline encoder is built first so that its loading test runs too.
-test: setup encoder
+# Every test (what CI runs). The offline encoder is built first so that its loading test runs too, and a headless
+# browser is installed for the live page's browser test.
+test: setup encoder browser
 	$(RUN) $(BIN)/python -m pytest -q --durations=15
 
 # The edit-test loop: no Ray, no subprocess, no real Flower processes (tests/conftest.py refuses an unmarked one).
@@ -59,6 +60,12 @@ encoder: setup $(ENCODER)/.complete.json
 
 $(ENCODER)/.complete.json:
 	$(BIN)/python scripts/build_offline_encoder.py --out $(ENCODER)
+
+# Debian's Chromium and its driver, for the browser test of `mfpt watch` (tests/test_watch.py); only when missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 demo: encoder
 	$(RUN) $(BIN)/python scripts/demo.py

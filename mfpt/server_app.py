@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from mfpt.analysis.report import write_run_report
 from mfpt.config import ExperimentConfig
 from mfpt.federation.server import config_from_run_config, serve
+from mfpt.results.tracking import publish_run
 
 
 def build_server_app(cfg: ExperimentConfig | None = None, resume: bool = False, quiet: bool = False) -> ServerApp:
@@ -23,6 +24,7 @@ def build_server_app(cfg: ExperimentConfig | None = None, resume: bool = False, 
         experiment, resume_run = (cfg, resume) if cfg is not None else config_from_run_config(context.run_config)
         serve(grid, experiment, resume=resume_run, quiet=quiet)
         write_run_report(experiment.output_dir)
+        publish_run(experiment, experiment.output_dir)
 
     return server_app
 

@@ -4,6 +4,13 @@
     python scripts/local_federation.py --data tests/fixtures/tiny_multilingual.jsonl \\
         --experiment my-experiment.toml --languages eng,swh,hau --workdir /tmp/mfpt-fed [--tls] [--auth]
 
+    python scripts/local_federation.py --simulation --experiment configs/demo.toml
+
+With `--simulation` the SuperLink runs Flower's Simulation Engine instead (`flower-superlink --simulation`, one
+virtual SuperNode per client, data read as `mfpt run` reads it, paths relative to the current directory). Either
+way the script exits 0 only when the run finished as completed: `flwr run` itself exits 0 whatever the run's
+outcome, so the script asks the SuperLink for the run's status and exits 1 on any other.
+
 It splits the universal-schema file by language (each SuperNode gets only its own language's file), starts
 `flower-superlink` and the SuperNodes as separate processes on 127.0.0.1, submits the run with `flwr run`,
 waits until it finishes, and stops every process it started, by PID (process group), also on Ctrl-C or error.
@@ -33,32 +40,10 @@ from typing import Any, Callable
 
 CONNECTION = "mfpt-local"
 
-# The Flower app that `flwr run` ships (the FAB): only this pyproject.toml. The code is the installed `mfpt`
-# package, the same on every machine; a FAB of the repository would shadow it with a copy that lacks
-# mfpt/resources/*.tsv (FABs carry only .py/.toml/.md/.json/.yaml files) and ships data/ to every node.
-APP_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "mfpt-app"
-version = "0.1.0"
-description = "mfpt ServerApp and ClientApp (code from the installed mfpt package)"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "mfpt"
-
-[tool.flwr.app.components]
-serverapp = "mfpt.server_app:app"
-clientapp = "mfpt.client_app:app"
-
-[tool.flwr.app.config]
-experiment = ""
-resume = false
-"""
+# The Flower app that `flwr run` ships (the FAB): app/pyproject.toml, which holds no code. The code is the installed
+# `mfpt` package, the same on every machine; a FAB of the repository would shadow it with a copy that lacks
+# mfpt/resources/*.tsv (FABs carry only .py/.toml/.md/.json/.yaml files) and ship data/ to every node.
+APP_PYPROJECT = (Path(__file__).resolve().parents[1] / "app" / "pyproject.toml").read_text(encoding="utf-8")
 
 
 class FederationError(RuntimeError):
@@ -199,13 +184,38 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def flwr_config_line(values: dict[str, Any]) -> str:
+    """`key=value ...` as `flwr run --run-config` and `--federation-config` read it (strings quoted, bools lower)."""
+    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in values.items())
+
+
+def simulation_settings(experiment: str | Path) -> dict[str, Any]:
+    """The Simulation Engine's settings for an experiment: one virtual SuperNode per client of its layout, and the
+    cores and GPU share per client that `mfpt run` gives them (federation.client_cpus, client_gpus)."""
+    from mfpt.config import load_config
+    from mfpt.data.clients import client_layout
+
+    cfg = load_config(experiment)
+    if not cfg.data.languages:
+        raise SystemExit(f"{str(experiment)!r} sets no data.languages; a simulation needs them to know its clients "
+                         "(`mfpt data` lists the languages of a data file).")
+    clients = client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language)
+    return {"num-supernodes": len(clients), "client-resources-num-cpus": max(1, int(cfg.federation.client_cpus)),
+            "client-resources-num-gpus": float(cfg.federation.client_gpus)}
+
+
 class LocalFederation:
     """Processes of one federation on this machine; `stop()` (or leaving the `with` block) ends them all."""
 
     def __init__(self, workdir: str | Path, *, host: str = "127.0.0.1", tls: bool = False, auth: bool = False,
-                 force_insecure: bool = False, echo: Callable[[str], None] = lambda line: None) -> None:
+                 force_insecure: bool = False, cwd: str | Path | None = None,
+                 echo: Callable[[str], None] = lambda line: None) -> None:
         check_insecure(host, insecure=not tls, force=force_insecure)
         self.workdir = Path(workdir).resolve()
+        # Where the SuperLink (and so the ServerApp and, in simulation, every ClientApp) runs: an experiment's
+        # relative paths resolve from here. The workdir by default; the caller's directory for a simulation.
+        self.cwd = Path(cwd).resolve() if cwd is not None else self.workdir
         self.host, self.tls, self.auth, self.echo = host, tls, auth, echo
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -240,18 +250,21 @@ class LocalFederation:
         log = open(self.logs / f"{name}.log", "ab")
         # Own session: the process and the ServerApp/ClientApp processes it launches share one process group,
         # which stop() ends by this PID.
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
                                 start_new_session=True)
         log.close()
         self.procs[name] = proc
         self.echo(f"started {name} (pid {proc.pid}), log {self.logs / (name + '.log')}")
         return proc
 
-    def start_superlink(self, database: str | None = None) -> subprocess.Popen:
+    def start_superlink(self, database: str | None = None, simulation: bool = False) -> subprocess.Popen:
         """The SuperLink; state in memory unless `database` is a file (flwr 1.41's SQLite `:memory:` state failed
-        under concurrent SuperNodes with "cannot commit - no transaction is active", so it is not used)."""
+        under concurrent SuperNodes with "cannot commit - no transaction is active", so it is not used).
+        `simulation`: it runs the clients itself with Flower's Simulation Engine; no SuperNode is started."""
         argv = [self._bin("flower-superlink"), "--host", self.host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation"]
+        if simulation:
+            argv.append("--simulation")
         if database:
             argv += ["--database", database]
         if self.certs:
@@ -346,7 +359,7 @@ class LocalFederation:
     # ------------------------------------------------------------------------------------ flwr CLI
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([self._bin("flwr"), *args], capture_output=True, text=True, env=self.env,
-                              cwd=self.workdir, timeout=timeout)
+                              cwd=self.cwd, timeout=timeout)
 
     def register(self, public_key: Path) -> str:
         """`flwr supernode register` (SuperNode authentication): returns the node id the SuperLink assigned."""
@@ -360,11 +373,13 @@ class LocalFederation:
         done = self.flwr("supernode", "ls", CONNECTION, "--format", "json")
         return list(json.loads(done.stdout).get("nodes", []))
 
-    def submit(self, run_config: dict[str, Any]) -> str:
-        """`flwr run` of the mfpt app; returns the run id (the run goes on in the SuperLink)."""
-        overrides = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
-                             for k, v in run_config.items())
-        done = self.flwr("run", str(self.app_dir), CONNECTION, "--run-config", overrides, "--format", "json")
+    def submit(self, run_config: dict[str, Any], simulation: dict[str, Any] | None = None) -> str:
+        """`flwr run` of the mfpt app; returns the run id (the run goes on in the SuperLink). `simulation`: the
+        Simulation Engine's settings (`--federation-config`), e.g. {"num-supernodes": 16}."""
+        args = ["run", str(self.app_dir), CONNECTION, "--run-config", flwr_config_line(run_config), "--format", "json"]
+        if simulation:
+            args += ["--federation-config", flwr_config_line(simulation)]
+        done = self.flwr(*args)
         try:
             run_id = json.loads(done.stdout)["run-id"]
         except (ValueError, KeyError, TypeError):
@@ -405,8 +420,12 @@ class LocalFederation:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="universal-schema file (text,label,lang[,split]) to split by language")
-    parser.add_argument("--experiment", required=True, help="experiment TOML (absolute paths; data.languages and data.labels set)")
+    parser.add_argument("--data", help="universal-schema file (text,label,lang[,split]) to split by language "
+                                       "(deployment; a simulation reads the experiment's own data)")
+    parser.add_argument("--experiment", required=True, help="experiment TOML (deployment: absolute paths; "
+                                                            "data.languages and data.labels set)")
+    parser.add_argument("--simulation", action="store_true",
+                        help="run the clients in Flower's Simulation Engine on the SuperLink instead of SuperNodes")
     parser.add_argument("--languages", default="", help="comma-separated languages, one SuperNode each (default: all)")
     parser.add_argument("--workdir", default="runs/local-federation", help="logs, per-language files, certs, FLWR_HOME")
     parser.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on")
@@ -417,22 +436,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
     args = parser.parse_args(argv)
     check_insecure(args.host, insecure=not args.tls, force=args.force_insecure)
+    if not args.simulation and not args.data:
+        parser.error("--data is required for a deployment (one file per SuperNode); pass --simulation to run the "
+                     "experiment's own data in Flower's Simulation Engine")
+    if args.simulation and (args.data or args.auth or args.languages):
+        parser.error("--simulation runs the experiment as written: leave out --data, --languages and --auth")
 
     workdir = Path(args.workdir).resolve()
-    languages = [code.strip() for code in args.languages.split(",") if code.strip()] or None
-    files = split_by_language(args.data, workdir / "node-data", languages)
+    run_config = {"experiment": str(Path(args.experiment).resolve()), "resume": args.resume}
     with LocalFederation(workdir, host=args.host, tls=args.tls, auth=args.auth, force_insecure=args.force_insecure,
-                         echo=lambda line: print(line, flush=True)) as fed:
+                         cwd=Path.cwd() if args.simulation else None, echo=lambda line: print(line, flush=True)) as fed:
         # Ctrl-C / SIGTERM unwind through the `with` block, which stops every process started here.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        fed.start_superlink()
-        for lang, path in files.items():
-            key = None
-            if args.auth:
-                key, public = make_node_key(workdir / "keys", lang)
-                print(f"registered {lang} as node {fed.register(public)}")
-            fed.start_supernode(lang, {"lang": lang, "data-path": str(path)}, private_key=key)
-        run_id = fed.submit({"experiment": str(Path(args.experiment).resolve()), "resume": args.resume})
+        if args.simulation:
+            settings = simulation_settings(args.experiment)
+            fed.start_superlink(simulation=True)
+            run_id = fed.submit(run_config, simulation=settings)
+        else:
+            languages = [code.strip() for code in args.languages.split(",") if code.strip()] or None
+            files = split_by_language(args.data, workdir / "node-data", languages)
+            fed.start_superlink()
+            for lang, path in files.items():
+                key = None
+                if args.auth:
+                    key, public = make_node_key(workdir / "keys", lang)
+                    print(f"registered {lang} as node {fed.register(public)}")
+                fed.start_supernode(lang, {"lang": lang, "data-path": str(path)}, private_key=key)
+            run_id = fed.submit(run_config)
         status = fed.wait(run_id, args.timeout)
         print(fed.run_log(run_id)[-4000:])
         print(f"run {run_id}: {status}; logs in {fed.logs}")

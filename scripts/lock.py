@@ -1,7 +1,7 @@
 """Resolve mfpt's dependencies into an exact, hashed lock (`make lock`), or a throwaway newest set (`make test-latest`).
 
 The lock covers Python 3.11 on x86_64 Linux with the CPU build of torch 2.13.0: pyproject.toml's dependencies, its
-`test` and `offline` extras and requirements/lock.in, minus requirements/lock-overrides.txt. It is resolved by
+`test`, `offline` and `tracking` extras and requirements/lock.in, minus requirements/lock-overrides.txt. It is resolved by
 `uv pip compile` (uv comes with flwr). A lock that exists already is kept wherever pyproject.toml still allows it,
 so only what had to move moves; `--upgrade` re-resolves everything to the newest allowed versions.
 """
@@ -30,7 +30,7 @@ def compile_command(out: Path, upgrade: bool, hashes: bool, packages: tuple[str,
 
     cmd = [
         find_uv_bin(), "pip", "compile", "pyproject.toml", "requirements/lock.in",
-        "--extra", "test", "--extra", "offline",
+        "--extra", "test", "--extra", "offline", "--extra", "tracking",
         "--override", "requirements/lock-overrides.txt",
         "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28",
         "--custom-compile-command", "make lock", "--quiet", "-o", str(out),

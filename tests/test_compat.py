@@ -27,7 +27,7 @@ def _lock_module():
 
 def _pyproject_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    extras = [r for name in ("test", "offline") for r in project["optional-dependencies"][name]]
+    extras = [r for name in ("test", "offline", "tracking") for r in project["optional-dependencies"][name]]
     return [Requirement(r) for r in project["dependencies"] + extras]
 
 

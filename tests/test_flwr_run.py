@@ -4,7 +4,6 @@ a simulation offline with nothing installed, and scripts/local_federation.py exi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ SCRIPT = ROOT / "scripts" / "local_federation.py"
 FLWR = Path(sys.executable).parent / "flwr"
 
 
+@pytest.mark.deployment
 def test_flwr_run_on_the_repository_is_refused_before_anything_starts(tmp_path):
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr-home"))
     done = subprocess.run([str(FLWR), "run", "."], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

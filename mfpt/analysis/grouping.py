@@ -18,7 +18,8 @@ from mfpt.results.schema import RESULTS_FILE, RunResult, read_result
 
 METRICS_FILE = "metrics.jsonl"
 
-IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads")
+IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads", "tracking.backends", "tracking.tensorboard_dir",
+                "tracking.mlflow_uri", "tracking.mlflow_experiment")
 # Keys that make a table row; every other varying key makes its own table (a "context").
 # Aggregators and attacks are rows too, so that attacked runs and robust strategies sit side by side in one table.
 ROW_KEYS = ("paradigm", "peft.method", "personalization.method", "federation.strategy", "attack.kind",

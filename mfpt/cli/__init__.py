@@ -20,13 +20,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from mfpt.cli import distance, experiment, predict, prepare, privacy, sweep, tune  # noqa: E402
+from mfpt.cli import distance, experiment, predict, prepare, privacy, sweep, tune, watch  # noqa: E402
 from mfpt.cli.common import config_args  # noqa: E402
 from mfpt.core.errors import UserError  # noqa: E402
 from mfpt.model import compat  # noqa: E402
 
 # Every command group, in the order `mfpt --help` lists them; each adds its subcommands with `add_parser`.
-COMMANDS = (experiment, sweep, tune, distance, prepare, predict, privacy)
+COMMANDS = (experiment, sweep, tune, distance, prepare, predict, privacy, watch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_privacy(cfg)
     _check_strategy(cfg)
     _check_attack(cfg)
+    _check_tracking(cfg)
 
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
@@ -330,3 +331,16 @@ def resolved_defaults(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.transfer.source_epochs == 0:
         found["transfer.source_epochs"] = cfg.federation.rounds * cfg.train.local_epochs
     return found
+
+
+TRACKING_BACKENDS = ("tensorboard", "mlflow")
+
+
+def _check_tracking(cfg: ExperimentConfig) -> None:
+    """Refuse an unknown or repeated tracker (whether it is installed is checked when the run starts)."""
+    backends = list(cfg.tracking.backends)
+    unknown = [b for b in backends if b not in TRACKING_BACKENDS]
+    if unknown:
+        raise ConfigError(f"tracking.backends has {unknown}; the trackers are {list(TRACKING_BACKENDS)}.")
+    if len(set(backends)) != len(backends):
+        raise ConfigError(f"tracking.backends = {backends} names a tracker twice; name each once.")

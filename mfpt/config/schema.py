@@ -381,6 +381,23 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    backends: tuple[str, ...] = _help(
+        "Experiment trackers that get every round's metrics as the run goes (per language and split, the means, "
+        "bytes, epsilon), the resolved config as parameters, and report.md and results.json at the end: "
+        "tensorboard, mlflow (install the `tracking` extra). Empty = none; the run folder has everything anyway.",
+        default=(),
+    )
+    tensorboard_dir: str = _help("TensorBoard's event folder; empty = <output_dir>/tensorboard.", default="")
+    mlflow_uri: str = _help(
+        "MLflow tracking URI (a sqlite:/// file or a tracking server); empty = sqlite:///<output_dir>/mlflow.db, "
+        "which needs no server (`mlflow ui --backend-store-uri` shows it).",
+        default="",
+    )
+    mlflow_experiment: str = _help("The MLflow experiment the run is filed under; empty = the run's name.", default="")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = _help("Run name, used in reports.", default="mfpt")
     seed: int = _help("Seeds data sampling, model init and every client's training in every round.", default=0)
@@ -398,6 +415,7 @@ class ExperimentConfig:
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         check(self)
@@ -408,7 +426,7 @@ class ExperimentConfig:
 
 
 SECTIONS = ("model", "peft", "data", "federation", "train", "transfer", "privacy", "personalization", "tuning",
-            "attack")
+            "attack", "tracking")
 
 
 # --------------------------------------------------------------------------------------------- dicts

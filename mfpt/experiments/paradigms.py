@@ -53,6 +53,7 @@ from mfpt.model.state import load_trainable_state, trainable_state
 from mfpt.results.checkpoints import checkpoint_path, load_checkpoint
 from mfpt.results.recorder import RunRecorder
 from mfpt.results.schema import ADAPTER_DIR, RunResult, read_result
+from mfpt.results.tracking import publish_run
 from mfpt.server_app import build_server_app
 from mfpt.train.evaluation import EvalCounts, evaluate
 from mfpt.train.loop import steps_per_round, train
@@ -221,6 +222,7 @@ def _finish(recorder: RunRecorder) -> RunResult:
     """results.json, then report.md from it (the federated runner's ServerApp does the same)."""
     result = recorder.finish()
     write_run_report(recorder.out_dir)
+    publish_run(recorder.cfg, recorder.out_dir)
     return result
 
 

@@ -6,7 +6,8 @@ later, found from the config alone (no data read, no model loaded, in a second).
   names languages the node does not hold (data.low_resource, ...) is refused there, after start-up, otherwise;
 - the config each simulated client receives in a message (the config record round-trips exactly);
 - client-level DP's delta against 1/N (example-level needs each client's size: `mfpt privacy CONFIG` reads the data);
-- a site's privacy floor (its node config), where it does not depend on the site's data.
+- a site's privacy floor (its node config), where it does not depend on the site's data;
+- the experiment trackers of [tracking]: their libraries are installed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mfpt.federation.node import node_data_config
 from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import config_entries, config_from_entries
 from mfpt.privacy.accounting import checked_delta
+from mfpt.results.tracking import require_installed
 
 
 def check_local_paths(cfg: ExperimentConfig) -> None:
@@ -69,4 +71,7 @@ def preflight(cfg: ExperimentConfig, node_config: Mapping[str, Any] | None = Non
         else:
             floor.check(cfg, 0)
             passed.append("node privacy floor: the experiment meets it")
+    if cfg.tracking.backends:
+        require_installed(cfg)
+        passed.append(f"trackers: {', '.join(cfg.tracking.backends)} installed")
     return passed

@@ -38,7 +38,8 @@ from mfpt.analysis.report import write_report
 from mfpt.config import ConfigError, ExperimentConfig, load_config, parse_override
 from mfpt.core import files
 from mfpt.core.errors import UserError
-from mfpt.results.schema import FAILURE_FILE, RESULTS_FILE, read_result
+from mfpt.results.schema import FAILURE_FILE, LIVE_FILE, RESULTS_FILE, read_result
+from mfpt.results.tracking import TRACKING_FILE
 
 SWEEP_CSV = "sweep.csv"
 SWEEP_MD = "sweep.md"
@@ -50,7 +51,7 @@ CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accurac
 RESERVED = ("seed", "output_dir")
 # What `mfpt run` writes into a run folder; a folder holding anything else is not cleared automatically.
 RUN_OUTPUTS = ("config.toml", "metrics.jsonl", "progress.json", RESULTS_FILE, FAILURE_FILE, "report.md", "checkpoints",
-               "adapter")
+               "adapter", LIVE_FILE, TRACKING_FILE, "tensorboard", "mlflow.db")
 
 
 class SweepError(UserError, ValueError):

@@ -34,6 +34,7 @@ from mfpt.results.schema import (
     BACKDOOR_SPLIT,
     CONFIG_FILE,
     FAILURE_FILE,
+    LIVE_FILE,
     METRICS_FILE,
     PERSONAL_SPLIT,
     PROGRESS_FILE,
@@ -45,6 +46,7 @@ from mfpt.results.schema import (
     RunResult,
     write_result,
 )
+from mfpt.results.tracking import Trackers
 from mfpt.train.evaluation import EvalCounts
 from mfpt.train.schedule import TEST, choice_for, round_means, round_split, selects_on_validation
 
@@ -127,7 +129,9 @@ DERIVED_AT_RUN = {"train.threads": 0, "data.languages": "", "data.labels": ""}
 
 # Keys that may differ on resume: the tuning file (its values are in config.toml already) and the base model's name
 # (the same checkpoint at another path, `--model`; the checkpoint refuses a model whose tensors differ).
-RESUME_MAY_CHANGE = ("tuning.file", "model.name")
+# Trackers only receive copies of what the run records, so a resumed run may report to others.
+RESUME_MAY_CHANGE = ("tuning.file", "model.name", "tracking.backends", "tracking.tensorboard_dir", "tracking.mlflow_uri",
+                     "tracking.mlflow_experiment")
 
 
 def config_differences(out_dir: Path, cfg: ExperimentConfig, ignore: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
@@ -201,6 +205,8 @@ class RunRecorder:
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The failed, refused and missing clients of the stage being recorded, summarised in one line when it ends.
     _problems: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    # [tracking]: TensorBoard / MLflow get every row appended to metrics.jsonl (opened by begin()).
+    trackers: Trackers = field(default_factory=lambda: Trackers([]), repr=False)
 
     def __post_init__(self) -> None:
         self.hyperparameters = self.hyperparameters or hyperparameters(self.cfg)
@@ -228,6 +234,7 @@ class RunRecorder:
                     f"{str(self.out_dir)!r} already holds a run; pass --resume to continue it, or --out for a new folder."
                 )
             files.write_text(self.out_dir / CONFIG_FILE, to_toml(self.cfg))
+            self._open_trackers()
             return None
         if not progress_file.exists():
             raise ResumeError(f"{str(self.out_dir)!r} has no {PROGRESS_FILE}: nothing to resume. Run without --resume.")
@@ -246,7 +253,27 @@ class RunRecorder:
             if row["split"] == "train":
                 self.local_steps[row["client"]] = self.local_steps.get(row["client"], 0) + int(row["steps"])
         self._write_progress(max(resumed, 0))
+        self._open_trackers()
         return checkpoint
+
+    def on_sampled(self, round_: int, stage: str, clients: list[str]) -> None:
+        """The clients asked for a stage of a round, before any replies: live.json, for `mfpt watch`."""
+        self._write_live(round=round_, stage=stage, sampled=clients, stage_started=time.time())
+
+    def _write_live(self, **now: Any) -> None:
+        files.write_json(self.out_dir / LIVE_FILE, {
+            "started": self.started, "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "round": 0, "stage": "starting", "sampled": [], "stage_started": self.started, **now, "updated": time.time()})
+
+    def _open_trackers(self) -> None:
+        self._write_live()
+        self.trackers = Trackers.open(self.cfg, self.out_dir)
+        self.trackers.start(self.cfg)
+
+    def _append(self, rows: list[dict[str, Any]]) -> None:
+        """Rows onto metrics.jsonl, and to the trackers."""
+        files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        self.trackers.rows(rows)
 
     def _check_same_config(self) -> None:
         """Refuse to resume under another config than the run was started with, naming the keys that differ."""
@@ -287,7 +314,7 @@ class RunRecorder:
 
     # ---------------------------------------------------------------------------------- per round
     def on_train(self, round_: int, rows: list[dict[str, Any]], bytes_up: int, bytes_down: int) -> None:
-        files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "train", **row} for row in rows])
+        self._append([{"round": round_, "split": "train", **row} for row in rows])
         self._summarise_round(round_, "train", len(rows), self.cfg.federation.min_clients or 1,
                               "the global state is unchanged (federation.min_clients)")
         self.comm.append({"round": round_, "bytes_up": bytes_up, "bytes_down": bytes_down, "clients": len(rows)})
@@ -303,14 +330,14 @@ class RunRecorder:
         who = node.client.name(self.cfg.federation.clients_per_language) if node is not None else f"node {node_id}"
         self._problems.append((who, error_line(reason)))
         log.debug("round %d: refused %s: %s", round_, who, reason)
-        files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "refused", "client": who, "reason": reason}])
+        self._append([{"round": round_, "split": "refused", "client": who, "reason": reason}])
 
     def on_missing(self, round_: int, node: Any, stage: str, reason: str) -> None:
         """A sampled client that did not reply this round (dead or silent node); the round went on without it."""
         who = node.client.name(self.cfg.federation.clients_per_language)
         self._problems.append((who, f"missing ({reason})"))
         log.debug("round %d: %s missing from %s (node %d): %s", round_, who, stage, node.node_id, reason)
-        files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "missing", "stage": stage, "client": who,
+        self._append([{"round": round_, "split": "missing", "stage": stage, "client": who,
                                                   "lang": node.client.lang, "node": node.node_id, "reason": reason}])
 
     def _summarise_round(self, round_: int, stage: str, usable: int, required: int, consequence: str) -> None:
@@ -325,7 +352,7 @@ class RunRecorder:
                     "y" if usable == 1 else "ies", f" (fewer than {required}: {consequence})" if short else "",
                     f"; {listed}" if listed else "")
         if short:
-            files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "incomplete", "stage": stage,
+            self._append([{"round": round_, "split": "incomplete", "stage": stage,
                                                               "usable": usable, "required": required,
                                                               "errors": dict(problems)}])
 
@@ -333,7 +360,11 @@ class RunRecorder:
         split = round_split(self.cfg)
         rows = [{"round": round_, "split": split, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
-        files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        self._append(rows)
+        trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
+        low = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.low_resource]
+        self.trackers.scalars(round_, {**({f"{split}/accuracy/mean": mean(trained)} if trained else {}),
+                                       **({f"{split}/accuracy/low_resource_mean": mean(low)} if low else {})})
         self._summarise_round(round_, "evaluation", sum(lang in self.cfg.data.languages for lang in counts), 1,
                               "no training language scored")
         if self.comm and self.comm[-1]["round"] == round_:
@@ -350,7 +381,7 @@ class RunRecorder:
         self.after_rounds_bytes += bytes_down
         rows = [{"round": round_, "split": TEST, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages, "selected": True} for lang, c in counts.items()]
-        files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        self._append(rows)
         self._summarise_round(round_, "test scoring of the selected round", sum(lang in self.cfg.data.languages for lang in counts),
                               1, "no training language scored")
         if not self.quiet:
@@ -365,14 +396,14 @@ class RunRecorder:
 
     def on_privacy(self, round_: int, account: Mapping[str, Any]) -> None:
         """The privacy account after `round_`: one `epsilon` line per round in metrics.jsonl."""
-        files.append_jsonl(self.out_dir / METRICS_FILE, [{"round": round_, "split": "privacy", "epsilon": account["epsilon"],
+        self._append([{"round": round_, "split": "privacy", "epsilon": account["epsilon"],
                                                   "delta": account["delta"], "dp": account["dp"]}])
 
     def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None:
         """Each language's personalised state's evaluation (split 'personalized' in metrics.jsonl)."""
         rows = [{"round": round_, "split": PERSONAL_SPLIT, "eval_split": self.cfg.data.eval_split, "lang": lang,
                  **language_metrics(c), "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
-        files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        self._append(rows)
         if not self.quiet:
             accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
             print(f"round {round_:>3}/{self.cfg.federation.rounds} personalised acc | {accs}", flush=True)
@@ -382,7 +413,7 @@ class RunRecorder:
         metrics.jsonl; its accuracy is the backdoor's success rate)."""
         rows = [{"round": round_, "split": BACKDOOR_SPLIT, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
-        files.append_jsonl(self.out_dir / METRICS_FILE, rows)
+        self._append(rows)
         if not self.quiet:
             rates = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
             print(f"round {round_:>3}/{self.cfg.federation.rounds} backdoor success | {rates}", flush=True)
@@ -392,6 +423,11 @@ class RunRecorder:
         """Checkpoint the global (and every personalised) state, then mark the round complete (in that order)."""
         save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {}, personal)
         self._write_progress(round_)
+        if self.comm and self.comm[-1]["round"] == round_:
+            this = self.comm[-1]
+            self.trackers.scalars(round_, {"bytes/up": this["bytes_up"], "bytes/down": this["bytes_down"],
+                                           "bytes/total": sum(c["bytes_up"] + c["bytes_down"] for c in self.comm),
+                                           "clients/replied": this["clients"]})
 
     def _write_progress(self, completed_round: int) -> None:
         files.write_json(self.out_dir / PROGRESS_FILE, {"completed_round": completed_round, "comm": self.comm,
@@ -441,6 +477,7 @@ class RunRecorder:
                    "cause and run again (a sweep retries it from the start).")
         files.write_json(self.out_dir / FAILURE_FILE, {"error": message, "round": last,
                                                         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        self.trackers.finish(self.out_dir, "FAILED")
         return RunFailedError(message)
 
     def finish(self) -> RunResult:
@@ -496,4 +533,5 @@ class RunRecorder:
             print(f"warning: no score in the reported round for {', '.join(result.unscored)} (evaluation missing or "
                   f"refused; metrics.jsonl says which): the means leave them out.", flush=True)
         write_result(self.out_dir, result)
+        self.trackers.close()  # publish_run ends the trackers' runs once report.md exists
         return result

@@ -24,6 +24,8 @@ METRICS_FILE = "metrics.jsonl"  # one line per round x language x split, plus tr
 CONFIG_FILE = "config.toml"  # the resolved config the run was started with (resume refuses another one)
 FAILURE_FILE = "failure.json"  # written instead of results.json by a run that scored no language: its error
 PROGRESS_FILE = "progress.json"  # the last completed round, bytes so far, local steps: what resume starts from
+# What the run is doing now (the round and stage in progress, the clients sampled for it), for `mfpt watch`.
+LIVE_FILE = "live.json"
 CHECKPOINTS_DIR = "checkpoints"  # round-NNNN.safetensors (mfpt.results.checkpoints)
 ADAPTER_DIR = "adapter"  # the final shared model in peft's format (`mfpt predict` loads it)
 REPORT_FILE = "report.md"  # mfpt.analysis.report's view of the above

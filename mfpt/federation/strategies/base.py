@@ -166,6 +166,7 @@ class RoundListener:
     def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
     def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
     def on_selected(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None: ...
+    def on_sampled(self, round_: int, stage: str, clients: list[str]) -> None: ...
 
 
 class MfptStrategy:
@@ -211,6 +212,11 @@ class MfptStrategy:
             chosen |= {n.node_id for n in self.nodes.values() if n.client.heldout}
         return chosen
 
+    def _names(self, node_ids: Iterable[int]) -> list[str]:
+        """The clients of `node_ids`, by name (eng, or eng#1 with several clients per language)."""
+        shards = self.cfg.federation.clients_per_language
+        return sorted(self.nodes[n].client.name(shards) for n in node_ids if n in self.nodes)
+
     def _keep(self, messages: Iterable[Message], chosen: set[int]) -> list[Message]:
         return [m for m in messages if m.metadata.dst_node_id in chosen]
 
@@ -234,6 +240,7 @@ class MfptStrategy:
         config[ROUND_KEY] = self.round_offset + server_round
         chosen = self._sample(server_round, self.cfg.federation.fraction_train, with_heldout=False)
         self._sampled["train"] = chosen
+        self.listener.on_sampled(self.round_offset + server_round, "train", self._names(chosen))
         self._global = arrays.to_torch_state_dict() if self.cfg.federation.max_update_norm > 0 else None
         self._key_order = list(arrays.keys())
         messages = self._keep(super().configure_train(server_round, arrays, config, grid), chosen)  # type: ignore[misc]
@@ -252,6 +259,7 @@ class MfptStrategy:
         self._evaluated_state = arrays
         chosen = self._sample(server_round, self.cfg.federation.fraction_evaluate, with_heldout=True)
         self._sampled["evaluate"] = chosen
+        self.listener.on_sampled(self.round_offset + server_round, "evaluate", self._names(chosen))
         messages = self._keep(super().configure_evaluate(server_round, arrays, config, grid), chosen)  # type: ignore[misc]
         self._eval_bytes_down = arrays.count_bytes() * len(messages)
         return messages
