@@ -147,3 +147,98 @@ def test_the_decoder_presets_validate(preset):
     cfg = load_config(preset)
     assert cfg.peft.method.value in ("lora", "prompt") and cfg.model.name.startswith("Qwen/")
     assert any(line.startswith("config:") for line in preflight(cfg))
+
+
+# ------------------------------------------------------------------------------------------------ the LM head
+
+
+def _lm_config(model: Path, method: str, tmp_path: Path, **overrides):
+    return _config(model, method, tmp_path, **{"model.head": "lm", "data.labels": ["health", "politics", "sport"],
+                                               "model.label_words": ["health", "politics", "sport"],
+                                               "model.text_suffix": " topic:", **overrides})
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_lm_head_ranks_the_label_words_and_reads_a_padded_text_as_alone(tiny_decoders, family, method, tmp_path):
+    from mfpt.config import load_config as _load
+    from mfpt.train.encoding import collate, encode_for
+
+    cfg = _lm_config(tiny_decoders[family], method, tmp_path)
+    built = build_model(cfg, 3)
+    model, tokenizer = built.model.eval(), built.tokenizer
+    frame = __import__("pandas").DataFrame({"text": ["health news from the hospital today", "sport"],
+                                            "label": ["health", "sport"]})
+    data = encode_for(cfg.model, frame, tokenizer, list(cfg.data.labels), built.max_length)
+    cue = tokenizer(" topic:", add_special_tokens=False)["input_ids"]
+    assert all(f["input_ids"][-len(cue):] == cue for f in data.features)  # every text ends with the cue
+    with torch.no_grad():
+        inputs, _ = collate(data, __import__("numpy").arange(2), tokenizer)
+        batch = model(**inputs).logits
+        alone = torch.cat([model(**collate(data, __import__("numpy").array([i]), tokenizer)[0]).logits for i in (0, 1)])
+    assert inputs["attention_mask"][1].tolist().count(0) > 0 and inputs["attention_mask"][1, 0] == 0  # left-padded
+    assert batch.shape == (2, 3)
+    assert torch.allclose(batch, alone, atol=1e-5), (family, method)
+    # The scores are the LM's next-token logits at each label word's first token.
+    ids = model.label_ids.tolist()
+    assert len(set(ids)) == 3
+    with torch.no_grad():
+        full = model.lm(**collate(data, __import__("numpy").array([0]), tokenizer)[0]).logits[0, -1]
+    assert torch.allclose(alone[0], full[ids], atol=1e-5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(any(part in n for part in ("prompt_encoder", "lora_")) for n in trainable), trainable
+    del _load
+
+
+@pytest.mark.parametrize("method", ("prompt", "prefix", "lora"))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_federated_run_trains_each_decoder_family_through_its_lm_head(tiny_decoders, family, method, tmp_path):
+    cfg = _lm_config(tiny_decoders[family], method, tmp_path, **{"federation.rounds": 1})
+    result = run_federated(InProcessGrid(2), cfg, quiet=True)
+    assert set(result.per_language) == {"eng", "swh"}
+    state = load_checkpoint(checkpoint_path(Path(cfg.output_dir), 1)).state
+    initial = {n: p for n, p in build_model(cfg, 3).model.named_parameters() if p.requires_grad}
+    assert set(state) == set(initial)
+    assert any(not torch.allclose(state[n], initial[n].detach()) for n in state)
+
+
+def test_an_lm_head_run_resumes_exactly_and_predicts(tiny_decoders, tmp_path):
+    from mfpt.experiments.predict import Predictor
+
+    full = _lm_config(tiny_decoders["qwen3"], "prompt", tmp_path, output_dir=str(tmp_path / "full"))
+    run_federated(InProcessGrid(2), full, quiet=True)
+    cut = full.replace(output_dir=str(tmp_path / "cut"))
+
+    def crash_in_round_2(msg) -> bool:
+        return msg.metadata.message_type == "train" and int(msg.content[CONFIG][ROUND_KEY]) == 2
+
+    with pytest.raises(Crash):
+        run_federated(InProcessGrid(2, crash=crash_in_round_2), cut, quiet=True)
+    run_federated(InProcessGrid(2), cut, quiet=True, resume=True)
+    a = load_checkpoint(checkpoint_path(tmp_path / "full", 2)).state
+    b = load_checkpoint(checkpoint_path(tmp_path / "cut", 2)).state
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    predictor = Predictor.from_run(tmp_path / "full", device="cpu")
+    rows = predictor.predict([{"text": "health news from the hospital today", "lang": "en"}])
+    assert rows[0]["label"] in ("health", "politics", "sport")
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_the_lm_head_refuses_what_it_cannot_read(tiny_decoders, tiny_xlmr, tmp_path):
+    from mfpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="start with the same token"):
+        build_model(_lm_config(tiny_decoders["qwen2"], "lora", tmp_path,
+                               **{"model.label_words": ["sport", "sport", "health"]}), 3)
+    with pytest.raises(ConfigError, match="reads a decoder's own language-model head"):
+        build_model(_lm_config(tiny_xlmr, "lora", tmp_path), 3)
+
+
+@pytest.mark.parametrize("paradigm", ("local", "centralized", "transfer", "zeroshot"))
+def test_every_paradigm_runs_through_the_lm_head(tiny_decoders, paradigm, tmp_path):
+    from mfpt.experiments.paradigms import run_experiment
+
+    cfg = _lm_config(tiny_decoders["llama"], "prompt", tmp_path, paradigm=paradigm, **{"federation.rounds": 1})
+    result = run_experiment(cfg, quiet=True)
+    assert set(result.per_language) == {"eng", "swh"}
+    assert all(0 <= s.accuracy <= 1 for s in result.per_language.values())

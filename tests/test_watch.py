@@ -204,10 +204,11 @@ def test_the_page_fetches_nothing_from_outside():
 # ------------------------------------------------------------------------------------------------ trackers
 
 
-def test_every_rounds_metrics_reach_tensorboard_and_mlflow(tiny_xlmr, tmp_path):
+def test_every_rounds_metrics_reach_tensorboard_and_mlflow(tiny_xlmr, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    monkeypatch.chdir(tmp_path)  # nothing may land in the directory the run is started from
     out = tmp_path / "run"
     cfg = tiny_federated(tiny_xlmr, out, **{"tracking.backends": "tensorboard,mlflow"})
     finish_like_the_server_app(cfg)
@@ -232,6 +233,8 @@ def test_every_rounds_metrics_reach_tensorboard_and_mlflow(tiny_xlmr, tmp_path):
         history = {m.step: m.value for m in client.get_metric_history(run_id, f"test/accuracy/{lang}")}
         assert history == pytest.approx({r: expected[(lang, r)] for r in range(1, ROUNDS + 1)})
     assert sorted(a.path for a in client.list_artifacts(run_id)) == ["report.md", "results.json"]
+    assert sorted(p.name for p in (out / "mlflow-artifacts").rglob("*.*")) == ["report.md", "results.json"]
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_a_tracker_that_is_not_installed_is_refused_in_one_line(tiny_xlmr, tmp_path, monkeypatch):

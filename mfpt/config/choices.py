@@ -59,6 +59,13 @@ class AttackKind(str, enum.Enum):
     BACKDOOR = "backdoor"
 
 
+class ModelHead(str, enum.Enum):
+    """What reads the model's output: a classification head, or a decoder's own LM head over label words."""
+
+    CLASSIFIER = "classifier"
+    LM = "lm"
+
+
 class PoolAt(str, enum.Enum):
     BOS = "bos"
     FIRST = "first"

@@ -16,6 +16,7 @@ from mfpt.config.choices import (
     AttackKind,
     ClipAt,
     DpMode,
+    ModelHead,
     Paradigm,
     PersonalizationMethod,
     Selection,
@@ -36,6 +37,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_strategy(cfg)
     _check_attack(cfg)
     _check_tracking(cfg)
+    _check_head(cfg)
 
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
@@ -344,3 +346,19 @@ def _check_tracking(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"tracking.backends has {unknown}; the trackers are {list(TRACKING_BACKENDS)}.")
     if len(set(backends)) != len(backends):
         raise ConfigError(f"tracking.backends = {backends} names a tracker twice; name each once.")
+
+
+def _check_head(cfg: ExperimentConfig) -> None:
+    """head = lm reads the labels as words: it needs the labels in a known order, and one word per label."""
+    words, labels = list(cfg.model.label_words), list(cfg.data.labels)
+    if cfg.model.head != ModelHead.LM:
+        if words:
+            raise ConfigError(f"model.label_words = {words} applies to model.head = 'lm' only; set model.head = 'lm' "
+                              "or remove model.label_words.")
+        return
+    if not labels:
+        raise ConfigError("model.head = 'lm' needs data.labels listed: each label is read as a word, in that order "
+                          "(`mfpt data CONFIG` prints the labels of the data).")
+    if words and len(words) != len(labels):
+        raise ConfigError(f"model.label_words has {len(words)} words for {len(labels)} labels ({labels}); give one "
+                          "word per label, in data.labels order, or leave it empty to use the label names.")

@@ -19,6 +19,7 @@ from mfpt.config.choices import (
     ClipAt,
     DistanceKind,
     DpMode,
+    ModelHead,
     Paradigm,
     Partition,
     PeftMethod,
@@ -41,7 +42,7 @@ def _help(text: str, **kwargs: Any) -> Any:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _help(
-        "Hugging Face encoder: a hub id (e.g. xlm-roberta-base) or a local checkpoint directory.",
+        "Hugging Face encoder or decoder: a hub id (e.g. xlm-roberta-base) or a local checkpoint directory.",
         default="xlm-roberta-base",
     )
     max_seq_length: int = _help(
@@ -51,6 +52,20 @@ class ModelConfig:
     text_prefix: str = _help(
         "String put before every text, e.g. 'query: ' for E5 encoders, which were trained with it.",
         default="",
+    )
+    head: ModelHead = _help(
+        "classifier (a classification head on the encoder's [CLS] or the decoder's last token) or lm (decoders "
+        "only: verbalised classification, the labels ranked by the LM's likelihood of each label word's first "
+        "token after the text and text_suffix; needs data.labels, in the order of model.label_words).",
+        default=ModelHead.CLASSIFIER,
+    )
+    label_words: tuple[str, ...] = _help(
+        "head = lm: the word each label is read as, in data.labels order (empty = the label names). Each word's "
+        "first token must differ from the others'.", default=(),
+    )
+    text_suffix: str = _help(
+        "String after every text. head = lm: the cue before the label word (e.g. '\\nTopic:'), kept whole when "
+        "the text is truncated; classifier: appended to the text.", default="",
     )
 
 

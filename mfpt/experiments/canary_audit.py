@@ -74,12 +74,12 @@ def canary_losses(run_dir: Path, cfg: ExperimentConfig, canaries: pd.DataFrame, 
     from mfpt.model.export import load_exported
     from mfpt.model.factory import pick_device
     from mfpt.results.schema import ADAPTER_DIR
-    from mfpt.train.encoding import batches, encode
+    from mfpt.train.encoding import batches, encode_for
 
     labels = list(cfg.data.labels)
     classifier = load_exported(cfg, len(labels), run_dir / ADAPTER_DIR, pick_device(cfg.train.device))
     frame = canaries.assign(**{LANG: lang})
-    data = encode(frame, classifier.tokenizer, labels, classifier.max_length, cfg.model.text_prefix)
+    data = encode_for(cfg.model, frame, classifier.tokenizer, labels, classifier.max_length)
     losses = []
     with torch.inference_mode():
         for inputs, gold in batches(data, cfg.train.eval_batch_size, classifier.tokenizer):

@@ -87,12 +87,12 @@ class Predictor:
 
         frame = check_rows(rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows)), origin)
         self._warn_unseen(frame)
-        from mfpt.train.encoding import batches, encode
+        from mfpt.train.encoding import batches, encode_for
 
         model = self.classifier
         # encode() maps a gold label per row to its id; predictions have none, so every row gets the first label.
-        encoded = encode(frame.assign(**{LABEL: self.labels[0]}), model.tokenizer, self.labels, model.max_length,
-                         self.cfg.model.text_prefix)
+        encoded = encode_for(self.cfg.model, frame.assign(**{LABEL: self.labels[0]}), model.tokenizer, self.labels,
+                             model.max_length)
         probabilities: list[list[float]] = []
         model.model.eval()
         with torch.inference_mode():

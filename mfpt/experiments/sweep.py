@@ -51,7 +51,7 @@ CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accurac
 RESERVED = ("seed", "output_dir")
 # What `mfpt run` writes into a run folder; a folder holding anything else is not cleared automatically.
 RUN_OUTPUTS = ("config.toml", "metrics.jsonl", "progress.json", RESULTS_FILE, FAILURE_FILE, "report.md", "checkpoints",
-               "adapter", LIVE_FILE, TRACKING_FILE, "tensorboard", "mlflow.db")
+               "adapter", LIVE_FILE, TRACKING_FILE, "tensorboard", "mlflow.db", "mlflow-artifacts")
 
 
 class SweepError(UserError, ValueError):

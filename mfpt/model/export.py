@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mfpt.config import ExperimentConfig, PeftMethod
+from mfpt.config import ExperimentConfig, ModelHead, PeftMethod
 from mfpt.config.specs import METHODS
 from mfpt.core.files import DIR_MODE, FILE_MODE
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
@@ -23,6 +23,7 @@ from mfpt.model.factory import (
     is_decoder,
     prepare_decoder,
     quiet_transformers,
+    verbalized,
 )
 
 
@@ -60,23 +61,28 @@ def export_atomically(model: nn.Module, tokenizer: Any, target: Path) -> Path:
 
 def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, device: torch.device) -> ClassifierModel:
     """A run's exported model, ready for inference, set up exactly as `build_model` set it up for training."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     ensure_supported_stack()  # before any weight is read
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     input_prompt = METHODS.get(cfg.peft.method.value).input_prompt
+    lm_head = cfg.model.head == ModelHead.LM
     if cfg.peft.method == PeftMethod.FULL:  # full fine-tuning exports the whole classifier, not an adapter
+        auto = AutoModelForCausalLM if lm_head else AutoModelForSequenceClassification
         with quiet_transformers():
-            model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(adapter_dir))
+            model: nn.Module = auto.from_pretrained(str(adapter_dir))
         max_length, notes = fit_inputs(model, cfg)
         if is_decoder(model):
-            notes += prepare_decoder(model, tokenizer, input_prompt, prefix=False)
+            notes += prepare_decoder(model, tokenizer, input_prompt, prefix=False, lm_head=lm_head)
     else:
-        model, _ = _load_backbone(cfg.model.name, num_labels)
+        model, _ = _load_backbone(cfg.model.name, num_labels, lm_head)
         max_length, notes = fit_inputs(model, cfg)  # before peft wraps it: the head hook sits on the bare model
         if is_decoder(model):  # as build_model did: pad token, padding side, position ids, the prefix argument
-            notes += prepare_decoder(model, tokenizer, input_prompt, cfg.peft.method == PeftMethod.PREFIX)
+            notes += prepare_decoder(model, tokenizer, input_prompt, cfg.peft.method == PeftMethod.PREFIX, lm_head)
         model = load_adapter(model, adapter_dir)
+    if lm_head:
+        model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
+        notes += word_notes
     model.to(device).eval()
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, cfg.peft.method, trainable, total, notes)

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from mfpt.config import ConfigError, ExperimentConfig, PeftConfig, PeftMethod, PoolAt
+from mfpt.config import ConfigError, ExperimentConfig, ModelHead, PeftConfig, PeftMethod, PoolAt
 from mfpt.config.specs import METHODS
 from mfpt.core.hub import HubUnreachableError, ensure_hub_reachable, is_unreachable, unreachable_message
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values, expose_past_key_values_on
@@ -74,8 +74,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def _load_backbone(name: str, num_labels: int, lm_head: bool = False) -> tuple[nn.Module, list[str]]:
+    """The checkpoint as a sequence classifier with a new head, or (lm_head) as a causal LM with its own head."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     local = Path(name).expanduser()
     if local.exists() and not (local / "config.json").is_file():
@@ -85,13 +86,18 @@ def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
                              MODEL_ELSEWHERE.format(name=name))
     try:
         config = AutoConfig.from_pretrained(name, num_labels=num_labels)
+        if lm_head and config.model_type not in DECODER_TYPES:
+            raise ConfigError(f"model.head = 'lm' reads a decoder's own language-model head, but model.name = {name!r} "
+                              f"is a {config.model_type!r} model; use a decoder ({', '.join(DECODER_TYPES)}) or "
+                              "model.head = 'classifier'.")
+        auto = AutoModelForCausalLM if lm_head else AutoModelForSequenceClassification
         # transformers reports every weight the checkpoint lacks (an encoder checkpoint always lacks the new task head,
         # and some lack the pooler: expected here) and which layers a tensor-parallel plan left unsharded (no such
         # plan runs here). mfpt names a missing weight outside the head itself, below.
         with quiet_transformers():
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                name, config=config, output_loading_info=True
-            )
+            model, info = auto.from_pretrained(name, config=config, output_loading_info=True)
+    except ConfigError:
+        raise
     except Exception as err:
         if is_unreachable(err):
             raise HubUnreachableError(unreachable_message(f"model.name = {name!r}", "model.name = its checkpoint folder",
@@ -114,8 +120,8 @@ def _load_backbone(name: str, num_labels: int) -> tuple[nn.Module, list[str]]:
 
 
 # Weights a classifier built from an encoder checkpoint lacks by design: the new task head and, in some checkpoints
-# (multilingual-e5), the pooler.
-_HEAD_PARTS = ("classifier.", "pooler.", "score.")
+# (multilingual-e5), the pooler; a base decoder checkpoint loaded as a causal LM, its (tied) LM head.
+_HEAD_PARTS = ("classifier.", "pooler.", "score.", "lm_head.")
 
 
 def _is_head_or_pooler(key: str) -> bool:
@@ -150,9 +156,10 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     if num_labels < 2:
         raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
     method = cfg.peft.method
+    lm_head = cfg.model.head == ModelHead.LM
     # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
     torch.manual_seed(cfg.seed)
-    model, missing = _load_backbone(cfg.model.name, num_labels)
+    model, missing = _load_backbone(cfg.model.name, num_labels, lm_head)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
     notes: list[str] = []
 
@@ -169,10 +176,13 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     notes += head_notes
     spec = METHODS.get(method.value)
     if is_decoder(model):
-        notes += prepare_decoder(model, tokenizer, spec.input_prompt, method == PeftMethod.PREFIX)
-    model = apply_method(model, cfg.peft, extra_trainable)
+        notes += prepare_decoder(model, tokenizer, spec.input_prompt, method == PeftMethod.PREFIX, lm_head)
+    model = apply_method(model, cfg.peft, extra_trainable, causal_lm=lm_head)
     if cfg.peft.init_std and spec.prompt_table:
         _scale_prompt_init(model, cfg.peft.init_std)
+    if lm_head:
+        model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
+        notes += word_notes
     device = pick_device(cfg.train.device)
     model.to(device)
     trainable, total = count_parameters(model)
@@ -205,10 +215,16 @@ def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]
     return max_length, ["head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')"]
 
 
-def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None) -> nn.Module:
-    """Wrap a sequence classifier with the configured PEFT method (or unfreeze everything for `full`)."""
+def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None,
+                 causal_lm: bool = False) -> nn.Module:
+    """Wrap a sequence classifier (or, `causal_lm`, a decoder's LM) with the configured PEFT method (or unfreeze
+    everything for `full`)."""
     ensure_supported_stack()  # every model mfpt trains passes here
     peft_config = METHODS.get(peft.method.value).build(peft, list(extra_trainable or []))
+    if peft_config is not None and causal_lm:
+        from peft import TaskType
+
+        peft_config.task_type = TaskType.CAUSAL_LM  # no head to add: the LM's own head reads the label words
     if peft_config is None:
         for param in model.parameters():
             param.requires_grad_(True)
@@ -221,7 +237,20 @@ def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] 
         return get_peft_model(model, peft_config)
 
 
-def prepare_decoder(model: nn.Module, tokenizer: Any, input_prompt: bool, prefix: bool) -> list[str]:
+def verbalized(model: nn.Module, tokenizer: Any, cfg: ExperimentConfig, num_labels: int) -> tuple[nn.Module, list[str]]:
+    """model.head = lm: the (peft-wrapped) causal LM read as a classifier over the label words; the notes say how."""
+    from mfpt.model.verbalizer import VerbalizedClassifier, label_token_ids
+
+    words = list(cfg.model.label_words or cfg.data.labels)
+    if len(words) != num_labels:
+        raise ConfigError(f"model.head = 'lm' has {len(words)} label words ({words}) for {num_labels} labels in the "
+                          "data; list data.labels (and model.label_words) as the data has them.")
+    ids, notes = label_token_ids(tokenizer, words, cfg.model.text_suffix)
+    notes.append(f"LM head: labels ranked by the next-token likelihood of {', '.join(map(repr, words))}")
+    return VerbalizedClassifier(model, ids), notes
+
+
+def prepare_decoder(model: nn.Module, tokenizer: Any, input_prompt: bool, prefix: bool, lm_head: bool = False) -> list[str]:
     """Make a decoder classifier read each text's last real token under every peft method; the notes say how.
 
     - a pad token where the tokenizer has none (its end-of-text token), known to the model, which finds the last
@@ -229,7 +258,9 @@ def prepare_decoder(model: nn.Module, tokenizer: Any, input_prompt: bool, prefix
     - input prompts (prompt, ptuning): peft passes embeddings, so the model reads the last position: texts are
       padded on the left, and position ids follow the attention mask (a padded text is read as it is alone);
     - prefix: peft is shown the `past_key_values` argument on the classifier itself (transformers 5.24 calls it
-      `cache`), so the classifier, not its backbone, takes the prefix and pools as usual; right padding.
+      `cache`), so the classifier, not its backbone, takes the prefix and pools as usual; right padding;
+    - lm_head (model.head = lm): every method pads on the left, as the label words are read at the last position,
+      and position ids follow the mask (after a prefix's virtual positions).
     """
     notes = []
     if tokenizer.pad_token is None:
@@ -239,8 +270,9 @@ def prepare_decoder(model: nn.Module, tokenizer: Any, input_prompt: bool, prefix
         tokenizer.pad_token = tokenizer.eos_token
         notes.append("tokenizer has no pad token: its end-of-text token pads")
     model.config.pad_token_id = tokenizer.pad_token_id
-    tokenizer.padding_side = "left" if input_prompt else "right"
-    if input_prompt:
+    left = input_prompt or lm_head
+    tokenizer.padding_side = "left" if left else "right"
+    if left:
         backbone = getattr(model, model.base_model_prefix)
         backbone.register_forward_pre_hook(_positions_from_mask, with_kwargs=True)
         # transformers warns on every such model that it cannot find pads in embeddings: left padding is the answer.
@@ -265,10 +297,14 @@ _LAST_POSITION_NOTICE = _DropLastPositionNotice()
 
 def _positions_from_mask(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict]:
     # peft puts the virtual tokens first and marks them in the mask: [v v v v pad pad t t] gets positions
-    # [0 1 2 3 3 3 4 5], those of [v v v v t t], so a padded text is read exactly as it is alone.
+    # [0 1 2 3 3 3 4 5], those of [v v v v t t], so a padded text is read exactly as it is alone. A prefix's virtual
+    # tokens are in the mask but not in the input (they come as past keys and values): the text's positions are the
+    # mask's last ones.
     mask = kwargs.get("attention_mask")
     if kwargs.get("position_ids") is None and mask is not None and mask.dim() == 2:
-        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        length = inputs.shape[1] if inputs is not None else mask.shape[1]
+        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
     return args, kwargs
 
 

@@ -83,6 +83,15 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+def local_artifact_root(uri: str) -> str | None:
+    """Beside a local sqlite store, its artefacts (`mlflow-artifacts/` in the database's folder); MLflow would put them
+    in ./mlruns of whatever directory the run was started from. None (the server's own choice) for other stores."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix):]).expanduser().resolve().parent / "mlflow-artifacts").as_uri()
+
+
 class MlflowTracker:
     """One MLflow run per mfpt run, in `uri` (a sqlite file by default); reopened by id when the run resumes."""
 
@@ -98,7 +107,8 @@ class MlflowTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             return
         found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
+        experiment_id = found.experiment_id if found is not None else self.client.create_experiment(
+            experiment, artifact_location=local_artifact_root(uri))
         self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
         files.write_json(out_dir / TRACKING_FILE, {**known, "mlflow_uri": uri, "mlflow_run_id": self.run_id,
                                                    "mlflow_experiment": experiment})

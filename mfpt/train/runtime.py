@@ -18,7 +18,7 @@ from mfpt.config import ExperimentConfig
 from mfpt.data.clients import ClientSpec, PreparedData, prepare
 from mfpt.model.factory import ClassifierModel, build_model
 from mfpt.model.state import trainable_state
-from mfpt.train.encoding import Encoded, encode
+from mfpt.train.encoding import Encoded, encode_for
 
 # Tokenised splits a process keeps. A simulation process serves many clients in turn (300 at the paper's scale):
 # each one's split is cheap to tokenise again but would otherwise stay in memory for the whole run. 64 covers
@@ -49,8 +49,8 @@ class Runtime:
         if key in self._encoded:
             self._encoded.move_to_end(key)
             return self._encoded[key]
-        self._encoded[key] = encode(rows(), self.classifier.tokenizer, self.data.labels,
-                                    self.classifier.max_length, self.cfg.model.text_prefix)
+        self._encoded[key] = encode_for(self.cfg.model, rows(), self.classifier.tokenizer, self.data.labels,
+                                        self.classifier.max_length)
         while len(self._encoded) > ENCODED_ENTRIES:
             self._encoded.popitem(last=False)
         return self._encoded[key]
