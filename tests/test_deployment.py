@@ -41,7 +41,7 @@ _spec.loader.exec_module(lf)
 
 
 def write_experiment(path: Path, model: Path, out_dir: Path, languages: list[str], personalization: dict | None = None,
-                     low_resource: tuple[str, ...] = (), **federation) -> Path:
+                     low_resource: tuple[str, ...] = (), attack: dict | None = None, **federation) -> Path:
     """An experiment TOML as an operator writes it: absolute paths, languages and labels spelled out, so the
     server never needs the data (it has none)."""
     fed = {"rounds": 2, "round_timeout": 60.0, **federation}
@@ -53,6 +53,8 @@ def write_experiment(path: Path, model: Path, out_dir: Path, languages: list[str
              "lr = 0.01", "threads = 1", 'device = "cpu"', ""]
     if personalization:
         lines += ["[personalization]", *[f"{k} = {json.dumps(v)}" for k, v in personalization.items()], ""]
+    if attack:
+        lines += ["[attack]", *[f"{k} = {json.dumps(v)}" for k, v in attack.items()], ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
@@ -192,6 +194,33 @@ def test_killed_supernode_is_logged_missing_and_the_run_completes(tmp_path, tiny
     assert missing and {r["client"] for r in missing} == {"swh"} and {r["round"] for r in missing} == {2}
     assert {r["client"] for r in rows if r["split"] == "train" and r["round"] == 2} == {"eng"}
     assert (out / "checkpoints" / "round-0002.safetensors").exists()
+
+
+def test_an_attack_on_the_loopback_deployment_is_carried_out_by_the_consenting_site(tmp_path, tiny_xlmr, node_files):
+    """swh is named the attacker and its site consents (node config attack=true): the deployment ends exactly where
+    the attacked simulation does, and results.json and report.md say it was attacked, how and by whom."""
+    out = tmp_path / "out"
+    attack = {"kind": "sign-flip", "languages": ["swh"], "factor": 5.0}
+    experiment = write_experiment(tmp_path / "experiment.toml", tiny_xlmr, out, LANGS, attack=attack)
+    with lf.LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        fed.start_supernode("eng", {"lang": "eng", "data-path": str(node_files["eng"])})
+        fed.start_supernode("swh", {"lang": "swh", "data-path": str(node_files["swh"]), "attack": "true"})
+        run_id = fed.submit({"experiment": str(experiment)})
+        status = fed.wait(run_id, RUN_TIMEOUT, done_file=out / "results.json")
+    assert status == "finished:completed", fed.run_log(run_id)[-3000:]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["attack"]["kind"] == "sign-flip" and results["attack"]["languages"] == ["swh"]
+    assert "ATTACKED RUN" in (out / "report.md").read_text(encoding="utf-8")
+    in_process_run(experiment, tmp_path / "simulated")
+    deployed_state, simulated_state = final_state(out), final_state(tmp_path / "simulated")
+    assert deployed_state.keys() == simulated_state.keys()
+    assert all(torch.allclose(deployed_state[k], simulated_state[k], atol=1e-6) for k in deployed_state)
+    # Without the attack the state differs: the site did send a flipped update.
+    honest = write_experiment(tmp_path / "honest.toml", tiny_xlmr, tmp_path / "honest", LANGS)
+    in_process_run(honest, tmp_path / "honest")
+    honest_state = final_state(tmp_path / "honest")
+    assert any(not torch.allclose(honest_state[k], deployed_state[k], atol=1e-4) for k in honest_state)
 
 
 def test_tls_and_supernode_authentication(tmp_path, node_files):
