@@ -242,3 +242,32 @@ def test_every_paradigm_runs_through_the_lm_head(tiny_decoders, paradigm, tmp_pa
     result = run_experiment(cfg, quiet=True)
     assert set(result.per_language) == {"eng", "swh"}
     assert all(0 <= s.accuracy <= 1 for s in result.per_language.values())
+
+
+@pytest.mark.parametrize("method", ("prompt", "ptuning", "lora", "full"))
+@pytest.mark.parametrize("family", ("xlmr", "qwen2", "bloom"))
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_decoders, tiny_xlmr, family, method, tmp_path):
+    import torch.nn.functional as F
+
+    model_dir = tiny_xlmr if family == "xlmr" else tiny_decoders[family]
+    grads = []
+    for checkpointing in (False, True):
+        built = build_model(_config(model_dir, method, tmp_path, **{"train.gradient_checkpointing": checkpointing}), 3)
+        model, tokenizer = built.model.train(), built.tokenizer
+        inputs = tokenizer(["health news from the hospital today", "sport"], padding=True, return_tensors="pt")
+        torch.manual_seed(1)  # the same dropout masks in both (checkpointing replays the RNG state)
+        F.cross_entropy(model(**inputs).logits, torch.tensor([0, 2])).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        if checkpointing:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            assert base.is_gradient_checkpointing
+            assert any("gradient checkpointing" in note for note in built.notes)
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0]), family
+
+
+def test_gradient_checkpointing_with_prefix_tuning_is_refused_in_one_line():
+    from mfpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="does not work with peft.method = 'prefix'"):
+        load_config(None, {"peft.method": "prefix", "train.gradient_checkpointing": True})

@@ -18,6 +18,7 @@ from mfpt.config.choices import (
     DpMode,
     ModelHead,
     Paradigm,
+    PeftMethod,
     PersonalizationMethod,
     Selection,
     StrategyName,
@@ -38,6 +39,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_attack(cfg)
     _check_tracking(cfg)
     _check_head(cfg)
+    _check_gradient_checkpointing(cfg)
 
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
@@ -346,6 +348,15 @@ def _check_tracking(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"tracking.backends has {unknown}; the trackers are {list(TRACKING_BACKENDS)}.")
     if len(set(backends)) != len(backends):
         raise ConfigError(f"tracking.backends = {backends} names a tracker twice; name each once.")
+
+
+def _check_gradient_checkpointing(cfg: ExperimentConfig) -> None:
+    """peft refuses prefix tuning under gradient checkpointing (its prefix travels as a cache, which checkpointing
+    cannot keep: peft/peft_model.py); say so before a model loads."""
+    if cfg.train.gradient_checkpointing and cfg.peft.method == PeftMethod.PREFIX:
+        raise ConfigError("train.gradient_checkpointing = true does not work with peft.method = 'prefix' (peft passes "
+                          "the prefix as a cache, which checkpointing cannot keep); use prompt, ptuning or lora, or "
+                          "turn gradient_checkpointing off.")
 
 
 def _check_head(cfg: ExperimentConfig) -> None:

@@ -260,6 +260,11 @@ class TrainConfig:
         "fp16 uses loss scaling; CUDA also gets TF32 matmuls. fp32 is bit-identical on every machine.",
         default=Precision.FP32,
     )
+    gradient_checkpointing: bool = _help(
+        "Recompute the model's activations in the backward pass instead of keeping them (transformers' gradient "
+        "checkpointing, non-reentrant): less memory for long texts and big models, about a third more compute; the "
+        "same gradients.", default=False,
+    )
     group_by_length: bool = _help(
         "Batch training examples of similar length together (sorted within chunks of 50 batches, batches "
         "shuffled with the seed): less padding, same reproducibility.",

@@ -174,6 +174,8 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
 
     max_length, head_notes = fit_inputs(model, cfg)
     notes += head_notes
+    if cfg.train.gradient_checkpointing:
+        notes.append(enable_gradient_checkpointing(model))
     spec = METHODS.get(method.value)
     if is_decoder(model):
         notes += prepare_decoder(model, tokenizer, spec.input_prompt, method == PeftMethod.PREFIX, lm_head)
@@ -213,6 +215,18 @@ def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]
         return max_length, []
     _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
     return max_length, ["head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')"]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> str:
+    """train.gradient_checkpointing: transformers' own, non-reentrant (it needs no input that requires grad, so it
+    works when the embeddings are frozen under every peft method); the note says so."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing = true, but {type(model).__name__} does not support it in "
+                          "transformers; set it to false.")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # a cache is for generation; it cannot be kept under checkpointing
+    return "gradient checkpointing: activations are recomputed in the backward pass"
 
 
 def apply_method(model: nn.Module, peft: PeftConfig, extra_trainable: list[str] | None = None,
