@@ -49,7 +49,7 @@ from mfpt.model.state import load_trainable_state, trainable_state
 from mfpt.train.encoding import Encoded, encode
 from mfpt.train.evaluation import evaluate
 from mfpt.train.loop import train
-from mfpt.train.precision import cpu_has_fast_bf16
+from mfpt.model.precision import cpu_has_fast_bf16
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:

@@ -271,3 +271,32 @@ def test_gradient_checkpointing_with_prefix_tuning_is_refused_in_one_line():
 
     with pytest.raises(ConfigError, match="does not work with peft.method = 'prefix'"):
         load_config(None, {"peft.method": "prefix", "train.gradient_checkpointing": True})
+
+
+@pytest.mark.parametrize("method", ("prompt", "prefix", "lora"))
+@pytest.mark.parametrize("family", ("xlmr", "qwen2", "gemma"))
+def test_a_bf16_base_trains_fp32_tensors_and_predicts(tiny_decoders, tiny_xlmr, family, method, tmp_path):
+    from mfpt.experiments.predict import Predictor
+
+    model_dir = tiny_xlmr if family == "xlmr" else tiny_decoders[family]
+    cfg = _config(model_dir, method, tmp_path, **{"model.dtype": "bfloat16", "train.precision": "bf16",
+                                                  "federation.rounds": 1})
+    built = build_model(cfg, 3)
+    params = dict(built.model.named_parameters())
+    assert {p.dtype for p in params.values() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in params.values() if not p.requires_grad} == {torch.bfloat16}
+    result = run_federated(InProcessGrid(2), cfg, quiet=True)
+    assert set(result.per_language) == {"eng", "swh"}
+    state = load_checkpoint(checkpoint_path(Path(cfg.output_dir), 1)).state
+    assert {t.dtype for t in state.values()} == {torch.float32}  # what travels and is saved stays fp32
+    rows = Predictor.from_run(cfg.output_dir, device="cpu").predict([{"text": "sport news", "lang": "en"}])
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_a_bf16_base_is_refused_without_bf16_autocast_in_one_line():
+    from mfpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs train.precision = 'bf16'"):
+        load_config(None, {"model.dtype": "bfloat16", "train.precision": "fp32"})
+    with pytest.raises(ConfigError, match="freezes nothing"):
+        load_config(None, {"model.dtype": "bfloat16", "train.precision": "bf16", "peft.method": "full"})

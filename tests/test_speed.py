@@ -19,16 +19,16 @@ from mfpt.experiments.paradigms import run_experiment
 from mfpt.federation import node as client_module
 from mfpt.federation.protocol import ARRAYS, CONFIG, ROUND_KEY
 from mfpt.federation.server import run_federated
+from mfpt.model import precision as precision_module
 from mfpt.model.factory import build_model
+from mfpt.model.precision import autocast_dtype
 from mfpt.results.checkpoints import checkpoint_path, load_checkpoint
 from mfpt.results.recorder import RunRecorder
 from mfpt.results.schema import METRICS_FILE, read_result
-from mfpt.train import precision as precision_module
 from mfpt.train.batching import length_grouped_order, shuffled_order
 from mfpt.train.dpsgd import DpSgd
 from mfpt.train.encoding import encode
 from mfpt.train.loop import train
-from mfpt.train.precision import autocast_dtype
 from mfpt.train.runtime import ENCODED_ENTRIES, Runtime
 from mfpt.train.schedule import best_round, choice_for, evaluated_rounds, evaluates_in_round
 

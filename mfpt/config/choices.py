@@ -66,6 +66,14 @@ class ModelHead(str, enum.Enum):
     LM = "lm"
 
 
+class ModelDtype(str, enum.Enum):
+    """The dtype the frozen base model is held in (model.dtype); trainable tensors are fp32 whatever it is."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
 class PoolAt(str, enum.Enum):
     BOS = "bos"
     FIRST = "first"
@@ -91,7 +99,7 @@ class Partition(str, enum.Enum):
 
 
 class Precision(str, enum.Enum):
-    """Forward-pass precision (mfpt.train.precision); trainable tensors and optimiser state are fp32 under every one."""
+    """Forward-pass precision (mfpt.model.precision); trainable tensors and optimiser state are fp32 under every one."""
 
     AUTO = "auto"
     FP32 = "fp32"

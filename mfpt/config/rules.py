@@ -16,10 +16,12 @@ from mfpt.config.choices import (
     AttackKind,
     ClipAt,
     DpMode,
+    ModelDtype,
     ModelHead,
     Paradigm,
     PeftMethod,
     PersonalizationMethod,
+    Precision,
     Selection,
     StrategyName,
     Weighting,
@@ -40,6 +42,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_tracking(cfg)
     _check_head(cfg)
     _check_gradient_checkpointing(cfg)
+    _check_dtype(cfg)
 
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
@@ -357,6 +360,20 @@ def _check_gradient_checkpointing(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.gradient_checkpointing = true does not work with peft.method = 'prefix' (peft passes "
                           "the prefix as a cache, which checkpointing cannot keep); use prompt, ptuning or lora, or "
                           "turn gradient_checkpointing off.")
+
+
+def _check_dtype(cfg: ExperimentConfig) -> None:
+    """A bf16 base needs bf16 autocast around it (the fp32 trainable tensors meet bf16 activations there), and
+    full fine-tuning has no frozen base to keep in bf16."""
+    if cfg.model.dtype != ModelDtype.BFLOAT16:
+        return
+    if cfg.train.precision not in (Precision.BF16, Precision.AUTO):
+        raise ConfigError(f"model.dtype = 'bfloat16' needs train.precision = 'bf16' (or 'auto' where it resolves to "
+                          f"bf16), not {cfg.train.precision.value!r}: the fp32 trainable tensors meet the bf16 base "
+                          "under bf16 autocast.")
+    if cfg.peft.method == PeftMethod.FULL:
+        raise ConfigError("model.dtype = 'bfloat16' keeps the frozen base in bf16, but peft.method = 'full' freezes "
+                          "nothing (every weight trains in fp32); use model.dtype = 'float32'.")
 
 
 def _check_head(cfg: ExperimentConfig) -> None:

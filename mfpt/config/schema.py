@@ -19,6 +19,7 @@ from mfpt.config.choices import (
     ClipAt,
     DistanceKind,
     DpMode,
+    ModelDtype,
     ModelHead,
     Paradigm,
     Partition,
@@ -62,6 +63,12 @@ class ModelConfig:
     label_words: tuple[str, ...] = _help(
         "head = lm: the word each label is read as, in data.labels order (empty = the label names). Each word's "
         "first token must differ from the others'.", default=(),
+    )
+    dtype: ModelDtype = _help(
+        "The frozen base model's weights: float32, bfloat16 (half the memory; needs train.precision = bf16 or auto, "
+        "whose autocast every forward pass then runs under), or auto (bfloat16 where train.precision resolves to "
+        "bf16 on the device, else float32). Trainable tensors, optimiser state and exchanged tensors stay fp32.",
+        default=ModelDtype.FLOAT32,
     )
     text_suffix: str = _help(
         "String after every text. head = lm: the cue before the label word (e.g. '\\nTopic:'), kept whole when "

@@ -87,6 +87,7 @@ class Predictor:
 
         frame = check_rows(rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows)), origin)
         self._warn_unseen(frame)
+        from mfpt.model.precision import autocast_dtype, forward_context
         from mfpt.train.encoding import batches, encode_for
 
         model = self.classifier
@@ -95,7 +96,9 @@ class Predictor:
                              model.max_length)
         probabilities: list[list[float]] = []
         model.model.eval()
-        with torch.inference_mode():
+        # The evaluation's precision: a bf16 base (model.dtype) runs under the bf16 autocast it was evaluated with.
+        autocast = forward_context(autocast_dtype(self.cfg.train.precision.value, model.device), model.device)
+        with torch.inference_mode(), autocast:
             for inputs, _ in batches(encoded, self.cfg.train.eval_batch_size, model.tokenizer):
                 logits = model.model(**{k: v.to(model.device) for k, v in inputs.items()}).logits.float()
                 probabilities += torch.softmax(logits, dim=-1).cpu().tolist()

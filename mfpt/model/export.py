@@ -25,6 +25,7 @@ from mfpt.model.factory import (
     quiet_transformers,
     verbalized,
 )
+from mfpt.model.precision import base_dtype
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
@@ -75,7 +76,8 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
         if is_decoder(model):
             notes += prepare_decoder(model, tokenizer, input_prompt, prefix=False, lm_head=lm_head)
     else:
-        model, _ = _load_backbone(cfg.model.name, num_labels, lm_head)
+        model, _ = _load_backbone(cfg.model.name, num_labels, lm_head,
+                                  base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device))
         max_length, notes = fit_inputs(model, cfg)  # before peft wraps it: the head hook sits on the bare model
         if is_decoder(model):  # as build_model did: pad token, padding side, position ids, the prefix argument
             notes += prepare_decoder(model, tokenizer, input_prompt, cfg.peft.method == PeftMethod.PREFIX, lm_head)

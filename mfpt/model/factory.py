@@ -22,6 +22,7 @@ from mfpt.config import ConfigError, ExperimentConfig, ModelHead, PeftConfig, Pe
 from mfpt.config.specs import METHODS
 from mfpt.core.hub import HubUnreachableError, ensure_hub_reachable, is_unreachable, unreachable_message
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values, expose_past_key_values_on
+from mfpt.model.precision import base_dtype
 
 log = logging.getLogger("mfpt")
 # How to fetch a model on a machine with the network, for a site without it.
@@ -74,8 +75,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _load_backbone(name: str, num_labels: int, lm_head: bool = False) -> tuple[nn.Module, list[str]]:
-    """The checkpoint as a sequence classifier with a new head, or (lm_head) as a causal LM with its own head."""
+def _load_backbone(name: str, num_labels: int, lm_head: bool = False,
+                   dtype: torch.dtype = torch.float32) -> tuple[nn.Module, list[str]]:
+    """The checkpoint as a sequence classifier with a new head, or (lm_head) as a causal LM with its own head, its
+    weights in `dtype` (model.dtype; fp32 trainable tensors are made by `keep_trainable_fp32`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     local = Path(name).expanduser()
@@ -95,7 +98,7 @@ def _load_backbone(name: str, num_labels: int, lm_head: bool = False) -> tuple[n
         # and some lack the pooler: expected here) and which layers a tensor-parallel plan left unsharded (no such
         # plan runs here). mfpt names a missing weight outside the head itself, below.
         with quiet_transformers():
-            model, info = auto.from_pretrained(name, config=config, output_loading_info=True)
+            model, info = auto.from_pretrained(name, config=config, output_loading_info=True, dtype=dtype)
     except ConfigError:
         raise
     except Exception as err:
@@ -157,9 +160,11 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
         raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
     method = cfg.peft.method
     lm_head = cfg.model.head == ModelHead.LM
+    device = pick_device(cfg.train.device)
+    dtype = base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device)
     # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
     torch.manual_seed(cfg.seed)
-    model, missing = _load_backbone(cfg.model.name, num_labels, lm_head)
+    model, missing = _load_backbone(cfg.model.name, num_labels, lm_head, dtype)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
     notes: list[str] = []
 
@@ -185,7 +190,8 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     if lm_head:
         model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
         notes += word_notes
-    device = pick_device(cfg.train.device)
+    if dtype != torch.float32:
+        notes.append(keep_trainable_fp32(model))
     model.to(device)
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
@@ -215,6 +221,18 @@ def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]
         return max_length, []
     _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
     return max_length, ["head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')"]
+
+
+def keep_trainable_fp32(model: nn.Module) -> str:
+    """A bf16 base (model.dtype) trains fp32 tensors: every trainable tensor is cast up, so the optimiser, the
+    exchanged state and the checkpoints are fp32 as under a float32 base; the note says what stays bf16."""
+    frozen = 0
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+        else:
+            frozen += param.numel()
+    return f"model.dtype: the frozen base ({frozen:,} weights) is bf16; the trainable tensors are fp32"
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> str:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from mfpt.config import Precision
+from mfpt.model.precision import autocast_dtype, forward_context
 from mfpt.train.encoding import Encoded, batches
-from mfpt.train.precision import autocast_dtype, forward_context
 
 
 @dataclass

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from mfpt.config import TrainConfig
+from mfpt.model.precision import autocast_dtype, forward_context, grad_scaler
 from mfpt.train.batching import length_grouped_order, shuffled_order
 from mfpt.train.dpsgd import DpSgd
 from mfpt.train.encoding import Encoded, collate
-from mfpt.train.precision import autocast_dtype, forward_context, grad_scaler
 
 
 @dataclass

@@ -39,6 +39,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return _DTYPES.get(precision)
 
 
+def base_dtype(model_dtype: str, precision: str, device: torch.device) -> torch.dtype:
+    """model.dtype as the frozen base's torch dtype on `device`: bfloat16, float32, or (auto) bfloat16 where
+    train.precision resolves to bf16 autocast there. A bf16 base outside bf16 autocast is refused in one line."""
+    from mfpt.config import ConfigError
+
+    autocast = autocast_dtype(precision, device)
+    if model_dtype == "auto":
+        return torch.bfloat16 if autocast is torch.bfloat16 else torch.float32
+    if model_dtype == "bfloat16":
+        if autocast is not torch.bfloat16:
+            raise ConfigError(f"model.dtype = 'bfloat16' needs bf16 autocast, but train.precision = {precision!r} "
+                              f"gives none on {device.type}; set train.precision = 'bf16' or model.dtype = 'float32'.")
+        return torch.bfloat16
+    return torch.float32
+
+
 def forward_context(dtype: torch.dtype | None, device: torch.device) -> ContextManager:
     """Autocast around a forward pass (a no-op for fp32); enables TF32 matmuls on CUDA."""
     if device.type == "cuda":
