@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mfpt.core.network import is_loopback
+
 CONNECTION = "mfpt-local"
 
 # The Flower app that `flwr run` ships (the FAB): app/pyproject.toml, which holds no code. The code is the installed
@@ -48,15 +50,6 @@ APP_PYPROJECT = (Path(__file__).resolve().parents[1] / "app" / "pyproject.toml")
 
 class FederationError(RuntimeError):
     """A process of the local federation failed; the message names it and where its log is."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_insecure(host: str, insecure: bool, force: bool = False) -> None:

@@ -102,8 +102,8 @@ def test_a_federated_run_trains_each_decoder_family_with_each_method(tiny_decode
     assert any(not torch.allclose(state[n], initial[n].detach()) for n in state)  # and they trained
 
 
-def test_a_decoder_run_resumes_exactly(tiny_decoders, tmp_path):
-    full = _config(tiny_decoders["qwen2"], "prefix", tmp_path, output_dir=str(tmp_path / "full"))
+def assert_resumes_exactly(full, tmp_path: Path) -> None:
+    """`full` run straight through, and again cut as round 2 starts and resumed: the same final state, bit for bit."""
     run_federated(InProcessGrid(2), full, quiet=True)
     cut = full.replace(output_dir=str(tmp_path / "cut"))
 
@@ -113,9 +113,14 @@ def test_a_decoder_run_resumes_exactly(tiny_decoders, tmp_path):
     with pytest.raises(Crash):  # dies as round 2 starts: round 1 is its last checkpoint
         run_federated(InProcessGrid(2, crash=crash_in_round_2), cut, quiet=True)
     run_federated(InProcessGrid(2), cut, quiet=True, resume=True)
-    a = load_checkpoint(checkpoint_path(tmp_path / "full", 2)).state
+    a = load_checkpoint(checkpoint_path(Path(full.output_dir), 2)).state
     b = load_checkpoint(checkpoint_path(tmp_path / "cut", 2)).state
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_decoder_run_resumes_exactly(tiny_decoders, tmp_path):
+    assert_resumes_exactly(_config(tiny_decoders["qwen2"], "prefix", tmp_path, output_dir=str(tmp_path / "full")),
+                           tmp_path)
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix"])
@@ -205,19 +210,8 @@ def test_a_federated_run_trains_each_decoder_family_through_its_lm_head(tiny_dec
 def test_an_lm_head_run_resumes_exactly_and_predicts(tiny_decoders, tmp_path):
     from mfpt.experiments.predict import Predictor
 
-    full = _lm_config(tiny_decoders["qwen3"], "prompt", tmp_path, output_dir=str(tmp_path / "full"))
-    run_federated(InProcessGrid(2), full, quiet=True)
-    cut = full.replace(output_dir=str(tmp_path / "cut"))
-
-    def crash_in_round_2(msg) -> bool:
-        return msg.metadata.message_type == "train" and int(msg.content[CONFIG][ROUND_KEY]) == 2
-
-    with pytest.raises(Crash):
-        run_federated(InProcessGrid(2, crash=crash_in_round_2), cut, quiet=True)
-    run_federated(InProcessGrid(2), cut, quiet=True, resume=True)
-    a = load_checkpoint(checkpoint_path(tmp_path / "full", 2)).state
-    b = load_checkpoint(checkpoint_path(tmp_path / "cut", 2)).state
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumes_exactly(_lm_config(tiny_decoders["qwen3"], "prompt", tmp_path, output_dir=str(tmp_path / "full")),
+                           tmp_path)
     predictor = Predictor.from_run(tmp_path / "full", device="cpu")
     rows = predictor.predict([{"text": "health news from the hospital today", "lang": "en"}])
     assert rows[0]["label"] in ("health", "politics", "sport")

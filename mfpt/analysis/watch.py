@@ -11,7 +11,6 @@ A path that leaves the served folder (`..`, an absolute path, a link pointing ou
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import mimetypes
 import socket
@@ -23,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from mfpt.analysis.live import is_run_folder, list_runs, run_state
 from mfpt.core.errors import UserError
+from mfpt.core.network import is_loopback
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"watch.html": "text/html", "watch.js": "text/javascript", "watch.css": "text/css"}
@@ -42,15 +42,6 @@ def inside(root: Path, relative: str) -> Path:
     if target != root and root not in target.parents:
         raise OutsideFolder(relative)
     return target
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WatchServer(ThreadingHTTPServer):

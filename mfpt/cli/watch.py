@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from mfpt.analysis.watch import is_loopback, open_server
+from mfpt.analysis.watch import open_server
+from mfpt.core.network import is_loopback
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
