@@ -158,3 +158,24 @@ def test_secure_aggregation_refuses_a_round_of_one_client(make_config, tmp_path)
     cfg = federated_config(make_config, tmp_path, **{"privacy.secure_aggregation": True, "federation.fraction_train": 0.34})
     with pytest.raises(ConfigError, match="federation.fraction_train"):
         run_federated(SerialisingGrid(3), cfg, quiet=True)
+
+
+def test_the_dp_noise_is_sized_to_the_updates_secagg_averaged_not_to_the_sample():
+    """A client that goes silent in SecAgg+ is no failure to Flower's DP wrapper; the noise on the average of the
+    survivors must be noise_multiplier x clip_norm / survivors (here 1 x 1 / 2), not / sampled (1 / 3)."""
+    from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from mfpt.federation.secure_aggregation import SummedUpdatesDpClipping
+
+    zeros = ndarrays_to_parameters([np.zeros(200_000, dtype=np.float32)])
+
+    class Average:  # the inner strategy: the (already unmasked) average of the survivors, here all zeros
+        def aggregate_fit(self, server_round, results, failures) -> tuple[Parameters, dict]:
+            return zeros, {}
+
+    wrapper = SummedUpdatesDpClipping(Average(), noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=3)
+    survivors = [(None, FitRes(Status(Code.OK, ""), zeros, 1, {})) for _ in range(2)]
+    noised, _ = wrapper.aggregate_fit(1, survivors, [])
+    std = float(np.std(parameters_to_ndarrays(noised)[0]))
+    assert std == pytest.approx(1 / 2, rel=0.02)
+    assert wrapper.aggregate_fit(1, survivors, [RuntimeError("a client's error reply")]) == (None, {})

@@ -17,9 +17,10 @@ through Flower's own workflow API with its FedAvg (the paper's strategy), as fol
 - client: `secure_mod` hands SecAgg+ messages to Flower's `secaggplus_mod`; `legacy_train` answers the legacy
   train message with mfpt's one training loop. The cryptography (key agreement, Shamir shares, masks,
   quantisation) is all Flower's.
-Limits: parameters are quantised in [-8, 8] (Flower's clipping_range; prompts and heads sit far inside it), and
-with client-level DP a round in which any sampled client dropped is not applied (Flower's legacy DP wrapper
-refuses failures), so the noise always matches the number of clipped updates summed.
+Limits: parameters are quantised in [-8, 8] (Flower's clipping_range; prompts and heads sit far inside it). With
+client-level DP, a round in which a sampled client sent an error is not applied (Flower's legacy DP wrapper refuses
+failures), and when a client goes silent the noise is sized to the updates SecAgg+ actually averaged
+(SummedUpdatesDpClipping).
 """
 
 from __future__ import annotations
@@ -177,12 +178,26 @@ class SecureFedAvg(LegacyFedAvg):
         return None
 
 
+class SummedUpdatesDpClipping(LegacyDpClientSideFixedClipping):
+    """Flower's legacy client-side-clipping DP wrapper, with the noise sized to the updates actually averaged.
+
+    SecAgg+ drops a client that goes silent mid-protocol without reporting a failure (its workflow records only
+    error replies), and averages the others' updates; Flower's wrapper would still size the noise to the sampled
+    count, which is too little noise for an average of fewer clipped updates. Here the noise's std is
+    noise_multiplier x clip_norm / (the number of updates averaged), as the account assumes. A round with an error
+    reply is still not applied (Flower's rule)."""
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Parameters | None, dict]:
+        self.num_sampled_clients = max(len(results), 1)
+        return super().aggregate_fit(server_round, results, failures)
+
+
 def legacy_strategy(cfg: ExperimentConfig, secure: SecureFedAvg) -> Any:
     """The legacy strategy for the workflow: SecureFedAvg, inside Flower's legacy client-side DP wrapper if asked."""
     if cfg.privacy.dp != DpMode.CLIENT:
         return secure
-    return LegacyDpClientSideFixedClipping(secure, client_account(cfg).noise_multiplier, cfg.privacy.clip_norm,
-                                           sampled_clients(cfg))
+    return SummedUpdatesDpClipping(secure, client_account(cfg).noise_multiplier, cfg.privacy.clip_norm,
+                                   sampled_clients(cfg))
 
 
 def run_secure_rounds(grid: Grid, cfg: ExperimentConfig, strategy: MfptStrategy, state: Mapping[str, torch.Tensor],
