@@ -186,3 +186,26 @@ def test_a_sweep_report_marks_the_majority_class_and_names_its_seeds(tmp_path):
 
     assert sweep_title(tmp_path / "runs" / "sweep") == "Sweep runs/sweep"
     assert sweep_title(tmp_path / "paradigms") == "Sweep paradigms"
+
+
+def test_keys_of_another_peft_method_do_not_split_a_setting(tmp_path):
+    """Two seeds of a prefix run recorded under different LoRA defaults are one setting; LoRA runs that differ in
+    them are two."""
+    import json
+
+    from mfpt.analysis.grouping import group_runs, load_runs
+
+    folders = [fake_run(tmp_path / "runs", "federated", seed, {"eng": 0.5, "hau": 0.4}) for seed in (0, 1)]
+    for folder, modules in zip(folders, (["query", "value"], [])):
+        path = folder / "results.json"
+        result = json.loads(path.read_text(encoding="utf-8"))
+        result["config"]["peft"]["lora_target_modules"] = modules
+        path.write_text(json.dumps(result), encoding="utf-8")
+    groups = group_runs(load_runs([tmp_path / "runs"]))
+    assert len(groups) == 1 and groups[0].seeds == [0, 1]
+    for folder in folders:  # the same two runs as LoRA runs: the modules now set them apart
+        path = folder / "results.json"
+        result = json.loads(path.read_text(encoding="utf-8"))
+        result["method"], result["config"]["peft"]["method"] = "lora", "lora"
+        path.write_text(json.dumps(result), encoding="utf-8")
+    assert len(group_runs(load_runs([tmp_path / "runs"]))) == 2

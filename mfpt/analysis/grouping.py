@@ -154,11 +154,21 @@ def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
     return list(found.values())
 
 
+# PEFT keys that only one method reads: a run of another method ignores them, so they do not set it apart (a
+# prefix run recorded before lora_target_modules' default changed is the same setting as one recorded after).
+METHOD_KEYS = {"peft.lora_r": "lora", "peft.lora_alpha": "lora", "peft.lora_dropout": "lora",
+               "peft.lora_target_modules": "lora", "peft.prefix_projection": "prefix"}
+
+
 def run_setting(results: RunResult) -> dict[str, Any]:
-    """The flattened config that defines a run's setting (seed, name and folder left out)."""
+    """The flattened config that defines a run's setting (seed, name and folder left out, and the keys of PEFT
+    methods other than its own)."""
     flat = flat_config(results.config)
     for key in IGNORED_KEYS:
         flat.pop(key, None)
+    for key, method in METHOD_KEYS.items():
+        if results.method != method:
+            flat.pop(key, None)
     if not paradigm_facts(results.paradigm).uses_rounds:
         flat.pop("federation.rounds", None)  # recorded as one stage (round 1) whatever the sweep's rounds
     flat.setdefault("paradigm", results.paradigm)
