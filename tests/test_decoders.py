@@ -163,36 +163,51 @@ def _lm_config(model: Path, method: str, tmp_path: Path, **overrides):
                                                "model.text_suffix": " topic:", **overrides})
 
 
+# The tiny tokenizer spells most words letter by letter: these three are one token each, the label names several.
+ONE_TOKEN_WORDS = ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("words", (ONE_TOKEN_WORDS, ["health", "politics", "sport"]), ids=("one-token", "multi-token"))
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_lm_head_ranks_the_label_words_and_reads_a_padded_text_as_alone(tiny_decoders, family, method, tmp_path):
-    from mfpt.config import load_config as _load
+def test_the_lm_head_ranks_the_label_words_and_reads_a_padded_text_as_alone(tiny_decoders, family, method, words,
+                                                                            tmp_path):
+    import numpy as np
+    import pandas as pd
+
     from mfpt.train.encoding import collate, encode_for
 
-    cfg = _lm_config(tiny_decoders[family], method, tmp_path)
+    cfg = _lm_config(tiny_decoders[family], method, tmp_path, **{"model.label_words": words})
     built = build_model(cfg, 3)
     model, tokenizer = built.model.eval(), built.tokenizer
-    frame = __import__("pandas").DataFrame({"text": ["health news from the hospital today", "sport"],
-                                            "label": ["health", "sport"]})
+    frame = pd.DataFrame({"text": ["health news from the hospital today", "sport"], "label": ["health", "sport"]})
     data = encode_for(cfg.model, frame, tokenizer, list(cfg.data.labels), built.max_length)
     cue = tokenizer(" topic:", add_special_tokens=False)["input_ids"]
     assert all(f["input_ids"][-len(cue):] == cue for f in data.features)  # every text ends with the cue
     with torch.no_grad():
-        inputs, _ = collate(data, __import__("numpy").arange(2), tokenizer)
+        inputs, _ = collate(data, np.arange(2), tokenizer)
         batch = model(**inputs).logits
-        alone = torch.cat([model(**collate(data, __import__("numpy").array([i]), tokenizer)[0]).logits for i in (0, 1)])
+        alone = torch.cat([model(**collate(data, np.array([i]), tokenizer)[0]).logits for i in (0, 1)])
     assert inputs["attention_mask"][1].tolist().count(0) > 0 and inputs["attention_mask"][1, 0] == 0  # left-padded
     assert batch.shape == (2, 3)
-    assert torch.allclose(batch, alone, atol=1e-5), (family, method)
-    # The scores are the LM's next-token logits at each label word's first token.
-    ids = model.label_ids.tolist()
-    assert len(set(ids)) == 3
+    assert torch.allclose(batch, alone, atol=1e-4), (family, method)
+    # The scores are the LM's own: next-token logits at one-token words, else each whole word's log-likelihood.
+    first = collate(data, np.array([0]), tokenizer)[0]
     with torch.no_grad():
-        full = model.lm(**collate(data, __import__("numpy").array([0]), tokenizer)[0]).logits[0, -1]
-    assert torch.allclose(alone[0], full[ids], atol=1e-5)
+        if model.single_token:
+            expected = model.lm(**first).logits[0, -1][model.label_ids]
+        else:
+            expected = []
+            for tokens in model.label_tokens:
+                ids = torch.cat([first["input_ids"], torch.tensor([tokens])], 1)
+                logits = model.lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].log_softmax(-1)
+                # From the end: an input prompt's virtual positions come first in the logits.
+                expected.append(sum(logits[len(logits) - len(tokens) - 1 + k, t] for k, t in enumerate(tokens)))
+            expected = torch.stack(expected)
+    assert model.single_token == (words == ONE_TOKEN_WORDS)
+    assert torch.allclose(alone[0], expected, atol=1e-4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(any(part in n for part in ("prompt_encoder", "lora_")) for n in trainable), trainable
-    del _load
 
 
 @pytest.mark.parametrize("method", ("prompt", "prefix", "lora"))
@@ -221,7 +236,7 @@ def test_an_lm_head_run_resumes_exactly_and_predicts(tiny_decoders, tmp_path):
 def test_the_lm_head_refuses_what_it_cannot_read(tiny_decoders, tiny_xlmr, tmp_path):
     from mfpt.config import ConfigError
 
-    with pytest.raises(ConfigError, match="start with the same token"):
+    with pytest.raises(ConfigError, match="are the same tokens"):
         build_model(_lm_config(tiny_decoders["qwen2"], "lora", tmp_path,
                                **{"model.label_words": ["sport", "sport", "health"]}), 3)
     with pytest.raises(ConfigError, match="reads a decoder's own language-model head"):

@@ -56,13 +56,13 @@ class ModelConfig:
     )
     head: ModelHead = _help(
         "classifier (a classification head on the encoder's [CLS] or the decoder's last token) or lm (decoders "
-        "only: verbalised classification, the labels ranked by the LM's likelihood of each label word's first "
-        "token after the text and text_suffix; needs data.labels, in the order of model.label_words).",
+        "only: verbalised classification, the labels ranked by the LM's likelihood of each label's word after the "
+        "text and text_suffix; needs data.labels, in the order of model.label_words).",
         default=ModelHead.CLASSIFIER,
     )
     label_words: tuple[str, ...] = _help(
-        "head = lm: the word each label is read as, in data.labels order (empty = the label names). Each word's "
-        "first token must differ from the others'.", default=(),
+        "head = lm: the word each label is read as, in data.labels order (empty = the label names). One-token words "
+        "are scored in one forward pass; longer ones by their whole log-likelihood, one pass per label.", default=(),
     )
     dtype: ModelDtype = _help(
         "The frozen base model's weights: float32, bfloat16 (half the memory; needs train.precision = bf16 or auto, "

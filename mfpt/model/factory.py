@@ -278,7 +278,7 @@ def verbalized(model: nn.Module, tokenizer: Any, cfg: ExperimentConfig, num_labe
         raise ConfigError(f"model.head = 'lm' has {len(words)} label words ({words}) for {num_labels} labels in the "
                           "data; list data.labels (and model.label_words) as the data has them.")
     ids, notes = label_token_ids(tokenizer, words, cfg.model.text_suffix)
-    notes.append(f"LM head: labels ranked by the next-token likelihood of {', '.join(map(repr, words))}")
+    notes.append(f"LM head: labels ranked by the likelihood of {', '.join(map(repr, words))} after the text")
     return VerbalizedClassifier(model, ids), notes
 
 
