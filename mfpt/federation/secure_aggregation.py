@@ -137,6 +137,7 @@ class SecureFedAvg(LegacyFedAvg):
         chosen = sorted(n for n in self.mfpt._sample(server_round, self.cfg.federation.fraction_train, False)
                         if n in proxies)
         self._sampled = set(chosen)
+        self.mfpt.listener.on_sampled(self.mfpt.round_offset + server_round, "train", self.mfpt._names(chosen))
         config = {**config_entries(self.cfg), ROUND_KEY: self.mfpt.round_offset + server_round}
         self._bytes_down = sum(len(t) for t in parameters.tensors) * len(chosen)
         return [(proxies[n], FitIns(parameters, dict(config))) for n in chosen]
