@@ -47,7 +47,7 @@ def child(entries_path: str, node_config_path: str) -> None:
 
     runtime_module.prepare = timed("data", runtime_module.prepare)
     runtime_module.build_model = timed("model", runtime_module.build_model)
-    runtime_module.encode = timed("tokenise", runtime_module.encode)
+    runtime_module.encode_for = timed("tokenise", runtime_module.encode_for)
     entries = json.loads(Path(entries_path).read_text(encoding="utf-8"))
     node_config = json.loads(Path(node_config_path).read_text(encoding="utf-8"))
     t0 = time.perf_counter()

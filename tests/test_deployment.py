@@ -317,3 +317,18 @@ def test_personalised_methods_on_the_deployment_equal_the_in_process_run(method,
     for lang in a.personal:
         for key in a.personal[lang]:
             torch.testing.assert_close(a.personal[lang][key], b.personal[lang][key], rtol=0, atol=0)
+
+
+def test_the_per_message_cost_benchmark_times_each_phase_of_a_fresh_clientapp_process(tmp_path, tiny_xlmr):
+    """Each deployment message runs in a new ClientApp process (Flower 1.42); benchmarks/bench_clientapp_process.py
+    measures what such a process spends before and on the message's own work (docs/speed.md). It runs here on the
+    tiny model, so that the measurement documented there keeps working; the figures are not asserted."""
+    experiment = write_experiment(tmp_path / "experiment.toml", tiny_xlmr, tmp_path / "out", LANGS)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_clientapp_process.py"), "--config",
+                           str(experiment), "--lang", "swh", "--repeats", "1"], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for phase in ("import", "config", "data", "model", "tokenise", "train", "evaluate", "process"):
+        assert any(line.split()[:1] == [phase] and line.rstrip().endswith(" s") for line in done.stdout.splitlines()), (
+            phase, done.stdout)
+    assert "x the work" in done.stdout
