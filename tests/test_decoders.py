@@ -309,3 +309,19 @@ def test_a_bf16_base_is_refused_without_bf16_autocast_in_one_line():
         load_config(None, {"model.dtype": "bfloat16", "train.precision": "fp32"})
     with pytest.raises(ConfigError, match="freezes nothing"):
         load_config(None, {"model.dtype": "bfloat16", "train.precision": "bf16", "peft.method": "full"})
+
+
+def test_quantisation_is_refused_on_a_cpu_and_with_full_fine_tuning_in_one_line(tiny_decoders, tmp_path, monkeypatch):
+    from mfpt.config import ConfigError
+    from mfpt.model.factory import quantization_arguments
+
+    with pytest.raises(ConfigError, match=r"'4bit' runs on a CUDA GPU only .* resolves to cpu") as err:
+        build_model(_config(tiny_decoders["qwen2"], "lora", tmp_path, **{"model.quantization": "4bit"}), 3)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="trains every weight"):
+        load_config(None, {"model.quantization": "8bit", "peft.method": "full"})
+    # Where a GPU is but bitsandbytes is not installed, the message names what to install.
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)
+    with pytest.raises(ConfigError, match=r"needs bitsandbytes: pip install 'mfpt\[quantization\]'"):
+        quantization_arguments("4bit", torch.device("cuda", 0))
+    assert quantization_arguments("none", torch.device("cpu")) is None

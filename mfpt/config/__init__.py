@@ -20,6 +20,7 @@ from mfpt.config.choices import (
                                  PersonalizationMethod,
                                  PoolAt,
                                  Precision,
+                                 Quantization,
                                  Selection,
                                  StrategyName,
                                  Weighting,
@@ -45,7 +46,7 @@ from mfpt.core.errors import ConfigError
 __all__ = [
     "SECTIONS", "AttackKind", "ClipAt", "ConfigError", "DataConfig", "DistanceKind", "DpMode", "ExperimentConfig",
     "FederationConfig", "ModelConfig", "Paradigm", "Partition", "PeftConfig", "PeftMethod", "PersonalizationConfig",
-    "ModelDtype", "ModelHead", "PersonalizationMethod", "PoolAt", "Precision", "PrivacyConfig", "Selection", "StrategyName", "TrainConfig",
+    "ModelDtype", "ModelHead", "PersonalizationMethod", "PoolAt", "Precision", "PrivacyConfig", "Quantization", "Selection", "StrategyName", "TrainConfig",
     "TransferConfig", "Weighting", "describe", "describe_markdown", "from_dict", "from_flat", "load_config", "parse_override",
     "set_dotted", "to_dict", "to_flat", "to_toml",
 ]

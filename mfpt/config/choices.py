@@ -74,6 +74,14 @@ class ModelDtype(str, enum.Enum):
     BFLOAT16 = "bfloat16"
 
 
+class Quantization(str, enum.Enum):
+    """model.quantization: the frozen base in 8 or 4 bits through bitsandbytes (QLoRA), CUDA only."""
+
+    NONE = "none"
+    INT8 = "8bit"
+    NF4 = "4bit"
+
+
 class PoolAt(str, enum.Enum):
     BOS = "bos"
     FIRST = "first"

@@ -22,6 +22,7 @@ from mfpt.config.choices import (
     PeftMethod,
     PersonalizationMethod,
     Precision,
+    Quantization,
     Selection,
     StrategyName,
     Weighting,
@@ -43,6 +44,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_head(cfg)
     _check_gradient_checkpointing(cfg)
     _check_dtype(cfg)
+    _check_quantization(cfg)
 
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
@@ -374,6 +376,14 @@ def _check_dtype(cfg: ExperimentConfig) -> None:
     if cfg.peft.method == PeftMethod.FULL:
         raise ConfigError("model.dtype = 'bfloat16' keeps the frozen base in bf16, but peft.method = 'full' freezes "
                           "nothing (every weight trains in fp32); use model.dtype = 'float32'.")
+
+
+def _check_quantization(cfg: ExperimentConfig) -> None:
+    """A quantised base cannot train: full fine-tuning, which trains every weight, is refused with it."""
+    if cfg.model.quantization != Quantization.NONE and cfg.peft.method == PeftMethod.FULL:
+        raise ConfigError(f"model.quantization = {cfg.model.quantization.value!r} quantises the frozen base, but "
+                          "peft.method = 'full' trains every weight; use lora (QLoRA) or a prompt method, or "
+                          "model.quantization = 'none'.")
 
 
 def _check_head(cfg: ExperimentConfig) -> None:

@@ -27,6 +27,7 @@ from mfpt.config.choices import (
     PersonalizationMethod,
     PoolAt,
     Precision,
+    Quantization,
     Selection,
     StrategyName,
     Weighting,
@@ -69,6 +70,11 @@ class ModelConfig:
         "whose autocast every forward pass then runs under), or auto (bfloat16 where train.precision resolves to "
         "bf16 on the device, else float32). Trainable tensors, optimiser state and exchanged tensors stay fp32.",
         default=ModelDtype.FLOAT32,
+    )
+    quantization: Quantization = _help(
+        "none, 8bit or 4bit (NF4 with bf16 compute, double quantisation): the frozen base quantised by bitsandbytes "
+        "as in QLoRA, on a CUDA GPU only (install the quantization extra); the trainable tensors stay fp32. Not "
+        "with full fine-tuning.", default=Quantization.NONE,
     )
     text_suffix: str = _help(
         "String after every text. head = lm: the cue before the label word (e.g. '\\nTopic:'), kept whole when "

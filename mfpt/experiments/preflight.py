@@ -74,4 +74,7 @@ def preflight(cfg: ExperimentConfig, node_config: Mapping[str, Any] | None = Non
     if cfg.tracking.backends:
         require_installed(cfg)
         passed.append(f"trackers: {', '.join(cfg.tracking.backends)} installed")
+    if cfg.model.quantization.value != "none":  # checked where the run trains, which may not be this machine
+        passed.append(f"model.quantization = {cfg.model.quantization.value!r}: needs a CUDA GPU and bitsandbytes on "
+                      "the machines that train (each refuses otherwise, in one line)")
     return passed

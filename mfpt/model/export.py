@@ -22,6 +22,7 @@ from mfpt.model.factory import (
     fit_inputs,
     is_decoder,
     prepare_decoder,
+    quantization_arguments,
     quiet_transformers,
     verbalized,
 )
@@ -77,7 +78,8 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
             notes += prepare_decoder(model, tokenizer, input_prompt, prefix=False, lm_head=lm_head)
     else:
         model, _ = _load_backbone(cfg.model.name, num_labels, lm_head,
-                                  base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device))
+                                  base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device),
+                                  quantization_arguments(cfg.model.quantization.value, device))
         max_length, notes = fit_inputs(model, cfg)  # before peft wraps it: the head hook sits on the bare model
         if is_decoder(model):  # as build_model did: pad token, padding side, position ids, the prefix argument
             notes += prepare_decoder(model, tokenizer, input_prompt, cfg.peft.method == PeftMethod.PREFIX, lm_head)
@@ -85,6 +87,8 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
     if lm_head:
         model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
         notes += word_notes
-    model.to(device).eval()
+    if cfg.model.quantization.value == "none":  # a quantised model was placed on its GPU as it loaded
+        model.to(device)
+    model.eval()
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, cfg.peft.method, trainable, total, notes)

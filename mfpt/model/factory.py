@@ -75,10 +75,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _load_backbone(name: str, num_labels: int, lm_head: bool = False,
-                   dtype: torch.dtype = torch.float32) -> tuple[nn.Module, list[str]]:
+def _load_backbone(name: str, num_labels: int, lm_head: bool = False, dtype: torch.dtype = torch.float32,
+                   quantization: dict[str, Any] | None = None) -> tuple[nn.Module, list[str]]:
     """The checkpoint as a sequence classifier with a new head, or (lm_head) as a causal LM with its own head, its
-    weights in `dtype` (model.dtype; fp32 trainable tensors are made by `keep_trainable_fp32`)."""
+    weights in `dtype` (model.dtype; fp32 trainable tensors are made by `keep_trainable_fp32`), or quantised
+    (`quantization`: from_pretrained's arguments from `quantization_arguments`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     local = Path(name).expanduser()
@@ -98,7 +99,8 @@ def _load_backbone(name: str, num_labels: int, lm_head: bool = False,
         # and some lack the pooler: expected here) and which layers a tensor-parallel plan left unsharded (no such
         # plan runs here). mfpt names a missing weight outside the head itself, below.
         with quiet_transformers():
-            model, info = auto.from_pretrained(name, config=config, output_loading_info=True, dtype=dtype)
+            model, info = auto.from_pretrained(name, config=config, output_loading_info=True, dtype=dtype,
+                                               **(quantization or {}))
     except ConfigError:
         raise
     except Exception as err:
@@ -162,9 +164,10 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     lm_head = cfg.model.head == ModelHead.LM
     device = pick_device(cfg.train.device)
     dtype = base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device)
+    quantization = quantization_arguments(cfg.model.quantization.value, device)
     # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
     torch.manual_seed(cfg.seed)
-    model, missing = _load_backbone(cfg.model.name, num_labels, lm_head, dtype)
+    model, missing = _load_backbone(cfg.model.name, num_labels, lm_head, dtype, quantization)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
     notes: list[str] = []
 
@@ -179,7 +182,13 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
 
     max_length, head_notes = fit_inputs(model, cfg)
     notes += head_notes
-    if cfg.train.gradient_checkpointing:
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA's preparation: norms and the head in fp32, inputs that carry gradients through the frozen base.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+        notes.append(f"model.quantization: the frozen base is {cfg.model.quantization.value} (bitsandbytes)")
+    elif cfg.train.gradient_checkpointing:
         notes.append(enable_gradient_checkpointing(model))
     spec = METHODS.get(method.value)
     if is_decoder(model):
@@ -190,9 +199,10 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     if lm_head:
         model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
         notes += word_notes
-    if dtype != torch.float32:
+    if dtype != torch.float32 or quantization:
         notes.append(keep_trainable_fp32(model))
-    model.to(device)
+    if not quantization:  # a quantised model is placed on its GPU as it loads and cannot be moved
+        model.to(device)
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
 
@@ -221,6 +231,29 @@ def fit_inputs(model: nn.Module, cfg: ExperimentConfig) -> tuple[int, list[str]]
         return max_length, []
     _read_after_prompt(model, model_type, cfg.peft.num_virtual_tokens)
     return max_length, ["head reads <s>/[CLS], after the virtual tokens (peft.pool_at = 'bos')"]
+
+
+def quantization_arguments(quantization: str, device: torch.device) -> dict[str, Any] | None:
+    """from_pretrained's arguments for model.quantization (QLoRA's NF4 settings for 4bit), or None for none; a CPU
+    or a missing bitsandbytes is refused in one line."""
+    if quantization == "none":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"model.quantization = {quantization!r} runs on a CUDA GPU only (bitsandbytes), but "
+                          f"train.device resolves to {device.type} here; set model.quantization = 'none'.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"model.quantization = {quantization!r} needs bitsandbytes: pip install "
+                          "'mfpt[quantization]' (or bitsandbytes), or set model.quantization = 'none'.") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": config, "device_map": {"": device.index or 0}}
 
 
 def keep_trainable_fp32(model: nn.Module) -> str:
