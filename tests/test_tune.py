@@ -131,3 +131,30 @@ def test_a_second_search_into_the_same_folder_adds_its_settings_with_the_same_bu
     other = [("train.lr", ["x1", "x3"])]
     with pytest.raises(SweepError, match="another grid"):
         write_tuning(out / TUNING_FILE, tuning_record(config, [], other, [0], trials, 2))
+
+
+def test_a_trial_whose_clients_failed_gets_no_score_is_never_chosen_and_fails_the_command(tmp_path, tiny_xlmr):
+    """A federated full fine-tuning trial once lost most of its clients to out-of-memory kills and still finished
+    with the one language left scored; such a trial is not comparable and must not win the search."""
+    config = _experiment(tmp_path, tiny_xlmr)
+    out = tmp_path / "tune"
+    trials = plan_tuning(config, parse_settings(["paradigm=local"]), GRID, [0], out)
+
+    def runner_losing_clients_at_x1(run, config_path, resume, log) -> None:
+        inprocess_runner(run, config_path, resume, log)
+        if run.cfg.train.lr == pytest.approx(1e-2):  # as if swh's client had been killed: 1 language left
+            path = run.folder / "results.json"
+            result = json.loads(path.read_text(encoding="utf-8"))
+            result.update(refused_updates=4, unscored=["swh"], average={"accuracy": 0.99, "macro_f1": 0.99})
+            result["per_language"].pop("swh")
+            path.write_text(json.dumps(result), encoding="utf-8")
+
+    budget = len(search_points(GRID, 0, 0))
+    failed = run_tuning(trials, out, str(config), lambda: None, runner=runner_losing_clients_at_x1,
+                        echo=lambda line: None)
+    assert len(failed) == 1 and "4 client repl(ies) failed" in next(iter(failed.values()))
+    assert "swh not scored" in next(iter(failed.values()))
+    setting = tuning_record(config, [], GRID, [0], trials, budget)["settings"][0]
+    broken = [t for t in setting["trials"] if t["values"]["train.lr"] == pytest.approx(1e-2)][0]
+    assert broken["score"] is None and "problem" in broken
+    assert setting["chosen"]["train.lr"] == pytest.approx(1e-3)  # the only comparable trial, whatever 0.99 says

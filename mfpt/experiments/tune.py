@@ -139,16 +139,31 @@ def plan_tuning(config: str | Path | None, settings: Sequence[Setting], grid: Se
     return planned
 
 
+def trial_problem(results: Sequence[Any]) -> str | None:
+    """Why a finished trial cannot be compared with the others, or None: a client's update or evaluation failed
+    (out of memory, say), so its score is a mean over fewer languages, of a model fewer clients trained."""
+    for result in results:
+        unscored = [lang for lang in result.unscored if lang in result.languages]
+        if result.refused_updates or unscored:
+            return (f"seed {result.seed}: {result.refused_updates} client repl(ies) failed or were refused"
+                    + (f", {', '.join(unscored)} not scored" if unscored else "")
+                    + " (metrics.jsonl says why); fix the cause, delete the trial's folder and tune again")
+    return None
+
+
 def trial_record(trial: Trial) -> dict[str, Any] | None:
-    """What a finished trial scored and cost (None while any of its runs is unfinished)."""
+    """What a finished trial scored and cost (None while any of its runs is unfinished). A trial whose clients
+    failed gets no score (`problem` says why), so it can never be chosen."""
     if any(run_state(run.folder) != "complete" for run in trial.runs):
         return None
     results = [read_result(run.folder) for run in trial.runs]
     scores = [r.mean("average") for r in results]
     languages = results[0].languages
+    problem = trial_problem(results)
     return {
         "values": {k: _number(v) for k, v in trial.values},
-        "score": mean(s for s in scores if s is not None),
+        "score": None if problem else mean(s for s in scores if s is not None),
+        **({"problem": problem} if problem else {}),
         "scores": dict(zip((r.seed for r in results), scores)),
         "per_language": {lang: mean(r.score(lang) for r in results if r.score(lang) is not None) for lang in languages},
         "seconds": round(sum(r.wall_seconds for r in results), 1),
@@ -200,6 +215,9 @@ def run_tuning(trials: Sequence[Trial], out_dir: Path, config: str | None, recor
         outcome = run_sweep(trial.runs, Path(out_dir) / trial.folder, config, runner=runner,
                             echo=lambda line: echo("  " + line))
         failed.update(outcome.failed)
+        finished = trial_record(trial)
+        if finished is not None and "problem" in finished:
+            failed[f"{trial.folder}/{'__'.join(f'{k}={v}' for k, v in trial.values)}"] = finished["problem"]
         record()
     return failed
 
