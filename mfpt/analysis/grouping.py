@@ -18,8 +18,10 @@ from mfpt.results.schema import RESULTS_FILE, RunResult, read_result
 
 METRICS_FILE = "metrics.jsonl"
 
-IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads", "tracking.backends", "tracking.tensorboard_dir",
-                "tracking.mlflow_uri", "tracking.mlflow_experiment")
+# What names, places or runs an experiment, not what it is: its folder, trackers, and the cores and GPU share a
+# simulated client gets (speed, and at most the order of floating-point sums).
+IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads", "federation.client_cpus", "federation.client_gpus",
+                "tracking.backends", "tracking.tensorboard_dir", "tracking.mlflow_uri", "tracking.mlflow_experiment")
 # Keys that make a table row; every other varying key makes its own table (a "context").
 # Aggregators and attacks are rows too, so that attacked runs and robust strategies sit side by side in one table.
 ROW_KEYS = ("paradigm", "peft.method", "personalization.method", "federation.strategy", "attack.kind",
