@@ -209,3 +209,21 @@ def test_keys_of_another_peft_method_do_not_split_a_setting(tmp_path):
         result["method"], result["config"]["peft"]["method"] = "lora", "lora"
         path.write_text(json.dumps(result), encoding="utf-8")
     assert len(group_runs(load_runs([tmp_path / "runs"]))) == 2
+
+
+def test_a_run_whose_clients_failed_is_listed_before_the_tables(tmp_path):
+    import json
+
+    from mfpt.analysis.grouping import load_runs
+    from mfpt.analysis.report import render_report
+
+    ok = fake_run(tmp_path / "runs", "federated", 0, {"eng": 0.5, "hau": 0.4})
+    broken = fake_run(tmp_path / "runs", "federated", 1, {"eng": 0.6})
+    path = broken / "results.json"
+    result = json.loads(path.read_text(encoding="utf-8"))
+    result.update(languages=["eng", "hau"], refused_updates=3, unscored=["hau"])
+    path.write_text(json.dumps(result), encoding="utf-8")
+    text = render_report(load_runs([tmp_path / "runs"]), tmp_path / "report")
+    section = text.split("## Runs whose clients failed", 1)[1].split("## Protocols", 1)[0]
+    assert broken.name in section and "3 client repl(ies) refused or failed; not scored: hau" in section
+    assert ok.name not in section

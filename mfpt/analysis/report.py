@@ -373,6 +373,24 @@ def failed_runs_section(failed: Mapping[str, str]) -> list[str]:
             "again to retry them once the cause is fixed:", "", *(f"- `{name}`: {reason}" for name, reason in failed.items())]
 
 
+def partial_runs_section(runs: Sequence[RunData], out_dir: Path) -> list[str]:
+    """The finished runs some of whose clients failed (refused or missing replies, languages left unscored): their
+    rows stand in the tables, but over fewer languages or of a model fewer clients trained."""
+    lines = []
+    for run in runs:
+        result = run.results
+        unscored = [lang for lang in result.unscored if lang in result.languages]
+        if result.refused_updates or unscored:
+            lines.append(f"- `{_rel(run.folder, out_dir)}`: {result.refused_updates} client repl(ies) refused or "
+                         "failed" + (f"; not scored: {', '.join(unscored)}" if unscored else "")
+                         + " (its metrics.jsonl says why)")
+    if not lines:
+        return []
+    return ["## Runs whose clients failed", "", f"{len(lines)} finished run(s) lost client replies. Their rows are in "
+            "the tables below, with means over the languages that were scored; compare them with care, or run them "
+            "again once the cause is fixed:", "", *lines]
+
+
 def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report", filename: str = "report.md",
                  failed: Mapping[str, str] | None = None) -> Path:
     """Draw the figures and run the distance analyses of `runs` into out_dir, then write the report there (with the
@@ -467,6 +485,8 @@ def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
              ""]
     if failed:
         parts += [*failed_runs_section(failed), ""]
+    if partial := partial_runs_section(runs, out_dir):
+        parts += [*partial, ""]
     parts += ["## Protocols", ""]
     for label in dict.fromkeys(g.label for g in groups):
         protocol = next((g.runs[0].results.protocol for g in groups if g.label == label), "") or "-"
