@@ -123,18 +123,24 @@ def tiny_bert(tmp_path_factory) -> Path:
     return _save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), BertConfig, BertModel, max_position_embeddings=128)
 
 
+def tiny_config(model: Path, output_dir: Path, **overrides: Any):
+    """A validated ExperimentConfig on a tiny model and the fixture data; keyword overrides use dotted keys (or
+    `__` for the dot)."""
+    from mfpt.config import load_config
+
+    base = {"name": "test", "output_dir": str(output_dir), "model.name": str(model), "model.max_seq_length": 32,
+            "data.source": "files", "data.path": str(TINY_DATA), "peft.num_virtual_tokens": 4, "federation.rounds": 2,
+            "train.batch_size": 8, "train.lr": 0.01, "train.threads": 1, "train.device": "cpu"}
+    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_config(None, base)
+
+
 @pytest.fixture
 def make_config(tmp_path, tiny_xlmr):
     """Build a validated ExperimentConfig on the tiny model and fixture data; keyword overrides use dotted keys."""
-    from mfpt.config import load_config
 
     def make(**overrides: Any):
-        base = {"name": "test", "output_dir": str(tmp_path / "run"), "model.name": str(tiny_xlmr),
-                "model.max_seq_length": 32, "data.source": "files", "data.path": str(TINY_DATA),
-                "peft.num_virtual_tokens": 4, "federation.rounds": 2, "train.batch_size": 8, "train.lr": 0.01,
-                "train.threads": 1, "train.device": "cpu"}
-        base.update({k.replace("__", "."): v for k, v in overrides.items()})
-        return load_config(None, base)
+        return tiny_config(tiny_xlmr, overrides.pop("output_dir", tmp_path / "run"), **overrides)
 
     return make
 

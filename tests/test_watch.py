@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import LABELS, LANGS, TINY_DATA, Crash, InProcessGrid, flower_run_identity
+from conftest import LABELS, LANGS, TINY_DATA, Crash, InProcessGrid, flower_run_identity, tiny_config
 
 from mfpt.analysis.live import run_state
 from mfpt.analysis.report import write_run_report
@@ -31,13 +31,9 @@ ROUNDS = 3
 
 
 def tiny_federated(model: Path, out_dir: Path, **overrides):
-    base = {"name": "watch-test", "output_dir": str(out_dir), "model.name": str(model), "model.max_seq_length": 32,
-            "data.source": "files", "data.path": str(TINY_DATA), "data.languages": ",".join(LANGS),
-            "data.low_resource": "hau", "data.labels": ",".join(LABELS), "peft.num_virtual_tokens": 4,
-            "federation.rounds": ROUNDS, "federation.round_timeout": 5.0, "train.batch_size": 8, "train.lr": 0.01,
-            "train.threads": 1, "train.device": "cpu"}
-    base.update(overrides)
-    return load_config(None, base)
+    return tiny_config(model, out_dir, **{"name": "watch-test", "data.languages": ",".join(LANGS),
+                                          "data.low_resource": "hau", "data.labels": ",".join(LABELS),
+                                          "federation.rounds": ROUNDS, "federation.round_timeout": 5.0, **overrides})
 
 
 def finish_like_the_server_app(cfg) -> None:

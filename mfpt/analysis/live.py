@@ -8,7 +8,6 @@ finished run's numbers are results.json's own, so the page and the report agree.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -51,19 +50,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return files.read_json(path) if path.is_file() else None
     except (OSError, ValueError):
         return None  # written atomically, so only a file that is not the run's own can be unreadable
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl as far as it is complete (an append may be under way: its cut last line is left out)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def settings(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -128,7 +114,8 @@ def run_state(run_dir: str | Path) -> dict[str, Any]:
     live = _read_json(folder / LIVE_FILE)
     results = _read_json(folder / RESULTS_FILE)
     failure = _read_json(folder / FAILURE_FILE)
-    rows = _rows(folder / METRICS_FILE)
+    # An append may be under way: its cut last line is left out, as a resume leaves it out.
+    rows = files.read_jsonl(folder / METRICS_FILE, drop_cut_last_line=True)
     split = round_split(cfg)
     done = int(progress.get("completed_round", 0))
     total = cfg.federation.rounds

@@ -379,8 +379,8 @@ def partial_runs_section(runs: Sequence[RunData], out_dir: Path) -> list[str]:
     lines = []
     for run in runs:
         result = run.results
-        unscored = [lang for lang in result.unscored if lang in result.languages]
-        if result.refused_updates or unscored:
+        if result.lost_clients():
+            unscored = result.unscored_training_languages()
             lines.append(f"- `{_rel(run.folder, out_dir)}`: {result.refused_updates} client repl(ies) refused or "
                          "failed" + (f"; not scored: {', '.join(unscored)}" if unscored else "")
                          + " (its metrics.jsonl says why)")

@@ -90,6 +90,14 @@ def _full(p: PeftConfig, extra_trainable: list[str]) -> None:
     return None
 
 
+def with_simulated_client_threads(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with train.threads = 0 (automatic) resolved for a simulated client: the cores the simulation reserves
+    for it (federation.client_cpus). torch's default, every core, would oversubscribe the machine it shares."""
+    if cfg.train.threads:
+        return cfg
+    return cfg.replace(**{"train.threads": max(1, int(cfg.federation.client_cpus))})
+
+
 def method_spec(cfg: ExperimentConfig) -> MethodSpec:
     """The spec of the config's PEFT method."""
     return METHODS.get(cfg.peft.method.value)

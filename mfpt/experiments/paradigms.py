@@ -44,7 +44,7 @@ from flwr.simulation import run_simulation
 from mfpt.analysis.report import write_run_report
 from mfpt.client_app import app as client_app
 from mfpt.config import ExperimentConfig
-from mfpt.config.specs import PARADIGMS, sampled_clients
+from mfpt.config.specs import PARADIGMS, sampled_clients, with_simulated_client_threads
 from mfpt.core.seeds import derive_seed
 from mfpt.data.clients import ClientSpec, client_layout, resolve
 from mfpt.data.sources import DataError
@@ -64,10 +64,7 @@ log = logging.getLogger("mfpt")
 
 def run_federated_simulation(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> RunResult:
     """Flower simulation on this machine: one virtual SuperNode per client."""
-    cfg = resolve(cfg)
-    if cfg.train.threads == 0:
-        # Each simulated client gets the cores Ray reserves for it; torch's default would oversubscribe them.
-        cfg = cfg.replace(**{"train.threads": max(1, int(cfg.federation.client_cpus))})
+    cfg = with_simulated_client_threads(resolve(cfg))
     num_clients = len(client_layout(cfg.data.languages, cfg.data.heldout_languages, cfg.federation.clients_per_language))
     verbose = logging.getLogger("mfpt").isEnabledFor(logging.DEBUG)
     flwr_logger = logging.getLogger("flwr")

@@ -143,8 +143,8 @@ def trial_problem(results: Sequence[Any]) -> str | None:
     """Why a finished trial cannot be compared with the others, or None: a client's update or evaluation failed
     (out of memory, say), so its score is a mean over fewer languages, of a model fewer clients trained."""
     for result in results:
-        unscored = [lang for lang in result.unscored if lang in result.languages]
-        if result.refused_updates or unscored:
+        if result.lost_clients():
+            unscored = result.unscored_training_languages()
             return (f"seed {result.seed}: {result.refused_updates} client repl(ies) failed or were refused"
                     + (f", {', '.join(unscored)} not scored" if unscored else "")
                     + " (metrics.jsonl says why); fix the cause, delete the trial's folder and tune again")

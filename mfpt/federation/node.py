@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from mfpt.config import AttackKind, ExperimentConfig
+from mfpt.config.specs import with_simulated_client_threads
 from mfpt.core.languages import normalize_language
 from mfpt.core.seeds import derive_seed
 from mfpt.data.clients import ClientSpec, client_layout
@@ -93,10 +94,8 @@ class ClientNode:
         floor = PrivacyFloor.from_node_config(node_config)
         index, client = which_client(cfg, node_config)
         data_cfg = node_data_config(cfg, client, str(node_config["data-path"])) if "data-path" in node_config else cfg
-        if "partition-id" in node_config and data_cfg.train.threads == 0:
-            # A simulated client (`flwr run` on a simulation SuperLink) shares the machine with the others: it gets
-            # the cores the simulation reserved for it, as under `mfpt run`, not all of them.
-            data_cfg = data_cfg.replace(**{"train.threads": max(1, int(cfg.federation.client_cpus))})
+        if "partition-id" in node_config:  # simulated (`flwr run` on a simulation SuperLink), as under `mfpt run`
+            data_cfg = with_simulated_client_threads(data_cfg)
         return cls(cfg, get_runtime(data_cfg), index, client, floor, dict(node_config))
 
     def describe(self) -> Metrics:

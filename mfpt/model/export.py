@@ -17,16 +17,15 @@ from mfpt.core.files import DIR_MODE, FILE_MODE
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
 from mfpt.model.factory import (
     ClassifierModel,
-    _load_backbone,
     count_parameters,
     fit_inputs,
     is_decoder,
+    load_base,
+    place_on,
     prepare_decoder,
-    quantization_arguments,
     quiet_transformers,
     verbalized,
 )
-from mfpt.model.precision import base_dtype
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
@@ -77,9 +76,7 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
         if is_decoder(model):
             notes += prepare_decoder(model, tokenizer, input_prompt, prefix=False, lm_head=lm_head)
     else:
-        model, _ = _load_backbone(cfg.model.name, num_labels, lm_head,
-                                  base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device),
-                                  quantization_arguments(cfg.model.quantization.value, device))
+        model, _ = load_base(cfg, num_labels, device)
         max_length, notes = fit_inputs(model, cfg)  # before peft wraps it: the head hook sits on the bare model
         if is_decoder(model):  # as build_model did: pad token, padding side, position ids, the prefix argument
             notes += prepare_decoder(model, tokenizer, input_prompt, cfg.peft.method == PeftMethod.PREFIX, lm_head)
@@ -87,8 +84,7 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
     if lm_head:
         model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
         notes += word_notes
-    if cfg.model.quantization.value == "none":  # a quantised model was placed on its GPU as it loaded
-        model.to(device)
+    place_on(model, cfg, device)
     model.eval()
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, cfg.peft.method, trainable, total, notes)

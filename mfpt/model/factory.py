@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from mfpt.config import ConfigError, ExperimentConfig, ModelHead, PeftConfig, PeftMethod, PoolAt
+from mfpt.config import ConfigError, ExperimentConfig, ModelHead, PeftConfig, PeftMethod, PoolAt, Quantization
 from mfpt.config.specs import METHODS
 from mfpt.core.hub import HubUnreachableError, ensure_hub_reachable, is_unreachable, unreachable_message
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values, expose_past_key_values_on
@@ -124,6 +124,20 @@ def _load_backbone(name: str, num_labels: int, lm_head: bool = False, dtype: tor
     return model, missing
 
 
+def load_base(cfg: ExperimentConfig, num_labels: int, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The checkpoint as [model] asks, for training and for loading an export alike: a classifier or a causal LM
+    (model.head), in model.dtype or quantised (model.quantization) for `device`; and the weights it lacked."""
+    return _load_backbone(cfg.model.name, num_labels, cfg.model.head == ModelHead.LM,
+                          base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device),
+                          quantization_arguments(cfg.model.quantization.value, device))
+
+
+def place_on(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> None:
+    """Move the model to `device`; a quantised model was placed on its GPU as it loaded and cannot be moved."""
+    if cfg.model.quantization == Quantization.NONE:
+        model.to(device)
+
+
 # Weights a classifier built from an encoder checkpoint lacks by design: the new task head and, in some checkpoints
 # (multilingual-e5), the pooler; a base decoder checkpoint loaded as a causal LM, its (tied) LM head.
 _HEAD_PARTS = ("classifier.", "pooler.", "score.", "lm_head.")
@@ -163,11 +177,9 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     method = cfg.peft.method
     lm_head = cfg.model.head == ModelHead.LM
     device = pick_device(cfg.train.device)
-    dtype = base_dtype(cfg.model.dtype.value, cfg.train.precision.value, device)
-    quantization = quantization_arguments(cfg.model.quantization.value, device)
     # Seeded so that whatever the checkpoint lacks (the head, maybe a pooler) starts identical in every process.
     torch.manual_seed(cfg.seed)
-    model, missing = _load_backbone(cfg.model.name, num_labels, lm_head, dtype, quantization)
+    model, missing = load_base(cfg, num_labels, device)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
     notes: list[str] = []
 
@@ -182,7 +194,7 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
 
     max_length, head_notes = fit_inputs(model, cfg)
     notes += head_notes
-    if quantization:
+    if cfg.model.quantization != Quantization.NONE:
         from peft import prepare_model_for_kbit_training
 
         # QLoRA's preparation: norms and the head in fp32, inputs that carry gradients through the frozen base.
@@ -199,10 +211,9 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     if lm_head:
         model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
         notes += word_notes
-    if dtype != torch.float32 or quantization:
-        notes.append(keep_trainable_fp32(model))
-    if not quantization:  # a quantised model is placed on its GPU as it loads and cannot be moved
-        model.to(device)
+    if note := keep_trainable_fp32(model):
+        notes.append(note)
+    place_on(model, cfg, device)
     trainable, total = count_parameters(model)
     return ClassifierModel(model, tokenizer, max_length, device, method, trainable, total, notes)
 
@@ -256,16 +267,19 @@ def quantization_arguments(quantization: str, device: torch.device) -> dict[str,
     return {"quantization_config": config, "device_map": {"": device.index or 0}}
 
 
-def keep_trainable_fp32(model: nn.Module) -> str:
-    """A bf16 base (model.dtype) trains fp32 tensors: every trainable tensor is cast up, so the optimiser, the
-    exchanged state and the checkpoints are fp32 as under a float32 base; the note says what stays bf16."""
-    frozen = 0
+def keep_trainable_fp32(model: nn.Module) -> str | None:
+    """A bf16 or quantised base (model.dtype, model.quantization) trains fp32 tensors: every trainable tensor is cast
+    up, so the optimiser, the exchanged state and the checkpoints are fp32 as under a float32 base. The note says
+    what the frozen base is held in; None for a float32 base, where nothing changes."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    held_in = sorted({str(p.dtype).replace("torch.", "") for p in frozen} - {"float32"})
+    if not held_in:
+        return None
     for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()
-        else:
-            frozen += param.numel()
-    return f"model.dtype: the frozen base ({frozen:,} weights) is bf16; the trainable tensors are fp32"
+    return (f"the frozen base ({sum(p.numel() for p in frozen):,} weights) is held in {', '.join(held_in)}; the "
+            "trainable tensors are fp32")
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> str:

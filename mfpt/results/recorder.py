@@ -234,7 +234,7 @@ class RunRecorder:
                     f"{str(self.out_dir)!r} already holds a run; pass --resume to continue it, or --out for a new folder."
                 )
             files.write_text(self.out_dir / CONFIG_FILE, to_toml(self.cfg))
-            self._open_trackers()
+            self._start_outputs()
             return None
         if not progress_file.exists():
             raise ResumeError(f"{str(self.out_dir)!r} has no {PROGRESS_FILE}: nothing to resume. Run without --resume.")
@@ -253,7 +253,7 @@ class RunRecorder:
             if row["split"] == "train":
                 self.local_steps[row["client"]] = self.local_steps.get(row["client"], 0) + int(row["steps"])
         self._write_progress(max(resumed, 0))
-        self._open_trackers()
+        self._start_outputs()
         return checkpoint
 
     def on_sampled(self, round_: int, stage: str, clients: list[str]) -> None:
@@ -265,7 +265,8 @@ class RunRecorder:
             "started": self.started, "trainable_params": self.trainable_params, "total_params": self.total_params,
             "round": 0, "stage": "starting", "sampled": [], "stage_started": self.started, **now, "updated": time.time()})
 
-    def _open_trackers(self) -> None:
+    def _start_outputs(self) -> None:
+        """What a started (or resumed) run writes besides its config: live.json's first note, the trackers' run."""
         self._write_live()
         self.trackers = Trackers.open(self.cfg, self.out_dir)
         self.trackers.start(self.cfg)
@@ -365,12 +366,10 @@ class RunRecorder:
         low = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.low_resource]
         self.trackers.scalars(round_, {**({f"{split}/accuracy/mean": mean(trained)} if trained else {}),
                                        **({f"{split}/accuracy/low_resource_mean": mean(low)} if low else {})})
-        self._summarise_round(round_, "evaluation", sum(lang in self.cfg.data.languages for lang in counts), 1,
-                              "no training language scored")
+        self._summarise_round(round_, "evaluation", len(trained), 1, "no training language scored")
         if self.comm and self.comm[-1]["round"] == round_:
             self.comm[-1]["bytes_down"] += bytes_down
         if not self.quiet:
-            trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
             accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
             shown = f"{100 * mean(trained):.1f}" if trained else "-"
             print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {shown} | {accs}", flush=True)

@@ -152,6 +152,15 @@ class RunResult:
         found = self.per_language.get(lang) or self.heldout.get(lang)
         return None if found is None else getattr(found, metric)
 
+    def unscored_training_languages(self) -> list[str]:
+        """The training languages without a score in the reported round (their evaluation failed or was refused)."""
+        return [lang for lang in self.unscored if lang in self.languages]
+
+    def lost_clients(self) -> bool:
+        """Whether a client's reply was refused or failed, or a training language went unscored: its means are then
+        over fewer languages, or of a model fewer clients trained."""
+        return bool(self.refused_updates or self.unscored_training_languages())
+
     def mean(self, block: str, metric: str = "accuracy") -> float | None:
         """`metric` of a mean block: 'average', 'low_resource_average' or 'heldout_average' (None when absent)."""
         found = getattr(self, block)

@@ -59,7 +59,6 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder
         self.writer = SummaryWriter(str(folder))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -99,7 +98,6 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
-        self.uri = uri
         known = files.read_json(out_dir / TRACKING_FILE) if (out_dir / TRACKING_FILE).is_file() else {}
         self.resumed = known.get("mlflow_uri") == uri and bool(known.get("mlflow_run_id"))
         if self.resumed:
