@@ -437,3 +437,46 @@ def interrupt_at_round(cfg, monkeypatch, at_round: int) -> None:
     with pytest.raises(Killed):
         paradigms.run_experiment(cfg, quiet=True)
     monkeypatch.setattr(paradigms, "_train_learner", train_learner)
+
+
+# ------------------------------------------------------------------------------------------ tiny decoders
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory) -> dict[str, Path]:
+    """A 2-layer, hidden-32 random checkpoint of each family with a tokenizer trained on the fixture texts; Llama's
+    tokenizer has no pad token (as Llama's own has none)."""
+    import torch
+    from transformers import (
+        BloomConfig,
+        BloomModel,
+        GemmaConfig,
+        GemmaModel,
+        LlamaConfig,
+        LlamaModel,
+        Qwen2Config,
+        Qwen2Model,
+        Qwen3Config,
+        Qwen3Model,
+    )
+
+    tokenizer = _tiny_tokenizer(_texts())
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, bos_token_id=0,
+                 eos_token_id=2, pad_token_id=1)
+    configs = {"qwen2": (Qwen2Config(**shape), Qwen2Model), "qwen3": (Qwen3Config(head_dim=8, **shape), Qwen3Model),
+               "llama": (LlamaConfig(**shape), LlamaModel),
+               "gemma": (GemmaConfig(head_dim=8, **shape), GemmaModel),
+               "bloom": (BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4, bos_token_id=0,
+                                     eos_token_id=2, pad_token_id=1), BloomModel)}
+    out = {}
+    for family, (config, model_cls) in configs.items():
+        folder = tmp_path_factory.mktemp(f"tiny-{family}")
+        torch.manual_seed(0)
+        model_cls(config).save_pretrained(folder)
+        if family == "llama":  # no pad token in its tokenizer, as Llama's own has none
+            tokenizer.pad_token = None
+        tokenizer.save_pretrained(folder)
+        tokenizer.pad_token = "<pad>"
+        out[family] = folder
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_DATA, Crash, InProcessGrid, _texts, _tiny_tokenizer
+from conftest import TINY_DATA, Crash, InProcessGrid
 
 from mfpt.config import load_config
 from mfpt.federation.protocol import CONFIG, ROUND_KEY
@@ -20,45 +20,6 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 FAMILIES = ("qwen2", "qwen3", "llama", "gemma", "bloom")
 METHODS = ("prompt", "ptuning", "prefix", "lora")
-
-
-@pytest.fixture(scope="session")
-def tiny_decoders(tmp_path_factory) -> dict[str, Path]:
-    """A 2-layer, hidden-32 random checkpoint of each family with a tokenizer trained on the fixture texts; Llama's
-    tokenizer has no pad token (as Llama's own has none)."""
-    from transformers import (
-        BloomConfig,
-        BloomModel,
-        GemmaConfig,
-        GemmaModel,
-        LlamaConfig,
-        LlamaModel,
-        Qwen2Config,
-        Qwen2Model,
-        Qwen3Config,
-        Qwen3Model,
-    )
-
-    tokenizer = _tiny_tokenizer(_texts())
-    shape = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, bos_token_id=0,
-                 eos_token_id=2, pad_token_id=1)
-    configs = {"qwen2": (Qwen2Config(**shape), Qwen2Model), "qwen3": (Qwen3Config(head_dim=8, **shape), Qwen3Model),
-               "llama": (LlamaConfig(**shape), LlamaModel),
-               "gemma": (GemmaConfig(head_dim=8, **shape), GemmaModel),
-               "bloom": (BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4, bos_token_id=0,
-                                     eos_token_id=2, pad_token_id=1), BloomModel)}
-    out = {}
-    for family, (config, model_cls) in configs.items():
-        folder = tmp_path_factory.mktemp(f"tiny-{family}")
-        torch.manual_seed(0)
-        model_cls(config).save_pretrained(folder)
-        if family == "llama":  # no pad token in its tokenizer, as Llama's own has none
-            tokenizer.pad_token = None
-        tokenizer.save_pretrained(folder)
-        tokenizer.pad_token = "<pad>"
-        out[family] = folder
-    return out
 
 
 def _config(model: Path, method: str, tmp_path: Path, **overrides):
@@ -181,7 +142,7 @@ def test_the_lm_head_ranks_the_label_words_and_reads_a_padded_text_as_alone(tiny
     built = build_model(cfg, 3)
     model, tokenizer = built.model.eval(), built.tokenizer
     frame = pd.DataFrame({"text": ["health news from the hospital today", "sport"], "label": ["health", "sport"]})
-    data = encode_for(cfg.model, frame, tokenizer, list(cfg.data.labels), built.max_length)
+    data = encode_for(cfg, frame, tokenizer, list(cfg.data.labels), built.max_length)
     cue = tokenizer(" topic:", add_special_tokens=False)["input_ids"]
     assert all(f["input_ids"][-len(cue):] == cue for f in data.features)  # every text ends with the cue
     with torch.no_grad():
@@ -195,10 +156,10 @@ def test_the_lm_head_ranks_the_label_words_and_reads_a_padded_text_as_alone(tiny
     first = collate(data, np.array([0]), tokenizer)[0]
     with torch.no_grad():
         if model.single_token:
-            expected = model.lm(**first).logits[0, -1][model.label_ids]
+            expected = model.lm(**first).logits[0, -1][model.label_ids[0]]
         else:
             expected = []
-            for tokens in model.label_tokens:
+            for tokens in model.verbalizers[0]:
                 ids = torch.cat([first["input_ids"], torch.tensor([tokens])], 1)
                 logits = model.lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].log_softmax(-1)
                 # From the end: an input prompt's virtual positions come first in the logits.
@@ -241,6 +202,40 @@ def test_the_lm_head_refuses_what_it_cannot_read(tiny_decoders, tiny_xlmr, tmp_p
                                **{"model.label_words": ["sport", "sport", "health"]}), 3)
     with pytest.raises(ConfigError, match="reads a decoder's own language-model head"):
         build_model(_lm_config(tiny_xlmr, "lora", tmp_path), 3)
+
+
+@pytest.mark.parametrize("words", (["d", "e", "f"], ["afya", "siasa", "michezo"]), ids=("one-token", "multi-token"))
+def test_a_language_with_its_own_label_words_is_read_with_them_in_a_mixed_batch(tiny_decoders, words, tmp_path):
+    """model.label_words_by_language: a Swahili text is scored exactly as by a model whose label words are the
+    Swahili ones, an English text as by the default words, in one mixed batch; DP-SGD and a federated run take it."""
+    import numpy as np
+    import pandas as pd
+
+    from mfpt.train.encoding import collate, encode_for
+
+    base = {"model.label_words": ONE_TOKEN_WORDS}
+    mixed = _lm_config(tiny_decoders["qwen2"], "lora", tmp_path,
+                       **base, **{"model.label_words_by_language": [f"sw: {' | '.join(words)}"]})
+    references = {"eng": _lm_config(tiny_decoders["qwen2"], "lora", tmp_path, **base),
+                  "swh": _lm_config(tiny_decoders["qwen2"], "lora", tmp_path, **{"model.label_words": words})}
+    frame = pd.DataFrame({"text": ["health news from the hospital today", "sport"], "label": ["health", "sport"],
+                          "lang": ["swh", "eng"]})
+
+    def scores(cfg):
+        built = build_model(cfg, 3)
+        data = encode_for(cfg, frame, built.tokenizer, list(cfg.data.labels), built.max_length)
+        with torch.no_grad():
+            # Normalised over the labels: a model that scores any word by its whole log-likelihood gives one-token
+            # words their log-probabilities, next-token logits less a per-text constant that no ranking or loss sees.
+            return built.model.eval()(**collate(data, np.arange(2), built.tokenizer)[0]).logits.log_softmax(-1)
+
+    together = scores(mixed)
+    assert torch.allclose(together[0], scores(references["swh"])[0], atol=1e-4)
+    assert torch.allclose(together[1], scores(references["eng"])[1], atol=1e-4)
+    assert not torch.allclose(together[0], scores(references["eng"])[0], atol=1e-4)
+    private = mixed.replace(**{"federation.rounds": 1, "privacy.dp": "example", "privacy.noise_multiplier": 1.0})
+    result = run_federated(InProcessGrid(2), private, quiet=True)
+    assert set(result.per_language) == {"eng", "swh"}
 
 
 @pytest.mark.parametrize("paradigm", ("local", "centralized", "transfer", "zeroshot"))
@@ -325,3 +320,18 @@ def test_quantisation_is_refused_on_a_cpu_and_with_full_fine_tuning_in_one_line(
     with pytest.raises(ConfigError, match=r"needs bitsandbytes: pip install 'mfpt\[quantization\]'"):
         quantization_arguments("4bit", torch.device("cuda", 0))
     assert quantization_arguments("none", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("sw: a", "gives 'swh' 1 words"),
+    ("fr: a | b | c", r"lists \['fra'\], which are not languages of this run"),
+    ("sw a | b | c", "is not 'LANG: word | word | ...'"),
+    ("qqq: a | b | c", "Unknown language code 'qqq'"),
+])
+def test_label_words_by_language_are_checked_as_the_config_loads(tiny_decoders, entry, message, tmp_path):
+    from mfpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _lm_config(tiny_decoders["qwen2"], "lora", tmp_path, **{"model.label_words_by_language": [entry]})
+    with pytest.raises(ConfigError, match="applies to model.head = 'lm' only"):
+        _config(tiny_decoders["qwen2"], "lora", tmp_path, **{"model.label_words_by_language": ["sw: a | b | c"]})

@@ -14,12 +14,12 @@ from typing import Any
 
 from mfpt.config import DpMode, ExperimentConfig
 from mfpt.core import files
-from mfpt.results.recorder import saved_config
+from mfpt.results.recorder import headline_name, saved_config
 from mfpt.results.schema import CONFIG_FILE, FAILURE_FILE, LIVE_FILE, METRICS_FILE, PROGRESS_FILE, RESULTS_FILE
-from mfpt.train.schedule import choice_for, round_means, round_split, selects_on_validation
+from mfpt.train.schedule import choice_for, headline, round_means, round_split, selects_on_validation
 
 STATE_SCHEMA = "mfpt.watch/1"
-EVAL_ROW_KEYS = ("accuracy", "macro_f1", "loss")
+EVAL_ROW_KEYS = ("accuracy", "macro_f1", "chrf", "loss")
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -65,7 +65,7 @@ def settings(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"name": cfg.name, "paradigm": cfg.paradigm.value, "method": cfg.peft.method.value,
             "strategy": cfg.federation.strategy.value, "model": cfg.model.name, "privacy": privacy, "attack": attack,
             "rounds": cfg.federation.rounds, "selection": cfg.data.selection.value, "eval_split": round_split(cfg),
-            "seed": cfg.seed}
+            "seed": cfg.seed, "metric": headline_name(cfg)}
 
 
 def _curves(rows: list[dict[str, Any]], split: str, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -74,12 +74,12 @@ def _curves(rows: list[dict[str, Any]], split: str, cfg: ExperimentConfig) -> di
     for row in rows:
         if row.get("split") == split and "lang" in row and not row.get("selected"):
             per_language.setdefault(row["lang"], []).append(
-                {"round": int(row["round"]), **{k: row[k] for k in EVAL_ROW_KEYS if k in row}})
+                {"round": int(row["round"]), "score": headline(row), **{k: row[k] for k in EVAL_ROW_KEYS if k in row}})
     means = round_means(rows, split, list(cfg.data.languages))
     low = round_means(rows, split, list(cfg.data.low_resource)) if cfg.data.low_resource else {}
     return {"per_language": per_language,
-            "mean": [{"round": r, "accuracy": a} for r, a in sorted(means.items())],
-            "low_resource_mean": [{"round": r, "accuracy": a} for r, a in sorted(low.items())]}
+            "mean": [{"round": r, "score": a} for r, a in sorted(means.items())],
+            "low_resource_mean": [{"round": r, "score": a} for r, a in sorted(low.items())]}
 
 
 def _nodes(rows: list[dict[str, Any]], live: dict[str, Any] | None) -> dict[str, Any]:
@@ -151,11 +151,13 @@ def run_state(run_dir: str | Path) -> dict[str, Any]:
 
     final = None
     if results:  # results.json's own numbers: the page and report.md agree
-        final = {"per_language": {lang: s["accuracy"] for lang, s in results["per_language"].items()},
-                 "heldout": {lang: s["accuracy"] for lang, s in results["heldout"].items()},
-                 "average": (results.get("average") or {}).get("accuracy"),
-                 "low_resource_average": (results.get("low_resource_average") or {}).get("accuracy"),
-                 "heldout_average": (results.get("heldout_average") or {}).get("accuracy")}
+        def block(key: str) -> float | None:
+            return headline(results[key]) if results.get(key) else None
+
+        final = {"per_language": {lang: headline(s) for lang, s in results["per_language"].items()},
+                 "heldout": {lang: headline(s) for lang, s in results["heldout"].items()},
+                 "average": block("average"), "low_resource_average": block("low_resource_average"),
+                 "heldout_average": block("heldout_average")}
     return {
         "schema": STATE_SCHEMA,
         "status": status,

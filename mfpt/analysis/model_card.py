@@ -55,14 +55,18 @@ def render_model_card(result: RunResult, run_folder: Path) -> str:
     ]
     if result.heldout_languages:
         lines.append(f"- Evaluated without training data: {', '.join(result.heldout_languages)}.")
-    lines += ["", f"## Results (accuracy %, {split})", "", "| language | accuracy | macro-F1 | rows scored |",
+    # Classification: accuracy and macro-F1; generation: chrF++ and the exact-match rate (its `accuracy`).
+    first, second, names = (("chrf", "accuracy", ("chrF++", "exact match")) if result.generation else
+                            ("accuracy", "macro_f1", ("accuracy", "macro-F1")))
+    lines += ["", f"## Results ({names[0]} %, {split})", "", f"| language | {names[0]} | {names[1]} | rows scored |",
               "|---|---|---|---|"]
     for lang in [*result.languages, *result.heldout_languages]:
         score = result.per_language.get(lang) or result.heldout.get(lang)
-        lines.append(f"| {lang} | {100 * score.accuracy:.1f} | {100 * score.macro_f1:.1f} | {score.n_test} |"
-                     if score else f"| {lang} | - | - | - |")
+        lines.append(f"| {lang} | {100 * getattr(score, first):.1f} | {100 * getattr(score, second):.1f} | "
+                     f"{score.n_test} |" if score else f"| {lang} | - | - | - |")
     if result.average is not None:
-        lines.append(f"| **mean** | **{100 * result.average.accuracy:.1f}** | {100 * result.average.macro_f1:.1f} | |")
+        lines.append(f"| **mean** | **{100 * getattr(result.average, first):.1f}** | "
+                     f"{100 * getattr(result.average, second):.1f} | |")
     lines += ["", "## Privacy", "",
               privacy_in_words(result.privacy) if result.privacy else
               "No formal privacy guarantee (no `[privacy]` section): the training texts never left their sites, but "

@@ -44,6 +44,7 @@ from mfpt.core.stats import mean, mean_std
 from mfpt.data.uriel import LanguageNotInURIELError, URIELDataError
 from mfpt.privacy.accounting import in_words as privacy_in_words
 from mfpt.results.schema import REPORT_FILE, RunResult
+from mfpt.train.schedule import headline
 
 # =============================================================================================================
 # Formatting
@@ -93,9 +94,15 @@ def _label(result: RunResult) -> str:
 # One run: report.md and the summary `mfpt run` prints
 
 
+# The table after the headline's: macro-F1 for classification; for generation (headline chrF++), the exact matches.
+SECOND_METRIC = {False: ("Macro-F1 (%):", "macro_f1"),
+                 True: ("Exact match (%): generations equal to their reference, after stripping spaces.", "accuracy")}
+
+
 def language_table(rows: Sequence[tuple[str, RunResult]], languages: Sequence[str], low_resource: Sequence[str],
-                   metric: str = "accuracy") -> str:
-    """Markdown table: one row per (label, result), one column per language, then the means over those columns."""
+                   metric: str | None = None) -> str:
+    """Markdown table: one row per (label, result), one column per language, then the means over those columns
+    (of `metric`, default: each run's headline, accuracy or chrF++)."""
     low = [lang for lang in low_resource if lang in languages]
     header = ["", *languages, "mean"] + (["low-res mean"] if low else [])
     lines = _table_head(header)
@@ -106,7 +113,7 @@ def language_table(rows: Sequence[tuple[str, RunResult]], languages: Sequence[st
         if low:
             cells.append(pct(mean(scores[lang] for lang in low if scores[lang] is not None)))
         lines.append(_table_row([label, *cells]))
-    if metric == "accuracy" and rows:
+    if metric is None and rows:
         result = rows[0][1]
         found = {lang: result.per_language.get(lang) or result.heldout.get(lang) for lang in languages}
         lines.append(_table_row(["*rows scored*", *[str(s.n_test) if s else "-" for s in found.values()], "",
@@ -127,15 +134,19 @@ def _run_tables(result: RunResult, title: str | None = None) -> list[str]:
         f"# {title or result.name}: {label}",
         "",
         f"Model `{result.model}`, seed {result.seed}, {result.rounds} rounds{named}. "
-        f"Accuracy (%) on each language's {config_value(result, 'data.eval_split')} split after the last round; "
-        "*rows scored* is the number of evaluation rows per language (one row is 100/n points), *majority class* "
-        "the accuracy of always answering the language's most frequent label.",
+        + (f"chrF++ (%) of the greedy generations on each language's {config_value(result, 'data.eval_split')} "
+           "split after the last round; *rows scored* is the number of evaluation rows per language."
+           if result.generation else
+           f"Accuracy (%) on each language's {config_value(result, 'data.eval_split')} split after the last round; "
+           "*rows scored* is the number of evaluation rows per language (one row is 100/n points), *majority class* "
+           "the accuracy of always answering the language's most frequent label."),
         "",
         language_table([(label, result)], result.languages, result.low_resource),
         "",
-        "Macro-F1 (%):",
+        SECOND_METRIC[result.generation][0],
         "",
-        language_table([(label, result)], result.languages, result.low_resource, metric="macro_f1"),
+        language_table([(label, result)], result.languages, result.low_resource,
+                       metric=SECOND_METRIC[result.generation][1]),
     ]
     if result.heldout_languages:
         parts += ["", "Held-out languages (never trained on; evaluated with the final model):", "",
@@ -234,7 +245,7 @@ def _round_means(curves: Sequence[Mapping[str, Any]], languages: Sequence[str], 
     by_round: dict[int, list[float]] = {}
     for row in curves:
         if row.get("split") == split and row.get("lang") in languages:
-            by_round.setdefault(int(row["round"]), []).append(float(row["accuracy"]))
+            by_round.setdefault(int(row["round"]), []).append(headline(row))
     return {r: mean(v) for r, v in sorted(by_round.items())}
 
 
@@ -534,7 +545,8 @@ def _results_section(ctx: Context) -> list[str]:
     if heldout:
         lines += ["", "Held-out languages (no training data; evaluated with the model named on the right):", ""]
         lines += _heldout_table(ctx.groups, heldout)
-    lines += ["", "Macro-F1 (%):", ""] + _accuracy_table(ctx.groups, languages, low, heldout, metric="macro_f1")
+    title, metric = SECOND_METRIC[any(r.results.generation for g in ctx.groups for r in g.runs)]
+    lines += ["", title, ""] + _accuracy_table(ctx.groups, languages, low, heldout, metric=metric)
     gain_lines = _gain_tables(ctx.groups, languages, low, heldout)
     if gain_lines:
         lines += ["", "Gain of federated over each baseline (accuracy points, mean ± std over paired seeds):", ""]
@@ -580,10 +592,10 @@ def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], lo
 
 
 def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], heldout: Sequence[str],
-                    metric: str = "accuracy") -> list[str]:
-    """Rows: paradigm / method; columns: languages, means (and for accuracy: parameters, bytes, steps, seeds)."""
+                    metric: str | None = None) -> list[str]:
+    """Rows: paradigm / method; columns: languages, means (and for the headline: parameters, bytes, steps, seeds)."""
     marked = [f"{lang}†" if lang in low else lang for lang in languages]
-    costs = metric == "accuracy"
+    costs = metric is None
     header = ["paradigm / method", *marked, "mean", "low-res mean", "held-out mean"]
     header += ["trainable params", "total sent", "seeds"] if costs else []
     lines = _table_head(header)
@@ -614,7 +626,7 @@ def _reference_rows(groups: Sequence[Group], languages: Sequence[str], low: Sequ
     return rows
 
 
-def _heldout_table(groups: Sequence[Group], heldout: Sequence[str], metric: str = "accuracy") -> list[str]:
+def _heldout_table(groups: Sequence[Group], heldout: Sequence[str], metric: str | None = None) -> list[str]:
     header = ["paradigm / method", *heldout, "held-out mean", "evaluated with"]
     lines = _table_head(header)
     for g in groups:

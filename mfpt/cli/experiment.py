@@ -69,7 +69,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     prepared = prepare(cfg)
     table = summary_table(prepared)
     print(f"source {cfg.data.source!r}: {len(prepared.training_clients())} training client(s), "
-          f"{len(prepared.heldout)} held-out language(s), {len(prepared.labels)} labels: {', '.join(prepared.labels)}")
+          f"{len(prepared.heldout)} held-out language(s), " + (f"{len(prepared.labels)} labels: {', '.join(prepared.labels)}" if prepared.labels else "a generation task (text -> target)"))
     print(table.to_string(index=False))
     return 0
 

@@ -22,6 +22,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()  # the command prints its own progress line
     predictions = predict_file(args.run_dir, args.input, args.out, device=args.device,
                                progress=None if args.quiet else _progress_line, model=args.model)
+    if predictions and "label" not in predictions[0]:  # a generation run writes each row's generation
+        print(f"wrote {len(predictions)} generations to {args.out}")
+        return 0
     counts = pd.Series([p["label"] for p in predictions]).value_counts()
     print(f"wrote {len(predictions)} predictions to {args.out} ("
           + ", ".join(f"{label} {n}" for label, n in counts.items()) + ")")
@@ -33,7 +36,8 @@ def add_parser(subparsers: Any, config_args: argparse.ArgumentParser) -> None:
     predict = subparsers.add_parser(
         "predict", help="label new texts with a finished run's model",
         description="Load RUN_DIR's exported model (federated, centralized or zeroshot runs) and write one JSON line "
-                    "per input row: index (and id), lang, label, its probability and every label's probability.")
+                    "per input row: index (and id), lang, label, its probability and every label's probability (a generation "
+                    "run: index (and id), lang and the row's generation).")
     predict.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a finished run")
     predict.add_argument("--input", required=True, metavar="FILE",
                          help="JSONL, CSV or Parquet file with columns text and lang (optional: text_pair, id)")

@@ -23,6 +23,8 @@ from mfpt.config.choices import (
                                  Quantization,
                                  Selection,
                                  StrategyName,
+                                 Task,
+                                 TranslationDirection,
                                  Weighting,
 )
 from mfpt.config.loading import describe, describe_markdown, from_flat, load_config, parse_override, to_flat, to_toml
@@ -46,7 +48,7 @@ from mfpt.core.errors import ConfigError
 __all__ = [
     "SECTIONS", "AttackKind", "ClipAt", "ConfigError", "DataConfig", "DistanceKind", "DpMode", "ExperimentConfig",
     "FederationConfig", "ModelConfig", "Paradigm", "Partition", "PeftConfig", "PeftMethod", "PersonalizationConfig",
-    "ModelDtype", "ModelHead", "PersonalizationMethod", "PoolAt", "Precision", "PrivacyConfig", "Quantization", "Selection", "StrategyName", "TrainConfig",
-    "TransferConfig", "Weighting", "describe", "describe_markdown", "from_dict", "from_flat", "load_config", "parse_override",
+    "ModelDtype", "ModelHead", "PersonalizationMethod", "PoolAt", "Precision", "PrivacyConfig", "Quantization", "Selection", "StrategyName", "Task", "TrainConfig",
+    "TransferConfig", "TranslationDirection", "Weighting", "describe", "describe_markdown", "from_dict", "from_flat", "load_config", "parse_override",
     "set_dotted", "to_dict", "to_flat", "to_toml",
 ]

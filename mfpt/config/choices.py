@@ -59,6 +59,20 @@ class AttackKind(str, enum.Enum):
     BACKDOOR = "backdoor"
 
 
+class Task(str, enum.Enum):
+    """What the data asks of the model (data.task): a label per text, or a text per text (scored with chrF++)."""
+
+    CLASSIFICATION = "classification"
+    GENERATION = "generation"
+
+
+class TranslationDirection(str, enum.Enum):
+    """Which way the udhr-translation source pairs its parallel paragraphs (data.direction)."""
+
+    TO_ENGLISH = "to-english"
+    FROM_ENGLISH = "from-english"
+
+
 class ModelHead(str, enum.Enum):
     """What reads the model's output: a classification head, or a decoder's own LM head over label words."""
 

@@ -7,7 +7,7 @@ the config's attributes only, so this module imports nothing of the schema (whic
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mfpt.config.choices import (
     DEFAULT_LR,
@@ -19,12 +19,14 @@ from mfpt.config.choices import (
     ModelDtype,
     ModelHead,
     Paradigm,
+    Partition,
     PeftMethod,
     PersonalizationMethod,
     Precision,
     Quantization,
     Selection,
     StrategyName,
+    Task,
     Weighting,
 )
 from mfpt.core.errors import ConfigError
@@ -42,6 +44,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_attack(cfg)
     _check_tracking(cfg)
     _check_head(cfg)
+    _check_task(cfg)
     _check_gradient_checkpointing(cfg)
     _check_dtype(cfg)
     _check_quantization(cfg)
@@ -386,17 +389,72 @@ def _check_quantization(cfg: ExperimentConfig) -> None:
                           "model.quantization = 'none'.")
 
 
+def _check_task(cfg: ExperimentConfig) -> None:
+    """A generation task trains and scores the LM's own next-token predictions: no labels, nothing built on them."""
+    if cfg.data.task != Task.GENERATION:
+        return
+    if cfg.model.head != ModelHead.LM:
+        raise ConfigError("data.task = 'generation' generates text with the decoder's own LM head; set model.head = "
+                          "'lm' (and model.name to a decoder).")
+    labelled = [key for key, value in (("data.labels", cfg.data.labels), ("model.label_words", cfg.model.label_words),
+                                       ("model.label_words_by_language", cfg.model.label_words_by_language)) if value]
+    if labelled:
+        raise ConfigError(f"data.task = 'generation' has no labels, but {' and '.join(labelled)} are set; remove them.")
+    if cfg.federation.partition == Partition.DIRICHLET:
+        raise ConfigError("federation.partition = 'dirichlet' skews labels across a language's clients, and a generation "
+                          "task has none; use federation.partition = 'iid'.")
+    if cfg.attack.kind in (AttackKind.LABEL_FLIP, AttackKind.BACKDOOR):
+        raise ConfigError(f"attack.kind = {cfg.attack.kind.value!r} changes or targets labels, and data.task = "
+                          "'generation' has none; use sign-flip, scale or noise.")
+    if cfg.model.max_new_tokens < 1:
+        raise ConfigError(f"model.max_new_tokens = {cfg.model.max_new_tokens} is not allowed: must be an integer >= 1.")
+
+
 def _check_head(cfg: ExperimentConfig) -> None:
     """head = lm reads the labels as words: it needs the labels in a known order, and one word per label."""
     words, labels = list(cfg.model.label_words), list(cfg.data.labels)
     if cfg.model.head != ModelHead.LM:
-        if words:
-            raise ConfigError(f"model.label_words = {words} applies to model.head = 'lm' only; set model.head = 'lm' "
-                              "or remove model.label_words.")
+        for key, value in (("model.label_words", words), ("model.label_words_by_language",
+                                                           list(cfg.model.label_words_by_language))):
+            if value:
+                raise ConfigError(f"{key} = {value} applies to model.head = 'lm' only; set model.head = 'lm' or "
+                                  f"remove {key}.")
         return
-    if not labels:
+    by_language = label_words_by_language(cfg.model.label_words_by_language)
+    for lang, own in by_language.items():
+        if labels and len(own) != len(labels):
+            raise ConfigError(f"model.label_words_by_language gives {lang!r} {len(own)} words ({own}) for "
+                              f"{len(labels)} labels ({labels}); give one word per label, in data.labels order.")
+    run_languages = canonical_languages(cfg)
+    listed = run_languages[("data", "languages")] + run_languages[("data", "heldout_languages")]
+    stray = sorted(set(by_language) - set(listed))
+    if stray and listed:
+        raise ConfigError(f"model.label_words_by_language lists {stray}, which are not languages of this run "
+                          f"({', '.join(listed)}); drop them.")
+    if not labels and cfg.data.task == Task.CLASSIFICATION:
         raise ConfigError("model.head = 'lm' needs data.labels listed: each label is read as a word, in that order "
                           "(`mfpt data CONFIG` prints the labels of the data).")
     if words and len(words) != len(labels):
         raise ConfigError(f"model.label_words has {len(words)} words for {len(labels)} labels ({labels}); give one "
                           "word per label, in data.labels order, or leave it empty to use the label names.")
+
+
+def label_words_by_language(entries: Sequence[str]) -> dict[str, list[str]]:
+    """model.label_words_by_language ('LANG: word | word | ...' each) as {canonical language: words}; a malformed or
+    repeated entry is a ConfigError naming it."""
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        lang, sep, words = str(entry).partition(":")
+        # '|', not ',': a list's entries travel comma-joined in the flat config the clients receive.
+        listed = [w.strip() for w in words.split("|") if w.strip()]
+        if not sep or not lang.strip() or not listed:
+            raise ConfigError(f"model.label_words_by_language entry {entry!r} is not 'LANG: word | word | ...' (for "
+                              "example 'swh: afya | siasa | michezo').")
+        try:
+            code = normalize_languages([lang.strip()])[0]
+        except ValueError as err:  # an unknown code
+            raise ConfigError(f"model.label_words_by_language: {err}") from None
+        if code in out:
+            raise ConfigError(f"model.label_words_by_language lists {code!r} twice; give each language one entry.")
+        out[code] = listed
+    return out

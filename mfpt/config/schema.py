@@ -30,6 +30,8 @@ from mfpt.config.choices import (
     Quantization,
     Selection,
     StrategyName,
+    Task,
+    TranslationDirection,
     Weighting,
 )
 from mfpt.config.rules import canonical_languages, check, resolved_defaults
@@ -65,6 +67,11 @@ class ModelConfig:
         "head = lm: the word each label is read as, in data.labels order (empty = the label names). One-token words "
         "are scored in one forward pass; longer ones by their whole log-likelihood, one pass per label.", default=(),
     )
+    label_words_by_language: tuple[str, ...] = _help(
+        "head = lm: a language's own label words, one entry per language as 'LANG: word | word | ...' (one word per "
+        "label, in data.labels order), e.g. 'swh: burudani | jiografia | afya'; the texts of a language not listed are "
+        "read with model.label_words.", default=(),
+    )
     dtype: ModelDtype = _help(
         "The frozen base model's weights: float32, bfloat16 (half the memory; needs train.precision = bf16 or auto, "
         "whose autocast every forward pass then runs under), or auto (bfloat16 where train.precision resolves to "
@@ -75,6 +82,11 @@ class ModelConfig:
         "none, 8bit or 4bit (NF4 with bf16 compute, double quantisation): the frozen base quantised by bitsandbytes "
         "as in QLoRA, on a CUDA GPU only (install the quantization extra); the trainable tensors stay fp32. Not "
         "with full fine-tuning.", default=Quantization.NONE,
+    )
+    max_new_tokens: int = _help(
+        "data.task = generation: the most tokens of a target, both trained on (longer targets are cut) and generated "
+        "(greedy decoding stops there or at the end-of-text token).",
+        default=64,
     )
     text_suffix: str = _help(
         "String after every text. head = lm: the cue before the label word (e.g. '\\nTopic:'), kept whole when "
@@ -132,6 +144,16 @@ class DataConfig:
         "files: a JSONL, CSV or Parquet file (or a directory of them) with columns text, [text_pair], label, "
         "lang, [split]. Benchmarks: a local copy in the authors' format (empty = Hugging Face hub).",
         default="",
+    )
+    task: Task = _help(
+        "classification (columns text, [text_pair], label) or generation (columns text and target: instruction -> "
+        "answer, or translation; needs model.head = 'lm'; scored per language with chrF++ of greedy generations).",
+        default=Task.CLASSIFICATION,
+    )
+    direction: TranslationDirection = _help(
+        "udhr-translation only: 'to-english' (each language's paragraph -> the English one; the same target language "
+        "for every client, so the scores compare the source languages) or 'from-english' (English -> the language).",
+        default=TranslationDirection.TO_ENGLISH,
     )
     languages: tuple[str, ...] = _help(
         "The client languages, in any ISO 639-1/639-3/BCP-47/FLORES form; empty = every language in the data.",

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mfpt.config import DataConfig, ExperimentConfig, Partition, Selection
+from mfpt.config import DataConfig, ExperimentConfig, Partition, Selection, Task
 from mfpt.core.seeds import derive_data_seed
 from mfpt.data.benchmarks import BENCHMARKS  # importing it also registers the benchmark sources in DATA_SOURCES
-from mfpt.data.sources import DATA_SOURCES, LABEL, LANG, SPLIT, SPLITS, DataError
+from mfpt.data.sources import DATA_SOURCES, LABEL, LANG, NO_LABEL, SPLIT, SPLITS, TARGET, DataError
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,16 @@ class PreparedData:
 
 
 def load_source(data: DataConfig) -> pd.DataFrame:
-    """The configured source's rows, in the universal schema."""
-    return DATA_SOURCES.get(data.source)(data)
+    """The configured source's rows, in the universal schema; a source without the columns data.task needs is
+    refused (a generation task needs `target`, a classification one `label`)."""
+    frame = DATA_SOURCES.get(data.source)(data)
+    generation = data.task == Task.GENERATION
+    if generation != (TARGET in frame.columns and not (frame[LABEL] != NO_LABEL).any()):
+        needed, has = ("target", "labels") if generation else ("label", "targets")
+        raise DataError(f"data.task = {data.task.value!r} needs a {needed!r} column, but data source {data.source!r} "
+                        f"gives {has}; set data.task = {'classification' if generation else 'generation'!r}, or use a "
+                        f"source with {needed!r}.")
+    return frame
 
 
 def source_labels(data: DataConfig) -> tuple[str, ...]:
@@ -75,7 +83,10 @@ def source_labels(data: DataConfig) -> tuple[str, ...]:
 
 
 def resolve_labels(frame: pd.DataFrame, data: DataConfig) -> tuple[str, ...]:
-    """The global label order: data.labels, else the benchmark's, else sorted (numerically when all integers)."""
+    """The global label order: data.labels, else the benchmark's, else sorted (numerically when all integers); none
+    for a generation task."""
+    if data.task == Task.GENERATION:
+        return ()
     present = set(frame[LABEL])
     declared = tuple(data.labels) or source_labels(data)
     if declared:
@@ -215,7 +226,7 @@ def client_layout(languages: tuple[str, ...], heldout: tuple[str, ...], shards: 
 def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config with data.languages / data.labels filled in from the data when empty, so every party (server,
     clients, reports) agrees on them."""
-    if cfg.data.languages and cfg.data.labels:
+    if cfg.data.languages and (cfg.data.labels or cfg.data.task == Task.GENERATION):
         languages, heldout, labels = cfg.data.languages, cfg.data.heldout_languages, cfg.data.labels
     else:
         prepared = prepare(cfg)

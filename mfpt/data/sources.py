@@ -20,8 +20,12 @@ from mfpt.core.languages import UnknownLanguageError, normalize_language
 from mfpt.core.registry import Registry
 
 # Universal schema. Every source ends in a DataFrame with these columns, so nothing downstream knows its origin.
-TEXT, TEXT_PAIR, LABEL, LANG, SPLIT = "text", "text_pair", "label", "lang", "split"
+# A generation source (data.task = generation) gives `target` instead of `label`.
+TEXT, TEXT_PAIR, LABEL, LANG, SPLIT, TARGET = "text", "text_pair", "label", "lang", "split", "target"
 SPLITS = ("train", "validation", "test")
+# The label column of a generation frame: one value for every row, so the label-stratified splits, caps and shards
+# (mfpt.data.clients) are plain seeded random ones there.
+NO_LABEL = "-"
 
 # A source turns the data section of the config into a universal-schema DataFrame (label as str, lang canonical,
 # split filled in). Sources may read only the languages asked for; selection, caps and splits happen after.
@@ -101,19 +105,27 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def check_schema(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
-    """Refuse missing columns and empty cells; return text/label/lang as clean strings, languages normalised."""
-    missing = [c for c in (TEXT, LABEL, LANG) if c not in frame.columns]
+    """Refuse missing columns and empty cells; return text/label/lang as clean strings, languages normalised.
+
+    A frame with `target` and no `label` is a generation frame: its label column is filled with NO_LABEL."""
+    generation = TARGET in frame.columns and LABEL not in frame.columns
+    missing = [c for c in (TEXT, TARGET if generation else LABEL, LANG) if c not in frame.columns]
     if missing:
         raise DataError(
             f"{origin} lacks column(s) {', '.join(map(repr, missing))}; the universal schema needs text, label, "
-            f"lang (optional: text_pair, split). Columns found: {', '.join(map(str, frame.columns))}."
+            f"lang (optional: text_pair, split), or text, target, lang for data.task = 'generation'. Columns found: "
+            f"{', '.join(map(str, frame.columns))}."
         )
     frame = frame.copy()
-    columns = (TEXT, LABEL, LANG) + ((TEXT_PAIR,) if TEXT_PAIR in frame.columns else ())
+    columns = (TEXT, TARGET if generation else LABEL, LANG) + ((TEXT_PAIR,) if TEXT_PAIR in frame.columns else ())
     refuse_empty_cells(frame, columns, origin)
+    if generation:
+        frame[LABEL] = NO_LABEL
     for column in columns:
         frame[column] = frame[column].astype(str) if column != LABEL else frame[column].map(_label_str)
     frame[LANG] = [_normalize(code, origin) for code in frame[LANG]]
+    if TARGET in frame.columns:
+        frame[TARGET] = frame[TARGET].astype(str)
     if SPLIT in frame.columns:
         frame[SPLIT] = frame[SPLIT].astype(str).str.strip().str.lower().replace({"dev": "validation", "valid": "validation"})
         bad = sorted(set(frame[SPLIT]) - set(SPLITS))
@@ -173,3 +185,26 @@ def load_udhr_topics(data: DataConfig) -> pd.DataFrame:
             f"udhr-topics file {str(path)!r} is missing; rebuild it with `python scripts/build_udhr_topics.py`."
         )
     return read_table(path)
+
+
+@DATA_SOURCES.register("udhr-translation")
+def load_udhr_translation(data: DataConfig) -> pd.DataFrame:
+    """Translation between English and each language of udhr-topics (data.direction), on its parallel paragraphs.
+
+    A pair is the n-th paragraph of one article in both declarations, for the articles both split into the same
+    number of paragraphs (otherwise the paragraphs need not be translations of each other). Each pair keeps its
+    article's split, and the held-out articles are the same in every language, so no test paragraph, in any language
+    or direction, is trained on."""
+    topics = load_udhr_topics(data)
+    if "article" not in topics.columns:
+        raise DataError("udhr-translation needs udhr-topics with its 'article' column; rebuild it with "
+                        "`python scripts/build_udhr_topics.py`.")
+    topics = topics.assign(_position=topics.groupby([LANG, "article"]).cumcount(),
+                           _paragraphs=topics.groupby([LANG, "article"])[TEXT].transform("size"))
+    english = topics[topics[LANG] == "eng"][["article", "_position", "_paragraphs", TEXT]]
+    pairs = topics[topics[LANG] != "eng"].merge(english, on=["article", "_position", "_paragraphs"],
+                                                 suffixes=("", "_eng"))
+    source, target = (TEXT, f"{TEXT}_eng") if data.direction.value == "to-english" else (f"{TEXT}_eng", TEXT)
+    return check_schema(pd.DataFrame({TEXT: pairs[source].to_numpy(), TARGET: pairs[target].to_numpy(),
+                                      LANG: pairs[LANG].to_numpy(), SPLIT: pairs[SPLIT].to_numpy()}),
+                        "udhr-translation")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mfpt.config import ConfigError, DpMode, ExperimentConfig
+from mfpt.config import ConfigError, DpMode, ExperimentConfig, Task
 from mfpt.core import files
 from mfpt.data.clients import prepare
 from mfpt.data.sources import LABEL, LANG, SPLIT, TEXT, TEXT_PAIR
@@ -79,7 +79,7 @@ def canary_losses(run_dir: Path, cfg: ExperimentConfig, canaries: pd.DataFrame, 
     labels = list(cfg.data.labels)
     classifier = load_exported(cfg, len(labels), run_dir / ADAPTER_DIR, pick_device(cfg.train.device))
     frame = canaries.assign(**{LANG: lang})
-    data = encode_for(cfg.model, frame, classifier.tokenizer, labels, classifier.max_length)
+    data = encode_for(cfg, frame, classifier.tokenizer, labels, classifier.max_length)
     losses = []
     with torch.inference_mode():
         for inputs, gold in batches(data, cfg.train.eval_batch_size, classifier.tokenizer):
@@ -104,6 +104,9 @@ def audit(cfg: ExperimentConfig, out_dir: Path, canaries: int = 20, repeats: int
     """Plant canaries, run the federation without and with the privacy settings, measure each model's leakage."""
     from mfpt.experiments.paradigms import run_experiment
 
+    if cfg.data.task == Task.GENERATION:
+        raise ConfigError("audit-privacy plants labelled canaries and scores them by their label's loss; data.task = "
+                          "'generation' has no labels: audit a classification run of the same federation instead.")
     if cfg.privacy.dp == DpMode.NONE and not cfg.privacy.secure_aggregation:
         raise ConfigError("audit-privacy compares a run without privacy against the config's [privacy] settings, "
                           "but privacy.dp = 'none' and privacy.secure_aggregation = false: set privacy.dp.")

@@ -152,7 +152,8 @@ def _evaluate_learners(runtime: Runtime, cfg: ExperimentConfig, learners: list[L
         for lang in learner.evaluates:
             data = runtime.encoded(ClientSpec(lang, 0, heldout=True), split or round_split(cfg))
             counts[lang] = evaluate(model, data, runtime.classifier.tokenizer, cfg.train.eval_batch_size,
-                                    runtime.classifier.device, len(runtime.data.labels), cfg.train.precision)
+                                    runtime.classifier.device, len(runtime.data.labels), cfg.train.precision,
+                                    cfg.model.max_new_tokens)
     return counts
 
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
-from mfpt.config import ConfigError, ExperimentConfig, from_dict
+from mfpt.config import ConfigError, ExperimentConfig, Task, from_dict
 from mfpt.core import files
 from mfpt.core.errors import UserError
 from mfpt.core.languages import UnknownLanguageError, normalize_language
-from mfpt.data.sources import LABEL, LANG, READERS, TEXT, TEXT_PAIR, refuse_empty_cells
+from mfpt.data.sources import LABEL, LANG, READERS, TARGET, TEXT, TEXT_PAIR, refuse_empty_cells
 from mfpt.results.schema import RunResult, read_result
 
 if TYPE_CHECKING:  # torch, transformers and peft load only when a model does, not with the mfpt command
@@ -91,8 +91,10 @@ class Predictor:
         from mfpt.train.encoding import batches, encode_for
 
         model = self.classifier
+        if self.cfg.data.task == Task.GENERATION:
+            return self._generate(frame, progress)
         # encode() maps a gold label per row to its id; predictions have none, so every row gets the first label.
-        encoded = encode_for(self.cfg.model, frame.assign(**{LABEL: self.labels[0]}), model.tokenizer, self.labels,
+        encoded = encode_for(self.cfg, frame.assign(**{LABEL: self.labels[0]}), model.tokenizer, self.labels,
                              model.max_length)
         probabilities: list[list[float]] = []
         model.model.eval()
@@ -105,6 +107,30 @@ class Predictor:
                 if progress is not None:
                     progress(len(probabilities), len(frame))
         return [_prediction(i, frame, p, self.labels) for i, p in enumerate(probabilities)]
+
+    def _generate(self, frame: pd.DataFrame, progress: Progress | None) -> list[dict[str, Any]]:
+        """A generation run: each row's greedy generation, as evaluation made them (model.max_new_tokens tokens)."""
+        import torch
+
+        from mfpt.model.precision import autocast_dtype
+        from mfpt.train.encoding import Encoded, encode_for
+        from mfpt.train.evaluation import generate
+
+        model = self.classifier
+        # encode_for wants a target per row: an empty one, which generation leaves off (only the prompt is fed).
+        encoded = encode_for(self.cfg, frame.assign(**{TARGET: ""}), model.tokenizer, [], model.max_length)
+        texts: list[str] = []
+        batch = self.cfg.train.eval_batch_size
+        with torch.inference_mode():
+            for start in range(0, len(frame), batch):
+                part = Encoded(encoded.features[start:start + batch], encoded.labels[start:start + batch],
+                               encoded.targets[start:start + batch], encoded.references[start:start + batch])
+                texts += generate(model.model.eval(), part, model.tokenizer, batch, model.device,
+                                  autocast_dtype(self.cfg.train.precision.value, model.device),
+                                  self.cfg.model.max_new_tokens)
+                if progress is not None:
+                    progress(len(texts), len(frame))
+        return [{**_row_identity(i, frame), "generation": text} for i, text in enumerate(texts)]
 
     def _warn_unseen(self, frame: pd.DataFrame) -> None:
         trained = set(self.result.languages)
@@ -181,12 +207,17 @@ def _load(cfg: ExperimentConfig, result: RunResult, adapter: Path, device: Any) 
 
 def _prediction(index: int, frame: pd.DataFrame, probabilities: list[float], labels: list[str]) -> dict[str, Any]:
     best = max(range(len(labels)), key=probabilities.__getitem__)
+    return {**_row_identity(index, frame), "label": labels[best], "probability": probabilities[best],
+            "probabilities": dict(zip(labels, probabilities))}
+
+
+def _row_identity(index: int, frame: pd.DataFrame) -> dict[str, Any]:
+    """What names a prediction's input row: its index, its id when the input has one, its language."""
     row: dict[str, Any] = {"index": index}
     if ID in frame.columns:
         value = frame[ID].iloc[index]
         row[ID] = value.item() if hasattr(value, "item") else value  # numpy scalars are not JSON
-    row.update({"lang": frame[LANG].iloc[index], "label": labels[best], "probability": probabilities[best],
-                "probabilities": dict(zip(labels, probabilities))})
+    row["lang"] = frame[LANG].iloc[index]
     return row
 
 

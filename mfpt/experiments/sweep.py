@@ -45,7 +45,7 @@ SWEEP_CSV = "sweep.csv"
 SWEEP_MD = "sweep.md"
 SWEEP_JSON = "sweep.json"
 LOGS = "logs"
-CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accuracy", "macro_f1", "n_test",
+CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accuracy", "macro_f1", "chrf", "n_test",
                "trainable_params", "total_bytes")
 # Keys a grid may not vary: the seed has --seeds, and the sweep owns each run's folder.
 RESERVED = ("seed", "output_dir")
@@ -272,7 +272,8 @@ def sweep_rows(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
             rows.append({"run": run.name, **dict(run.values), "seed": run.seed, "paradigm": result.paradigm,
                          "method": result.method, "lang": lang, "heldout": lang in result.heldout_languages,
                          "low_resource": lang in result.low_resource,
-                         "accuracy": score.accuracy if score else "", "macro_f1": score.macro_f1 if score else "",
+                         "accuracy": score.accuracy if score else "", "macro_f1": score.macro_f1 if score and score.macro_f1 is not None else "",
+                         "chrf": score.chrf if score and score.chrf is not None else "",
                          "n_test": score.n_test if score else "", "trainable_params": result.trainable_params,
                          "total_bytes": result.communication.total_bytes})
     return rows

@@ -22,7 +22,6 @@ from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import (
     BACKDOOR_PREFIX,
     CLIENT_KEY,
-    EVAL_LOSS_SUM_KEY,
     EVAL_SPLIT_KEY,
     EXAMPLES_KEY,
     FINETUNE_STEPS_KEY,
@@ -34,7 +33,7 @@ from mfpt.federation.protocol import (
     TRAIN_LOSS_KEY,
     TRAIN_STEPS_KEY,
     config_from_entries,
-    encode_confusion,
+    encode_counts,
 )
 from mfpt.model.state import load_trainable_state, trainable_state
 from mfpt.privacy.accounting import example_dp
@@ -161,13 +160,12 @@ class ClientNode:
         counts = evaluate(runtime.classifier.model, runtime.encode_rows(("backdoor-eval", self.client, split), rows),
                           runtime.classifier.tokenizer, self.cfg.train.eval_batch_size, runtime.classifier.device,
                           len(runtime.data.labels), self.cfg.train.precision)
-        return {EXAMPLES_KEY: counts.n, EVAL_LOSS_SUM_KEY: counts.loss_sum, **encode_confusion(counts.confusion)}
+        return encode_counts(counts)
 
     def _evaluate_loaded(self, split: str | None = None) -> Metrics:
         """Evaluate the state now loaded in the model on `split` (default: this client's evaluation split)."""
         runtime = self.runtime
         counts = evaluate(runtime.classifier.model, runtime.encoded(self.client, split or self.cfg.data.eval_split),
                           runtime.classifier.tokenizer, self.cfg.train.eval_batch_size, runtime.classifier.device,
-                          len(runtime.data.labels), self.cfg.train.precision)
-        return {CLIENT_KEY: self.index, EXAMPLES_KEY: counts.n, EVAL_LOSS_SUM_KEY: counts.loss_sum,
-                **encode_confusion(counts.confusion)}
+                          len(runtime.data.labels), self.cfg.train.precision, self.cfg.model.max_new_tokens)
+        return {CLIENT_KEY: self.index, **encode_counts(counts)}

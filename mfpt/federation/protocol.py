@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mfpt.config import ExperimentConfig, from_flat, to_flat
+from mfpt.train.evaluation import EvalCounts
 
 # Record names inside a message's RecordDict.
 ARRAYS = "arrays"
@@ -36,6 +37,9 @@ NUM_EVAL_KEY = "num-eval"
 TRAIN_LOSS_KEY = "train-loss"
 TRAIN_STEPS_KEY = "train-steps"
 EVAL_LOSS_SUM_KEY = "eval-loss-sum"
+# Generation: the count of exact matches and chrF++'s statistics `chrf-<i>` (in sacrebleu's order).
+EXACT_KEY = "exact-matches"
+CHRF_PREFIX = "chrf-"
 
 # Personalisation (mfpt.federation.strategies.personalized): the language's own state travels next to the global one, under its
 # own record; a client's evaluation of it comes back with the same keys under PERSONAL_PREFIX.
@@ -72,3 +76,25 @@ def encode_confusion(confusion: np.ndarray) -> dict[str, int]:
 def decode_confusion(metrics: Mapping[str, Any], num_labels: int, prefix: str = "") -> np.ndarray:
     """The confusion matrix a client sent (KeyError names a missing cell); `prefix` selects the personal one."""
     return np.array([[int(metrics[prefix + confusion_key(g, p)]) for p in range(num_labels)] for g in range(num_labels)])
+
+
+def encode_counts(counts: EvalCounts, prefix: str = "") -> dict[str, int | float]:
+    """An evaluation's counts as metric entries under `prefix`: examples, loss sum, and the confusion matrix or
+    (generation) the exact matches and chrF++ statistics."""
+    entries: dict[str, int | float] = {EXAMPLES_KEY: counts.n, EVAL_LOSS_SUM_KEY: counts.loss_sum,
+                                       **encode_confusion(counts.confusion)}
+    if counts.generation:
+        entries[EXACT_KEY] = counts.exact
+        entries.update({f"{CHRF_PREFIX}{i}": int(v) for i, v in enumerate(counts.chrf_stats)})
+    return {prefix + k: v for k, v in entries.items()}
+
+
+def decode_counts(metrics: Mapping[str, Any], num_labels: int, prefix: str = "") -> EvalCounts:
+    """The counts `encode_counts` wrote (KeyError names a missing entry); num_labels = 0 for generation."""
+    counts = EvalCounts(num_labels, int(metrics[prefix + EXAMPLES_KEY]), float(metrics[prefix + EVAL_LOSS_SUM_KEY]),
+                        decode_confusion(metrics, num_labels, prefix))
+    if num_labels == 0:
+        counts.exact = int(metrics[prefix + EXACT_KEY])
+        keys = sorted((int(k[len(prefix + CHRF_PREFIX):]), k) for k in metrics if k.startswith(prefix + CHRF_PREFIX))
+        counts.chrf_stats = np.array([int(metrics[k]) for _, k in keys], dtype=np.int64)
+    return counts

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mfpt.config import ExperimentConfig, ModelHead, PeftMethod
+from mfpt.config import ExperimentConfig, ModelHead, PeftMethod, Task
 from mfpt.config.specs import METHODS
 from mfpt.core.files import DIR_MODE, FILE_MODE
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values
@@ -81,7 +81,7 @@ def load_exported(cfg: ExperimentConfig, num_labels: int, adapter_dir: Path, dev
         if is_decoder(model):  # as build_model did: pad token, padding side, position ids, the prefix argument
             notes += prepare_decoder(model, tokenizer, input_prompt, cfg.peft.method == PeftMethod.PREFIX, lm_head)
         model = load_adapter(model, adapter_dir)
-    if lm_head:
+    if lm_head and cfg.data.task == Task.CLASSIFICATION:
         model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
         notes += word_notes
     place_on(model, cfg, device)

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from mfpt.config import ConfigError, ExperimentConfig, ModelHead, PeftConfig, PeftMethod, PoolAt, Quantization
+from mfpt.config import ConfigError, ExperimentConfig, ModelHead, PeftConfig, PeftMethod, PoolAt, Quantization, Task
+from mfpt.config.rules import label_words_by_language
 from mfpt.config.specs import METHODS
 from mfpt.core.hub import HubUnreachableError, ensure_hub_reachable, is_unreachable, unreachable_message
 from mfpt.model.compat import ensure_supported_stack, expose_past_key_values, expose_past_key_values_on
@@ -172,7 +173,8 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     """Load the encoder as a classifier, wrap it with `cfg.peft.method`, freeze what must not train."""
     from transformers import AutoTokenizer
 
-    if num_labels < 2:
+    generation = cfg.data.task == Task.GENERATION
+    if num_labels < 2 and not generation:
         raise ConfigError(f"The data has {num_labels} label(s); a classifier needs at least 2 (see data.labels).")
     method = cfg.peft.method
     lm_head = cfg.model.head == ModelHead.LM
@@ -203,12 +205,18 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> ClassifierModel:
     elif cfg.train.gradient_checkpointing:
         notes.append(enable_gradient_checkpointing(model))
     spec = METHODS.get(method.value)
+    if generation and model.config.model_type == "bloom" and spec.prompt_table:
+        # Measured on transformers 5.25 / peft 0.21: BLOOM's ALiBi mask is built for the text's positions without
+        # the virtual tokens, so generate() fails on the first step (training and scoring by loss work).
+        raise ConfigError(f"model.name = {cfg.model.name!r} is a BLOOM model, which cannot generate under "
+                          f"peft.method = {method.value!r} (its ALiBi mask leaves out the virtual tokens); use "
+                          "peft.method = 'lora' or 'full' for data.task = 'generation'.")
     if is_decoder(model):
         notes += prepare_decoder(model, tokenizer, spec.input_prompt, method == PeftMethod.PREFIX, lm_head)
     model = apply_method(model, cfg.peft, extra_trainable, causal_lm=lm_head)
     if cfg.peft.init_std and spec.prompt_table:
         _scale_prompt_init(model, cfg.peft.init_std)
-    if lm_head:
+    if lm_head and not generation:
         model, word_notes = verbalized(model, tokenizer, cfg, num_labels)
         notes += word_notes
     if note := keep_trainable_fp32(model):
@@ -326,7 +334,13 @@ def verbalized(model: nn.Module, tokenizer: Any, cfg: ExperimentConfig, num_labe
                           "data; list data.labels (and model.label_words) as the data has them.")
     ids, notes = label_token_ids(tokenizer, words, cfg.model.text_suffix)
     notes.append(f"LM head: labels ranked by the likelihood of {', '.join(map(repr, words))} after the text")
-    return VerbalizedClassifier(model, ids), notes
+    verbalizers = [ids]
+    for lang, own in label_words_by_language(cfg.model.label_words_by_language).items():
+        own_ids, own_notes = label_token_ids(tokenizer, own, cfg.model.text_suffix)
+        verbalizers.append(own_ids)
+        notes += [f"{lang}: {note}" for note in own_notes]
+        notes.append(f"LM head, {lang}: {', '.join(map(repr, own))}")
+    return VerbalizedClassifier(model, verbalizers), notes
 
 
 def prepare_decoder(model: nn.Module, tokenizer: Any, input_prompt: bool, prefix: bool, lm_head: bool = False) -> list[str]:

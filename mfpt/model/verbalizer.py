@@ -10,6 +10,10 @@ Cross-entropy over the scores trains the prompt to make the right word the likel
 Everything downstream (the training loop, evaluation, DP, federation, predict) sees a classifier's `logits` of shape
 [batch, labels], as with a head.
 
+A language may have label words of its own (model.label_words_by_language): each set of words is a verbaliser, set 0
+the default (model.label_words) and set k the k-th listed language's, and each text carries the index of its
+language's set as the `verbalizer` input (mfpt.train.encoding), so a batch may mix languages.
+
 Texts are padded on the left, so the last position is every text's last real token; position ids follow the
 attention mask (mfpt.model.factory.prepare_decoder), so a padded text is read exactly as it is alone.
 """
@@ -56,25 +60,36 @@ def label_token_ids(tokenizer: Any, words: Sequence[str], cue: str) -> tuple[lis
 
 
 class VerbalizedClassifier(nn.Module):
-    """A causal LM whose label words' log-likelihoods after the (left-padded) text are class logits."""
+    """A causal LM whose label words' log-likelihoods after the (left-padded) text are class logits; one set of label
+    words per verbaliser (set 0 unless a text's `verbalizer` input names another)."""
 
-    def __init__(self, lm: nn.Module, label_tokens: Sequence[Sequence[int]]) -> None:
+    def __init__(self, lm: nn.Module, label_tokens: Sequence[Sequence[Sequence[int]]]) -> None:
         super().__init__()
         self.lm = lm
         self.config = lm.config
-        self.label_tokens = [list(t) for t in label_tokens]
-        self.single_token = all(len(t) == 1 for t in self.label_tokens)
-        self.register_buffer("label_ids", torch.tensor([t[0] for t in self.label_tokens], dtype=torch.long),
-                             persistent=False)
+        self.verbalizers = [[list(t) for t in words] for words in label_tokens]
+        self.single_token = all(len(t) == 1 for words in self.verbalizers for t in words)
+        # [verbalisers, labels]: each set's first token of each label word.
+        self.register_buffer("label_ids", torch.tensor([[t[0] for t in words] for words in self.verbalizers],
+                                                       dtype=torch.long), persistent=False)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                **kwargs: Any) -> SequenceClassifierOutput:
+                verbalizer: torch.Tensor | None = None, **kwargs: Any) -> SequenceClassifierOutput:
+        sets = verbalizer if verbalizer is not None else torch.zeros(input_ids.shape[0], dtype=torch.long,
+                                                                        device=input_ids.device)
         if self.single_token:
             # Only the last position's logits are needed: the LM head runs on one position, not the whole text.
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, **kwargs)
-            return SequenceClassifierOutput(logits=out.logits[:, -1, :].index_select(-1, self.label_ids))
-        return SequenceClassifierOutput(logits=torch.stack(
-            [self._word_log_likelihood(input_ids, attention_mask, tokens, kwargs) for tokens in self.label_tokens], -1))
+            return SequenceClassifierOutput(logits=out.logits[:, -1, :].gather(-1, self.label_ids[sets]))
+        # Each verbaliser's texts are scored with its own words, then put back in the batch's order.
+        rows, scores = [], []
+        for index in sets.unique().tolist():
+            chosen = (sets == index).nonzero().squeeze(-1)
+            mask = attention_mask[chosen] if attention_mask is not None else None
+            rows.append(chosen)
+            scores.append(torch.stack([self._word_log_likelihood(input_ids[chosen], mask, tokens, kwargs)
+                                       for tokens in self.verbalizers[index]], -1))
+        return SequenceClassifierOutput(logits=torch.cat(scores)[torch.cat(rows).argsort()])
 
     def _word_log_likelihood(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tokens: list[int],
                              kwargs: dict[str, Any]) -> torch.Tensor:

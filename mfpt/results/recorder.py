@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mfpt import __version__
-from mfpt.config import ConfigError, ExperimentConfig, load_config, to_dict, to_flat, to_toml
+from mfpt.config import ConfigError, ExperimentConfig, Task, load_config, to_dict, to_flat, to_toml
 from mfpt.config.specs import attack_summary, hyperparameters, protocol
 from mfpt.core import files
 from mfpt.core.errors import UserError, error_line
@@ -81,9 +81,18 @@ def resolved_model(name: str) -> str:
 
 
 def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
-    """One language's evaluation as a metrics.jsonl row (the fields of a LanguageScore)."""
+    """One language's evaluation as a metrics.jsonl row (the fields of a LanguageScore; chrF++ for generation, where
+    accuracy is the exact-match rate and there is no macro-F1 or majority class)."""
+    if counts.generation:
+        return {"accuracy": counts.accuracy, "macro_f1": None, "loss": counts.mean_loss, "n_test": counts.n,
+                "majority": None, "chrf": counts.chrf}
     return {"accuracy": counts.accuracy, "macro_f1": counts.macro_f1, "loss": counts.mean_loss, "n_test": counts.n,
             "majority": counts.majority}
+
+
+def headline_name(cfg: ExperimentConfig) -> str:
+    """The name of a run's headline score: accuracy, or chrF++ ("chrf") for a generation task."""
+    return "chrf" if cfg.data.task == Task.GENERATION else "accuracy"
 
 
 def epochs_per_learner(curves: list[dict[str, Any]], batch_size: int) -> dict[str, float]:
@@ -101,6 +110,8 @@ def mean_block(per_language: Mapping[str, LanguageScore], languages: list[str]) 
     present = [per_language[lang] for lang in languages if lang in per_language]
     if not present:
         return None
+    if present[0].chrf is not None:  # generation
+        return MeanScore(mean([s.accuracy for s in present]), None, mean([s.chrf or 0.0 for s in present]))
     return MeanScore(mean([s.accuracy for s in present]), mean([s.macro_f1 for s in present]))
 
 
@@ -362,17 +373,19 @@ class RunRecorder:
         rows = [{"round": round_, "split": split, "lang": lang, **language_metrics(c),
                  "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
         self._append(rows)
-        trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
-        low = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.low_resource]
-        self.trackers.scalars(round_, {**({f"{split}/accuracy/mean": mean(trained)} if trained else {}),
-                                       **({f"{split}/accuracy/low_resource_mean": mean(low)} if low else {})})
+        trained = [c.score for lang, c in counts.items() if lang in self.cfg.data.languages]
+        low = [c.score for lang, c in counts.items() if lang in self.cfg.data.low_resource]
+        metric = headline_name(self.cfg)
+        self.trackers.scalars(round_, {**({f"{split}/{metric}/mean": mean(trained)} if trained else {}),
+                                       **({f"{split}/{metric}/low_resource_mean": mean(low)} if low else {})})
         self._summarise_round(round_, "evaluation", len(trained), 1, "no training language scored")
         if self.comm and self.comm[-1]["round"] == round_:
             self.comm[-1]["bytes_down"] += bytes_down
         if not self.quiet:
-            accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
+            accs = "  ".join(f"{lang} {100 * c.score:.1f}" for lang, c in counts.items())
             shown = f"{100 * mean(trained):.1f}" if trained else "-"
-            print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} acc  | mean {shown} | {accs}", flush=True)
+            label = "acc " if metric == "accuracy" else metric
+            print(f"round {round_:>3}/{self.cfg.federation.rounds} {split} {label} | mean {shown} | {accs}", flush=True)
 
     def on_selected(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None:
         """best-validation: the test-split scores of the selected round's model (recorded once, after the last round),
@@ -384,9 +397,10 @@ class RunRecorder:
         self._summarise_round(round_, "test scoring of the selected round", sum(lang in self.cfg.data.languages for lang in counts),
                               1, "no training language scored")
         if not self.quiet:
-            trained = [c.accuracy for lang, c in counts.items() if lang in self.cfg.data.languages]
+            trained = [c.score for lang, c in counts.items() if lang in self.cfg.data.languages]
             shown = f"{100 * mean(trained):.1f}" if trained else "-"
-            print(f"selected round {round_} (best mean validation accuracy): test acc | mean {shown}", flush=True)
+            metric = headline_name(self.cfg)
+            print(f"selected round {round_} (best mean validation {metric}): test {metric} | mean {shown}", flush=True)
 
     def selected_round(self) -> int | None:
         """The round data.selection picks from the evaluations recorded so far (None before any evaluation)."""
@@ -404,8 +418,9 @@ class RunRecorder:
                  **language_metrics(c), "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
         self._append(rows)
         if not self.quiet:
-            accs = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
-            print(f"round {round_:>3}/{self.cfg.federation.rounds} personalised acc | {accs}", flush=True)
+            accs = "  ".join(f"{lang} {100 * c.score:.1f}" for lang, c in counts.items())
+            print(f"round {round_:>3}/{self.cfg.federation.rounds} personalised {headline_name(self.cfg)} | {accs}",
+                  flush=True)
 
     def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None:
         """[attack] backdoor: each language's triggered texts, labelled with the target (split 'backdoor' in
@@ -454,7 +469,8 @@ class RunRecorder:
             return None
         rows = [r for r in curves if r["split"] == PERSONAL_SPLIT]
         last = max((int(r["round"]) for r in rows), default=0)
-        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"))
+        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"),
+                                           r.get("chrf"))
                  for r in rows if int(r["round"]) == last}
         languages, heldout = list(cfg.data.languages), list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}
@@ -490,7 +506,8 @@ class RunRecorder:
         else:
             evaluated = [r for r in curves if r["split"] == cfg.data.eval_split]
         last = max((int(r["round"]) for r in evaluated), default=0)
-        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"))
+        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"),
+                                           r.get("chrf"))
                  for r in evaluated if int(r["round"]) == last}
         heldout = list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}

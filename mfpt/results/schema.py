@@ -37,16 +37,23 @@ class ResultsError(UserError, ValueError):
     """A results.json that cannot be read as a RunResult; the message names the file and the problem."""
 
 
+def headline_metric(score: "LanguageScore | MeanScore") -> str:
+    """The field a score is judged by: chrf for a generation task, accuracy otherwise."""
+    return "accuracy" if score.chrf is None else "chrf"
+
+
 @dataclass(frozen=True)
 class LanguageScore:
     """One language's final evaluation."""
 
     accuracy: float
-    macro_f1: float
+    macro_f1: float | None
     loss: float
     n_test: int
     # Accuracy of always answering the evaluation set's most frequent label (None in results of older mfpt).
     majority: float | None = None
+    # Generation (data.task = generation): chrF++ in [0, 1]; accuracy is then the exact-match rate, macro_f1 None.
+    chrf: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ class MeanScore:
     """An unweighted mean over languages (the XTREME convention)."""
 
     accuracy: float
-    macro_f1: float
+    macro_f1: float | None
+    chrf: float | None = None  # generation only
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,11 @@ class Personalization:
     heldout_average: MeanScore | None
     extra_bytes: int = 0  # bytes of the finetune phase after the last round (not in `communication`)
 
-    def gain(self, global_scores: Mapping[str, LanguageScore], metric: str = "accuracy") -> dict[str, float]:
-        """Personalised minus global `metric` per language present in both (trained and held-out)."""
+    def gain(self, global_scores: Mapping[str, LanguageScore], metric: str | None = None) -> dict[str, float]:
+        """Personalised minus global `metric` (default: the headline) per language present in both (trained and
+        held-out)."""
         mine = {**self.per_language, **self.heldout}
-        return {lang: getattr(mine[lang], metric) - getattr(score, metric)
+        return {lang: getattr(mine[lang], metric or headline_metric(score)) - getattr(score, metric or headline_metric(score))
                 for lang, score in global_scores.items() if lang in mine}
 
 
@@ -147,10 +156,11 @@ class RunResult:
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------------------------------- reading
-    def score(self, lang: str, metric: str = "accuracy") -> float | None:
-        """A language's final `metric`, trained or held out (None when it was not evaluated)."""
+    def score(self, lang: str, metric: str | None = None) -> float | None:
+        """A language's final `metric` (default: the headline, accuracy or chrF++), trained or held out (None when it
+        was not evaluated)."""
         found = self.per_language.get(lang) or self.heldout.get(lang)
-        return None if found is None else getattr(found, metric)
+        return None if found is None else getattr(found, metric or headline_metric(found))
 
     def unscored_training_languages(self) -> list[str]:
         """The training languages without a score in the reported round (their evaluation failed or was refused)."""
@@ -161,10 +171,16 @@ class RunResult:
         over fewer languages, or of a model fewer clients trained."""
         return bool(self.refused_updates or self.unscored_training_languages())
 
-    def mean(self, block: str, metric: str = "accuracy") -> float | None:
-        """`metric` of a mean block: 'average', 'low_resource_average' or 'heldout_average' (None when absent)."""
+    def mean(self, block: str, metric: str | None = None) -> float | None:
+        """`metric` (default: the headline) of a mean block: 'average', 'low_resource_average' or 'heldout_average'
+        (None when absent)."""
         found = getattr(self, block)
-        return None if found is None else getattr(found, metric)
+        return None if found is None else getattr(found, metric or headline_metric(found))
+
+    @property
+    def generation(self) -> bool:
+        """A generation task's results (chrF++ is the headline, accuracy the exact-match rate)."""
+        return any(s.chrf is not None for s in (*self.per_language.values(), *self.heldout.values()))
 
     # ---------------------------------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:

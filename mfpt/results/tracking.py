@@ -26,7 +26,7 @@ from mfpt.core.errors import ConfigError
 log = logging.getLogger("mfpt")
 
 TRACKING_FILE = "tracking.json"
-EVAL_METRICS = ("accuracy", "macro_f1", "loss")
+EVAL_METRICS = ("accuracy", "macro_f1", "chrf", "loss")
 # MLflow keeps a parameter's value up to this many characters (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MLFLOW_PARAM_CHARS = 6000
 INSTALL_HINT = "install the tracking extra (pip install 'mfpt[tracking]'; `make setup` has it)"
@@ -148,7 +148,7 @@ def scalars_of_rows(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, fl
         if "lang" in row and "accuracy" in row:
             name = f"{split}_selected" if row.get("selected") else split
             for metric in EVAL_METRICS:
-                if metric in row:
+                if row.get(metric) is not None:  # a generation's chrf, a classifier's macro_f1
                     values[f"{name}/{metric}/{row['lang']}"] = float(row[metric])
         elif split == "train":
             values[f"train/loss/{row['client']}"] = float(row["loss"])

@@ -18,9 +18,9 @@ from typing import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mfpt.train.batching import poisson_batch
+from mfpt.train.objective import example_losses
 
 
 @dataclass
@@ -52,8 +52,10 @@ class DpSgd:
         losses = []
         for i in range(len(labels)):
             keep = inputs["attention_mask"][i].bool()
-            row = {k: v[i][keep].unsqueeze(0) for k, v in inputs.items()}
-            loss = F.cross_entropy(model(**row).logits.float(), labels[i:i + 1])
+            # Per-position inputs lose their padding; per-text ones (the LM head's verbaliser index) are kept.
+            row = {k: (v[i][keep] if v.dim() > 1 else v[i]).unsqueeze(0) for k, v in inputs.items()}
+            label = labels[i][keep].unsqueeze(0) if labels.dim() > 1 else labels[i:i + 1]  # generation: per position
+            loss = example_losses(model, row, label)[0]
             per_example.append(torch.autograd.grad(loss, params))
             losses.append(loss.detach())
         if not per_example:  # an empty Poisson batch: no example, only noise

@@ -12,13 +12,13 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mfpt.config import TrainConfig
 from mfpt.model.precision import autocast_dtype, forward_context, grad_scaler
 from mfpt.train.batching import length_grouped_order, shuffled_order
 from mfpt.train.dpsgd import DpSgd
 from mfpt.train.encoding import Encoded, collate
+from mfpt.train.objective import example_losses
 
 
 @dataclass
@@ -95,8 +95,7 @@ def train(
                 proximal_term(named, anchor_on_device, proximal_mu).backward()
         else:
             with forward_context(dtype, device):
-                logits = model(**inputs).logits
-            loss = F.cross_entropy(logits.float(), labels.to(device))
+                loss = example_losses(model, inputs, labels.to(device)).mean()
             objective = loss if anchor_on_device is None else loss + proximal_term(named, anchor_on_device, proximal_mu)
             if scaler is not None:
                 scaler.scale(objective).backward()

@@ -49,7 +49,7 @@ class Runtime:
         if key in self._encoded:
             self._encoded.move_to_end(key)
             return self._encoded[key]
-        self._encoded[key] = encode_for(self.cfg.model, rows(), self.classifier.tokenizer, self.data.labels,
+        self._encoded[key] = encode_for(self.cfg, rows(), self.classifier.tokenizer, self.data.labels,
                                         self.classifier.max_length)
         while len(self._encoded) > ENCODED_ENTRIES:
             self._encoded.popitem(last=False)

@@ -78,10 +78,16 @@ def choice_for(cfg: ExperimentConfig, mean_accuracy_by_round: Mapping[int, float
 
 
 def round_means(curves: Iterable[Mapping[str, Any]], split: str, languages: list[str]) -> dict[int, float]:
-    """Mean accuracy over `languages` of each round evaluated on `split` in metrics.jsonl rows (the test scoring
-    of a selected round excluded; rounds without any of `languages` left out)."""
+    """Mean headline score (accuracy, or chrF++ for generation) over `languages` of each round evaluated on `split` in
+    metrics.jsonl rows (the test scoring of a selected round excluded; rounds without any of `languages` left out)."""
     by_round: dict[int, list[float]] = {}
     for row in curves:
         if row.get("split") == split and row.get("lang") in languages and not row.get("selected"):
-            by_round.setdefault(int(row["round"]), []).append(float(row["accuracy"]))
+            by_round.setdefault(int(row["round"]), []).append(headline(row))
     return {r: mean(accs) for r, accs in by_round.items()}
+
+
+def headline(row: Mapping[str, Any]) -> float:
+    """A metrics.jsonl row's (or a LanguageScore's fields') headline score: chrF++ where recorded, else accuracy."""
+    chrf = row.get("chrf")
+    return float(row["accuracy"] if chrf is None else chrf)

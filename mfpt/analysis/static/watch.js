@@ -55,7 +55,7 @@ function drawChart(svg, series, key, rounds) {
     svg.appendChild(text(t, "no evaluation yet"));
     return;
   }
-  let lo = key === "accuracy" ? 0 : Math.min(...values), hi = key === "accuracy" ? 1 : Math.max(...values);
+  let lo = key === "score" ? 0 : Math.min(...values), hi = key === "score" ? 1 : Math.max(...values);
   if (hi - lo < 1e-9) { hi = lo + 1; }
   const maxRound = Math.max(1, rounds);
   const x = r => left + ((width - left - right) * (r - (maxRound > 1 ? 1 : 0))) / Math.max(maxRound - 1, 1);
@@ -73,7 +73,7 @@ function drawChart(svg, series, key, rounds) {
   for (let i = 0; i <= 4; i++) {
     const v = lo + ((hi - lo) * i) / 4;
     const t = svgEl("text", { x: left - 4, y: y(v) + 4, "text-anchor": "end" });
-    svg.appendChild(text(t, key === "accuracy" ? Math.round(100 * v) + "%" : v.toFixed(decimals)));
+    svg.appendChild(text(t, key === "score" ? Math.round(100 * v) + "%" : v.toFixed(decimals)));
   }
   for (const s of series) {
     const pts = s.points.filter(p => typeof p[key] === "number").sort((a, b) => a.round - b.round);
@@ -86,7 +86,7 @@ function drawChart(svg, series, key, rounds) {
     for (const p of pts) {
       const dot = svgEl("circle", { cx: x(p.round), cy: y(p[key]), r: s.width > 2 ? 3 : 2, fill: s.colour });
       dot.appendChild(text(svgEl("title", {}), s.name + ", round " + p.round + ": " +
-                           (key === "accuracy" ? pct(p[key]) : p[key].toFixed(3))));
+                           (key === "score" ? pct(p[key]) : p[key].toFixed(3))));
       svg.appendChild(dot);
     }
   }
@@ -154,9 +154,10 @@ function render(state, run) {
   text(el("error"), state.error || "");
 
   const series = seriesOf(state);
-  text(el("accuracy-title"), "accuracy on " + s.eval_split + " by round");
+  // The headline: accuracy, or chrF++ for a generation task.
+  text(el("accuracy-title"), (s.metric === "chrf" ? "chrF++" : "accuracy") + " on " + s.eval_split + " by round");
   text(el("loss-title"), "loss on " + s.eval_split + " by round");
-  drawChart(el("accuracy-chart"), series, "accuracy", r.total);
+  drawChart(el("accuracy-chart"), series, "score", r.total);
   drawChart(el("loss-chart"), series.filter(x => x.width < 3), "loss", r.total);
   drawLegend(series);
 

@@ -51,7 +51,6 @@ from mfpt.federation.protocol import (
     BACKDOOR_PREFIX,
     CLIENT_KEY,
     CONFIG,
-    EVAL_LOSS_SUM_KEY,
     EVAL_SPLIT_KEY,
     EXAMPLES_KEY,
     METRICS,
@@ -60,7 +59,7 @@ from mfpt.federation.protocol import (
     TRAIN_METRICS,
     TRAIN_STEPS_KEY,
     WEIGHT_KEY,
-    decode_confusion,
+    decode_counts,
 )
 from mfpt.federation.strategies.client_dp import private_base
 from mfpt.model.state import UpdateError, check_update
@@ -370,10 +369,13 @@ class MfptStrategy:
         trained = [c for lang, c in per_language.items() if lang in self.cfg.data.languages]
         if not trained:
             return None
-        accuracy = mean(c.accuracy for c in trained)
+        # The headline (accuracy, or chrF++ for generation) chooses the round.
+        accuracy = mean(c.score for c in trained)
         if selects_on_validation(self.cfg) and is_better(accuracy, self.best_accuracy):
             self.best_round, self.best_accuracy = round_, accuracy
             self.best_state = {k: v.clone() for k, v in self._evaluated_state.to_torch_state_dict().items()}
+        if trained[0].generation:
+            return MetricRecord({"chrf": accuracy, "exact-match": mean(c.accuracy for c in trained)})
         return MetricRecord({"accuracy": accuracy, "macro-f1": mean(c.macro_f1 for c in trained)})
 
     def score_selected(self, grid: Grid, config: ConfigRecord) -> dict[str, EvalCounts] | None:
@@ -403,8 +405,7 @@ class MfptStrategy:
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"evaluation: {reason}")
                 continue
             metrics = msg.content[METRICS]
-            counts = EvalCounts(num_labels, int(metrics[EXAMPLES_KEY]), float(metrics[EVAL_LOSS_SUM_KEY]),
-                                decode_confusion(metrics, num_labels))
+            counts = decode_counts(metrics, num_labels)
             per_language[node.client.lang] = per_language.get(node.client.lang, EvalCounts(num_labels)) + counts
         return per_language
 
@@ -479,9 +480,7 @@ def prefixed_counts(replies: Iterable[Message], nodes: dict[int, NodeInfo], num_
         if prefix + EXAMPLES_KEY not in metrics:
             continue
         try:
-            counts = EvalCounts(num_labels, int(metrics[prefix + EXAMPLES_KEY]),
-                                float(metrics[prefix + EVAL_LOSS_SUM_KEY]),
-                                decode_confusion(metrics, num_labels, prefix=prefix))
+            counts = decode_counts(metrics, num_labels, prefix)
         except KeyError as err:
             log.warning("%s evaluation from node %d lacks %s; left out", prefix, msg.metadata.src_node_id, err)
             continue
