@@ -110,3 +110,17 @@ def test_what_can_work_is_allowed():
                        "personalization.method": "finetune"})
     load_config(None, {"data.languages": ["eng", "swh", "hau"], "federation.strategy": "qfedavg",
                        "privacy.dp": "example", "privacy.noise_multiplier": 1.0})
+
+
+@pytest.mark.parametrize("name", ["krum", "multikrum", "bulyan"])
+def test_a_deployed_node_accepts_a_krum_experiment_its_own_language_alone_could_not_run(name, tmp_path):
+    """A node narrows the config to its own language to read its data; Krum's client count is the server's to check
+    (before, every node refused a 16-language Krum run: '3 clients per round, but 1 train each round')."""
+    from mfpt.experiments.preflight import preflight
+    from mfpt.federation.node import node_data_config
+
+    cfg = load_config(None, {"federation.strategy": name, "data.labels": ["a", "b"], "data.source": "udhr-topics",
+                             "data.languages": ["eng", "fra", "deu", "spa", "swh", "hau", "yor", "amh"]})
+    narrowed = node_data_config(cfg, ClientSpec("swh"), str(tmp_path / "swh.jsonl"))
+    assert narrowed.data.languages == ("swh",) and cfg.federation.strategy.value == name
+    assert any(line.startswith("deployed nodes:") for line in preflight(cfg))

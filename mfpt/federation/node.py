@@ -68,11 +68,13 @@ def which_client(cfg: ExperimentConfig, node_config: Mapping[str, Any]) -> tuple
 def node_data_config(cfg: ExperimentConfig, client: ClientSpec, data_path: str) -> ExperimentConfig:
     """The config a deployed node reads its data with: only its own file, which holds only its own language, so
     every language list narrows to that language (`mfpt validate` builds the same one for every client). The
-    attack of an attack experiment is the node's to carry out (ClientNode.train), not its data's."""
+    attack of an attack experiment is the node's to carry out (ClientNode.train), not its data's, and aggregation is
+    the server's: a robust rule's client count (Krum's 2f + 3) is checked against the server's languages, not this
+    node's one."""
     return cfg.replace(**{"data.source": "files", "data.path": data_path, "data.languages": [client.lang],
                           "data.heldout_languages": [],
                           "data.low_resource": [lang for lang in cfg.data.low_resource if lang == client.lang],
-                          "attack.kind": "none", "attack.languages": []})
+                          "attack.kind": "none", "attack.languages": [], "federation.strategy": "fedavg"})
 
 
 @dataclass
