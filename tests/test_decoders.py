@@ -335,3 +335,34 @@ def test_label_words_by_language_are_checked_as_the_config_loads(tiny_decoders, 
         _lm_config(tiny_decoders["qwen2"], "lora", tmp_path, **{"model.label_words_by_language": [entry]})
     with pytest.raises(ConfigError, match="applies to model.head = 'lm' only"):
         _config(tiny_decoders["qwen2"], "lora", tmp_path, **{"model.label_words_by_language": ["sw: a | b | c"]})
+
+
+@pytest.mark.parametrize("head", ("classifier", "lm"))
+@pytest.mark.parametrize("overrides", [
+    {"privacy.dp": "client", "privacy.noise_multiplier": 0.5, "federation.weighting": "uniform"},
+    {"privacy.secure_aggregation": True},
+    {"privacy.secure_aggregation": True, "privacy.dp": "client", "privacy.noise_multiplier": 0.5,
+     "privacy.clip_at": "client", "federation.weighting": "uniform"},
+    {"personalization.method": "finetune", "personalization.finetune_steps": 2},
+    {"personalization.method": "distance-weighted"},
+    {"personalization.method": "update-similarity"},
+], ids=("client-dp", "secagg", "secagg-client-dp", "finetune", "distance-weighted", "update-similarity"))
+def test_client_level_privacy_and_personalisation_run_on_a_decoder(tiny_decoders, overrides, head, tmp_path):
+    """Every privacy mode and personalisation method with a decoder, either head (example-level DP: above)."""
+    from test_secure_aggregation import SerialisingGrid
+
+    make = _lm_config if head == "lm" else _config
+    cfg = make(tiny_decoders["qwen2"], "prompt", tmp_path, **{"data.languages": ["en", "sw", "ha"],
+                                                               "federation.rounds": 2, **overrides})
+    grid = SerialisingGrid(3)
+    result = run_federated(grid, cfg, quiet=True)
+    assert set(result.per_language) == {"eng", "swh", "hau"}
+    if "privacy.dp" in overrides:
+        assert result.privacy["dp"] == "client" and result.privacy["epsilon"] > 0
+    if overrides.get("privacy.secure_aggregation"):
+        assert result.privacy["secure_aggregation"] is True
+        train = [r for r in grid.replies if r.metadata.message_type == "train" and not r.has_error()]
+        assert train and all(len(rec) == 0 for r in train for rec in r.content.array_records.values())
+    if "personalization.method" in overrides:
+        assert result.personalization is not None
+        assert set(result.personalization.per_language) == {"eng", "swh", "hau"}

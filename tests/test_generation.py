@@ -218,3 +218,20 @@ def test_the_canary_audit_refuses_a_generation_task(tmp_path):
                              "federation.weighting": "uniform"})
     with pytest.raises(ConfigError, match="no labels"):
         audit(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"privacy.secure_aggregation": True, "privacy.dp": "client", "privacy.noise_multiplier": 0.5,
+     "privacy.clip_at": "client", "federation.weighting": "uniform"},
+    {"personalization.method": "finetune", "personalization.finetune_steps": 2},
+    {"personalization.method": "distance-weighted"},
+], ids=("secagg-client-dp", "finetune", "distance-weighted"))
+def test_client_level_privacy_and_personalisation_run_a_generation_task(tiny_decoders, overrides, tmp_path):
+    from test_secure_aggregation import SerialisingGrid
+
+    cfg = _gen_config(tiny_decoders["qwen2"], "prompt", tmp_path, _generation_data(tmp_path),
+                      **{"data.languages": ["en", "sw", "ha"], "federation.rounds": 2, **overrides})
+    result = run_federated(SerialisingGrid(3), cfg, quiet=True)
+    assert all(s.chrf is not None for s in result.per_language.values()) and len(result.per_language) == 3
+    if "personalization.method" in overrides:
+        assert all(s.chrf is not None for s in result.personalization.per_language.values())

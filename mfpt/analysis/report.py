@@ -43,7 +43,7 @@ from mfpt.core import files
 from mfpt.core.stats import mean, mean_std
 from mfpt.data.uriel import LanguageNotInURIELError, URIELDataError
 from mfpt.privacy.accounting import in_words as privacy_in_words
-from mfpt.results.schema import REPORT_FILE, RunResult
+from mfpt.results.schema import REPORT_FILE, LanguageScore, MeanScore, RunResult, headline_metric
 from mfpt.train.schedule import headline
 
 # =============================================================================================================
@@ -568,7 +568,7 @@ def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], lo
     if not personal:
         return []
     columns = [*(f"{lang}†" if lang in low else lang for lang in languages), *(f"{lang} (held out)" for lang in heldout)]
-    lines = ["", "Personalisation (`personalization.method`): the accuracy of the global state and of each language's "
+    lines = ["", "Personalisation (`personalization.method`): the accuracy (chrF++ for generation) of the global state and of each language's "
              "own state in the same runs (held-out languages: the URIEL distance-weighted combination of the trained "
              "languages' states), and the gain of the personalised state, in points (mean ± std over seeds):", ""]
     lines += _table_head(["run / state", *columns, "mean", "low-res mean", "held-out mean"])
@@ -577,18 +577,22 @@ def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], lo
         blocks = {"global": [(r.per_language, r.heldout, r) for r in runs],
                   "personalised": [(p.per_language, p.heldout, p) for r in runs if (p := r.personalization)]}
         for state, rows in blocks.items():
-            cells = [pm([(a.get(lang) or b.get(lang)).accuracy if (a.get(lang) or b.get(lang)) else None
-                         for a, b, _ in rows]) for lang in [*languages, *heldout]]
-            cells += [pm([m.accuracy if (m := getattr(x, block)) else None for _, _, x in rows])
+            cells = [pm([headline_of(a.get(lang) or b.get(lang)) for a, b, _ in rows]) for lang in [*languages, *heldout]]
+            cells += [pm([headline_of(getattr(x, block)) for _, _, x in rows])
                       for block in ("average", "low_resource_average", "heldout_average")]
             lines.append(_table_row([f"{g.label}: {state}", *cells]))
         gains = [r.personalization.gain({**r.per_language, **r.heldout}) for r in runs]  # type: ignore[union-attr]
         cells = [pm([d.get(lang) for d in gains], signed=True) for lang in [*languages, *heldout]]
-        means = [[(getattr(r.personalization, b).accuracy - getattr(r, b).accuracy)  # type: ignore[union-attr]
+        means = [[headline_of(getattr(r.personalization, b)) - headline_of(getattr(r, b))  # type: ignore[union-attr,operator]
                   if getattr(r.personalization, b) and getattr(r, b) else None for r in runs]
                  for b in ("average", "low_resource_average", "heldout_average")]
         lines.append(_table_row([f"{g.label}: gain", *cells, *(pm(m, signed=True) for m in means)]))
     return lines
+
+
+def headline_of(score: LanguageScore | MeanScore | None) -> float | None:
+    """A score's headline value (accuracy, or chrF++ for generation); None for no score."""
+    return None if score is None else getattr(score, headline_metric(score))
 
 
 def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], heldout: Sequence[str],
