@@ -235,3 +235,24 @@ def test_client_level_privacy_and_personalisation_run_a_generation_task(tiny_dec
     assert all(s.chrf is not None for s in result.per_language.values()) and len(result.per_language) == 3
     if "personalization.method" in overrides:
         assert all(s.chrf is not None for s in result.personalization.per_language.values())
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix", "lora"])
+def test_generation_continues_the_prompt_under_every_method(tiny_decoders, method, tmp_path):
+    """peft's generate() returns the prompt's ids before the new ones under every method (virtual tokens are fed as
+    embeddings, not ids), which is what `generate` cuts at."""
+    from mfpt.model.factory import build_model
+    from mfpt.train.evaluation import generate
+
+    cfg = _gen_config(tiny_decoders["llama"], method, tmp_path, _generation_data(tmp_path))
+    built = build_model(cfg, 0)
+    frame = pd.DataFrame({TEXT: ["the many balls week teams", "sport"], TARGET: ["a", "b"]})
+    data = encode_generation(frame, built.tokenizer, 32, 4, text_suffix=" =>")
+    inputs, _ = next(prompt_batches(data, 2, built.tokenizer))
+    with torch.no_grad():
+        out = built.model.eval().generate(**inputs, max_new_tokens=5, do_sample=False,
+                                          pad_token_id=built.tokenizer.pad_token_id)
+    assert torch.equal(out[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
+    texts = generate(built.model, data, built.tokenizer, 2, torch.device("cpu"), None, 5)
+    assert texts == [t.strip() for t in built.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],
+                                                                      skip_special_tokens=True)]
