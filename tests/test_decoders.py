@@ -366,3 +366,17 @@ def test_client_level_privacy_and_personalisation_run_on_a_decoder(tiny_decoders
     if "personalization.method" in overrides:
         assert result.personalization is not None
         assert set(result.personalization.per_language) == {"eng", "swh", "hau"}
+
+
+def test_a_deployed_node_keeps_its_own_languages_label_words(tiny_decoders, tmp_path):
+    """A node reads only its own language: it keeps that language's words (the others' would name languages it does
+    not have, which the config refuses), and `mfpt validate` builds every node's config."""
+    from mfpt.data.clients import ClientSpec
+    from mfpt.experiments.preflight import preflight
+    from mfpt.federation.node import node_data_config
+
+    cfg = _lm_config(tiny_decoders["qwen2"], "lora", tmp_path,
+                     **{"model.label_words_by_language": ["sw: d | e | f", "en: a | b | c"]})
+    assert node_data_config(cfg, ClientSpec("swh"), "x.jsonl").model.label_words_by_language == ("sw: d | e | f",)
+    assert node_data_config(cfg, ClientSpec("eng"), "x.jsonl").model.label_words_by_language == ("en: a | b | c",)
+    assert any(line.startswith("deployed nodes:") for line in preflight(cfg))

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from mfpt.config import AttackKind, ExperimentConfig
+from mfpt.config.rules import label_words_by_language
 from mfpt.config.specs import with_simulated_client_threads
 from mfpt.core.languages import normalize_language
 from mfpt.core.seeds import derive_seed
@@ -70,10 +71,14 @@ def node_data_config(cfg: ExperimentConfig, client: ClientSpec, data_path: str) 
     every language list narrows to that language (`mfpt validate` builds the same one for every client). The
     attack of an attack experiment is the node's to carry out (ClientNode.train), not its data's, and aggregation is
     the server's: a robust rule's client count (Krum's 2f + 3) is checked against the server's languages, not this
-    node's one."""
+    node's one. Of model.label_words_by_language the node keeps its own language's words: no other language's text
+    reaches it."""
+    own_words = [entry for entry in cfg.model.label_words_by_language
+                 if list(label_words_by_language([entry])) == [client.lang]]
     return cfg.replace(**{"data.source": "files", "data.path": data_path, "data.languages": [client.lang],
                           "data.heldout_languages": [],
                           "data.low_resource": [lang for lang in cfg.data.low_resource if lang == client.lang],
+                          "model.label_words_by_language": own_words,
                           "attack.kind": "none", "attack.languages": [], "federation.strategy": "fedavg"})
 
 
