@@ -300,7 +300,7 @@ def train_reply(request, index: int, state: dict, examples: int = 10, loss: floa
 
 
 def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldout: dict[str, float] | None = None,
-             size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3) -> Path:
+             size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3, strategy: str = "fedavg") -> Path:
     """A results.json + metrics.jsonl with chosen numbers (the report reads nothing else)."""
     from mfpt.core.files import json_line, write_text
     from mfpt.results.recorder import mean_block
@@ -310,7 +310,7 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
     per = {lang: LanguageScore(a, a / 2, 1.0, 9, 4 / 9) for lang, a in accs.items()}
     held = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in heldout.items()}
     config = {"name": "t", "seed": seed, "output_dir": "x", "paradigm": paradigm, "peft": {"method": "prefix"},
-              "federation": {"rounds": rounds}, "data": {"train_per_language": size, "eval_split": "test"},
+              "federation": {"rounds": rounds, "strategy": strategy}, "data": {"train_per_language": size, "eval_split": "test"},
               "transfer": {"sources": ["eng"]}}
     result = RunResult(
         name="t", paradigm=paradigm, method="prefix", model="m", seed=seed, trainable_params=1000, total_params=10_000,
@@ -324,7 +324,7 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
                                     full_model_bytes=40_000, clients_per_round=len(languages)),
         local_steps={lang: 6 for lang in languages}, protocol=f"{paradigm} protocol", refused_updates=0,
         wall_seconds=1.0, config=config)
-    folder = root / f"{paradigm}-{size}-{seed}"
+    folder = root / (f"{paradigm}-{size}-{seed}" + ("" if strategy == "fedavg" else f"-{strategy}"))
     write_result(folder, result)
     curves = [{"round": r, "split": "test", "lang": lang, "accuracy": a * r / rounds}
               for r in range(1, rounds + 1) for lang, a in accs.items()]

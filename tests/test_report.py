@@ -109,6 +109,25 @@ def test_distance_section_when_gains_over_local_and_transfer_exist(rendered) -> 
     assert (out / "distance_train_per_language-all" / "distance_heatmaps.png").read_bytes()[:8] == PNG
 
 
+def test_an_aggregators_clean_cost_per_language_is_set_against_language_distance(tmp_path: Path) -> None:
+    """FedMedian's accuracy minus FedAvg's, per language and paired by seed, is a gain of the distance analysis."""
+    accs = {"fedavg": {0: [0.6, 0.5, 0.4, 0.3, 0.5], 1: [0.7, 0.5, 0.5, 0.4, 0.4]},
+            "fedmedian": {0: [0.6, 0.4, 0.3, 0.1, 0.5], 1: [0.7, 0.5, 0.4, 0.2, 0.3]}}
+    langs = ["eng", "swh", "hau", "yor", "amh"]
+    for strategy, seeds in accs.items():
+        for seed, values in seeds.items():
+            fake_run(tmp_path / "runs", "federated", seed, dict(zip(langs, values)), strategy=strategy)
+    md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
+    section = md[md.index("#### Distance to the rest of the federation"):]
+    header = next(line for line in section.splitlines() if line.startswith("|"))
+    column = [c.strip() for c in header.strip("|").split("|")].index("fedmedian - fedavg") - 1
+    table = {name.split()[0]: cells for name, cells in table_rows(section, "####").items()}
+    for i, lang in enumerate(langs):
+        cost = np.mean([accs["fedmedian"][s][i] - accs["fedavg"][s][i] for s in (0, 1)])
+        assert float(table[lang][column]) == pytest.approx(100 * cost, abs=0.051), lang
+    assert re.search(r"\| syntactic \| federation \| fedmedian - fedavg \| 5 \| -?\d", md)  # a correlation
+
+
 def test_distance_error_is_printed_not_raised(tmp_path: Path) -> None:
     for paradigm, accs in (("federated", {"eng": 0.6, "swh": 0.5}), ("local", {"eng": 0.5, "swh": 0.4})):
         fake_run(tmp_path / "runs", paradigm, 0, accs, low=())

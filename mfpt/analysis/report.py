@@ -311,15 +311,31 @@ def _federated_gains(groups: Sequence[Group], keys: Sequence[str]) -> list[tuple
 
 
 def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
-    """Mean gain per language (accuracy points) of federated over each paradigm whose languages train their own
-    models, same method: what the distance analysis correlates with language distance."""
+    """Mean gain per language (points) of federated over each paradigm whose languages train their own models, same
+    method; and each aggregator's clean cost, its runs minus FedAvg's (same method, no attack): what the distance
+    analysis correlates with language distance (a robust rule may drop a distant language's update as an outlier)."""
     gains: dict[str, dict[str, float]] = {}
     for fed, other, per_key, _ in _federated_gains(ctx.groups, ctx.languages):
         if other.spec.language_models and other.method == fed.method:
             gains[f"federated - {other.paradigm}"] = {lang: 100 * mean(v) for lang in ctx.languages
                                                       if (v := per_key[lang])}
+        elif _is_clean_aggregator_pair(fed, other):
+            strategy = config_value(fed.runs[0].results, "federation.strategy")
+            gains[f"{strategy} - fedavg"] = {lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
     gains.update(personalization_gains(ctx))
     return gains
+
+
+def _is_clean_aggregator_pair(group: Group, fedavg: Group) -> bool:
+    """`group` is a federated run of another aggregator than `fedavg`'s FedAvg, same method, neither attacked."""
+    def setting(g: Group, key: str, default: Any) -> Any:
+        return config_value(g.runs[0].results, key, default)
+
+    return (group.paradigm == fedavg.paradigm == "federated" and group.method == fedavg.method
+            and setting(fedavg, "federation.strategy", "fedavg") == "fedavg"
+            and setting(group, "federation.strategy", "fedavg") != "fedavg"
+            and setting(group, "attack.kind", "none") == setting(fedavg, "attack.kind", "none") == "none"
+            and setting(group, "personalization.method", "none") == setting(fedavg, "personalization.method", "none"))
 
 
 def personalization_gains(ctx: Context) -> dict[str, dict[str, float]]:
