@@ -177,14 +177,15 @@ def test_a_generation_run_learns_its_targets_and_reports_chrf(tiny_decoders, tmp
     assert read_result(Path(cfg.output_dir)).per_language["eng"].chrf == trained.per_language["eng"].chrf
 
 
-@pytest.mark.parametrize("paradigm", ["local", "centralized", "transfer"])
+@pytest.mark.parametrize("paradigm", ["local", "centralized", "transfer", "zeroshot"])
 def test_every_paradigm_runs_a_generation_task(tiny_decoders, tmp_path, paradigm):
     from mfpt.experiments.paradigms import run_experiment
 
     cfg = _gen_config(tiny_decoders["llama"], "prompt", tmp_path, _generation_data(tmp_path),
                       **{"paradigm": paradigm, "federation.rounds": 1, "data.languages": ["eng", "swh", "hau"]})
     result = run_experiment(cfg, quiet=True)
-    assert {lang for lang, s in result.per_language.items() if s.chrf is not None} >= {"swh", "hau"}
+    scored = {lang for lang, s in result.per_language.items() if s.chrf is not None}
+    assert scored >= {"swh", "hau"} and result.average.chrf is not None
 
 
 def test_example_level_dp_and_resume_work_on_a_generation_task(tiny_decoders, tmp_path):
@@ -256,3 +257,25 @@ def test_generation_continues_the_prompt_under_every_method(tiny_decoders, metho
     texts = generate(built.model, data, built.tokenizer, 2, torch.device("cpu"), None, 5)
     assert texts == [t.strip() for t in built.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],
                                                                       skip_special_tokens=True)]
+
+
+def test_mfpt_tune_chooses_a_generation_setting_by_its_validation_chrf(tiny_decoders, tmp_path):
+    from test_tune import _tune
+
+    data = _generation_data(tmp_path, target=lambda text: "a")
+    config = tmp_path / "generation.toml"
+    config.write_text(f'name = "gen-tune"\noutput_dir = "{tmp_path / "x"}"\nparadigm = "centralized"\n'
+                      f'[model]\nname = "{tiny_decoders["qwen2"]}"\nhead = "lm"\nmax_seq_length = 32\n'
+                      'max_new_tokens = 4\ntext_suffix = " =>"\n[peft]\nmethod = "full"\n'
+                      f'[data]\ntask = "generation"\nsource = "files"\npath = "{data}"\nlanguages = ["eng", "swh"]\n'
+                      '[federation]\nrounds = 2\n[train]\nbatch_size = 8\nthreads = 1\ndevice = "cpu"\n'
+                      'local_epochs = 4\n', encoding="utf-8")
+    tuning = _tune(config, tmp_path / "tune", settings=("paradigm=centralized",), grid=[("train.lr", ["x0.01", "x1"])])
+    setting = tuning["settings"][0]
+    scores = {t["values"]["train.lr"]: t["score"] for t in setting["trials"]}
+    chrf = {lr: read_result(tmp_path / "tune" / setting["folder"] / t["runs"][0]).average.chrf
+            for lr, t in zip(scores, setting["trials"])}
+    exact = {lr: read_result(tmp_path / "tune" / setting["folder"] / t["runs"][0]).average.accuracy
+             for lr, t in zip(scores, setting["trials"])}
+    assert scores == pytest.approx(chrf) and scores != pytest.approx(exact)  # chrF++, not the exact matches
+    assert setting["chosen"]["train.lr"] == max(scores, key=scores.get)

@@ -8,8 +8,8 @@ each method's default learning rate, three points for each, where a fixed list w
 
 Every trial is one run (a sweep run: its own folder and process, resumable) with `data.eval_split = "validation"`
 and `data.drop_test = true`: the test split is removed as soon as the data is read, so no trial can score on it.
-A trial's score is the mean validation accuracy over the training languages after the last round, averaged over
-the seeds. The chosen values are the best trial's (the earliest in grid order on a tie). tuning.json
+A trial's score is the mean validation accuracy (chrF++ for a generation task) over the training languages after
+the last round, averaged over the seeds. The chosen values are the best trial's (the earliest in grid order on a tie). tuning.json
 (mfpt.config.tuning) records every trial and what it cost; `tuning.file = "DIR/tuning.json"` (or `--tuned DIR/
 tuning.json` on `mfpt run` and `mfpt sweep`) makes a run use the values chosen for its own paradigm and method.
 """
@@ -36,7 +36,8 @@ from mfpt.results.schema import read_result
 TUNING_FILE = "tuning.json"
 # What every trial sets: its rounds are scored on validation, and the test split is gone before anything runs.
 TRIAL_OVERRIDES = ('data.eval_split="validation"', "data.drop_test=true", 'data.selection="last"', 'tuning.file=""')
-OBJECTIVE = ("mean validation accuracy over the training languages after the last round, averaged over the seeds; "
+OBJECTIVE = ("mean validation accuracy (chrF++ for a generation task) over the training languages after the last "
+             "round, averaged over the seeds; "
              "the test split is dropped when a trial's data is read")
 PROTOCOL_KEYS = frozenset({"seed", "output_dir", *(parse_override(o)[0] for o in TRIAL_OVERRIDES)})
 # Keys a trial may not search: they define the setting, the protocol or the run folder.
