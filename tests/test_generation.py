@@ -172,6 +172,13 @@ def test_a_generation_run_learns_its_targets_and_reports_chrf(tiny_decoders, tmp
         # Nearly every generation is exactly the answer (a long text cut at max_seq_length may still miss it).
         assert score.chrf >= 0.85 and score.accuracy >= 0.75, (lang, score)
         assert untrained[lang].chrf < 0.5 and untrained[lang].accuracy < 0.5
+    from mfpt.analysis.live import run_state
+
+    state = run_state(cfg.output_dir)  # `mfpt watch` draws chrF++ as the headline
+    assert state["settings"]["metric"] == "chrf"
+    assert state["final"]["average"] == pytest.approx(trained.average.chrf)
+    last = state["curves"]["test"]["per_language"]["eng"][-1]
+    assert last["score"] == last["chrf"] == pytest.approx(trained.per_language["eng"].chrf)
     report = (Path(cfg.output_dir) / "report.md").read_text(encoding="utf-8")
     assert "chrF++ (%) of the greedy generations" in report and "Exact match (%)" in report
     assert read_result(Path(cfg.output_dir)).per_language["eng"].chrf == trained.per_language["eng"].chrf
