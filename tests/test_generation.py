@@ -286,3 +286,22 @@ def test_mfpt_tune_chooses_a_generation_setting_by_its_validation_chrf(tiny_deco
              for lr, t in zip(scores, setting["trials"])}
     assert scores == pytest.approx(chrf) and scores != pytest.approx(exact)  # chrF++, not the exact matches
     assert setting["chosen"]["train.lr"] == max(scores, key=scores.get)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
+def test_the_loss_keeps_only_the_logits_that_predict_a_target_token(tiny_decoders, method, tmp_path):
+    """example_losses asks the LM head for the last positions only; the loss equals the one over every position."""
+    from mfpt.model.factory import build_model
+    from mfpt.train.objective import example_losses, target_losses
+
+    cfg = _gen_config(tiny_decoders["qwen3"], method, tmp_path, _generation_data(tmp_path))
+    built = build_model(cfg, 0)
+    frame = pd.DataFrame({TEXT: ["the many balls week teams", "sport"], TARGET: ["goals today", "b"]})
+    data = encode_generation(frame, built.tokenizer, 32, 6, text_suffix=" =>")
+    inputs, labels = collate(data, np.arange(2), built.tokenizer)
+    model = built.model.eval()
+    with torch.no_grad():
+        kept = example_losses(model, inputs, labels)
+        every = target_losses(model(**inputs).logits.float(), labels)
+    torch.testing.assert_close(kept, every)
+    assert (kept > 0).all()
