@@ -300,15 +300,20 @@ def train_reply(request, index: int, state: dict, examples: int = 10, loss: floa
 
 
 def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldout: dict[str, float] | None = None,
-             size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3, strategy: str = "fedavg") -> Path:
-    """A results.json + metrics.jsonl with chosen numbers (the report reads nothing else)."""
+             size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3, strategy: str = "fedavg",
+             generation: bool = False) -> Path:
+    """A results.json + metrics.jsonl with chosen numbers (the report reads nothing else); `generation`: the numbers
+    are chrF++, and the exact-match rate (accuracy) half of them."""
     from mfpt.core.files import json_line, write_text
     from mfpt.results.recorder import mean_block
     from mfpt.results.schema import Communication, LanguageScore, RunResult, write_result
 
     languages, heldout = list(accs), heldout or {}
-    per = {lang: LanguageScore(a, a / 2, 1.0, 9, 4 / 9) for lang, a in accs.items()}
-    held = {lang: LanguageScore(a, a / 2, 1.0, 9) for lang, a in heldout.items()}
+    def score(a: float, majority: float | None) -> LanguageScore:
+        return LanguageScore(a / 2, None, 1.0, 9, None, a) if generation else LanguageScore(a, a / 2, 1.0, 9, majority)
+
+    per = {lang: score(a, 4 / 9) for lang, a in accs.items()}
+    held = {lang: score(a, None) for lang, a in heldout.items()}
     config = {"name": "t", "seed": seed, "output_dir": "x", "paradigm": paradigm, "peft": {"method": "prefix"},
               "federation": {"rounds": rounds, "strategy": strategy}, "data": {"train_per_language": size, "eval_split": "test"},
               "transfer": {"sources": ["eng"]}}
@@ -326,8 +331,8 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
         wall_seconds=1.0, config=config)
     folder = root / (f"{paradigm}-{size}-{seed}" + ("" if strategy == "fedavg" else f"-{strategy}"))
     write_result(folder, result)
-    curves = [{"round": r, "split": "test", "lang": lang, "accuracy": a * r / rounds}
-              for r in range(1, rounds + 1) for lang, a in accs.items()]
+    curves = [{"round": r, "split": "test", "lang": lang, "accuracy": a * r / rounds,
+               **({"chrf": a * r / rounds} if generation else {})} for r in range(1, rounds + 1) for lang, a in accs.items()]
     curves += [{"round": 1, "split": "train", "lang": lang, "n": 27 if size == 0 else size, "loss": 1.0, "steps": 2}
                for lang in languages]
     write_text(folder / "metrics.jsonl", "".join(json_line(row) for row in curves))

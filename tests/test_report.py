@@ -128,6 +128,20 @@ def test_an_aggregators_clean_cost_per_language_is_set_against_language_distance
     assert re.search(r"\| syntactic \| federation \| fedmedian - fedavg \| 5 \| -?\d", md)  # a correlation
 
 
+def test_a_report_of_generation_runs_is_in_chrf(tmp_path: Path) -> None:
+    """Tables, gains and curves of generation runs measure chrF++; the second table is the exact-match rate."""
+    chrf = {"federated": [0.6, 0.5, 0.4], "local": [0.5, 0.3, 0.2]}
+    for paradigm, values in chrf.items():
+        fake_run(tmp_path / "runs", paradigm, 0, dict(zip(TRAINED, values)), generation=True)
+    md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
+    table = table_rows(md, "## Results")
+    assert table["federated / prefix"][:3] == ["60.0", "50.0", "40.0"]  # chrF++, not the exact matches (half)
+    assert table_rows(md, "Exact match (%)")["federated / prefix"][:3] == ["30.0", "25.0", "20.0"]
+    gains = table_rows(md, "Gain of federated over each baseline (chrF++ points")
+    assert gains["local / prefix"][:3] == ["+10.0", "+20.0", "+20.0"]
+    assert "Mean chrF++ by round" in md and "Macro-F1" not in md
+
+
 def test_distance_error_is_printed_not_raised(tmp_path: Path) -> None:
     for paradigm, accs in (("federated", {"eng": 0.6, "swh": 0.5}), ("local", {"eng": 0.5, "swh": 0.4})):
         fake_run(tmp_path / "runs", paradigm, 0, accs, low=())

@@ -72,8 +72,9 @@ def _percent_stats(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def plot_round_curves(series: Sequence[Series], path: Path, title: str = "") -> Path:
-    """Mean accuracy over the training languages by round, one line per series, band = ± std over seeds."""
+def plot_round_curves(series: Sequence[Series], path: Path, title: str = "", metric: str = "accuracy") -> Path:
+    """Mean `metric` (accuracy, or chrF++ for generation) over the training languages by round, one line per series,
+    band = ± std over seeds."""
     fig = new_figure(6.4, 3.8)
     ax = fig.subplots()
     last_round = max((max((x for x, _ in s.points), default=0) for s in series), default=1)
@@ -92,7 +93,7 @@ def plot_round_curves(series: Sequence[Series], path: Path, title: str = "") -> 
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole: no 0.5, 1.5 ticks
-    ax.set_ylabel("mean accuracy over languages (%)")
+    ax.set_ylabel(f"mean {metric} over languages (%)")
     ax.set_xlim(0.5 if last_round >= 1 else -0.5, max(last_round, 1) + 0.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

@@ -197,9 +197,10 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], ti
     split = "validation" if on_validation else config_value(result, "data.eval_split")
     mean_by_round = _round_means(curves, result.languages, split)
     if mean_by_round:
-        parts += ["", f"## Mean accuracy by round ({split})" if on_validation else "## Mean accuracy by round", "",
+        name = "chrF++" if result.generation else "accuracy"
+        parts += ["", f"## Mean {name} by round" + (f" ({split})" if on_validation else ""), "",
                   *_table_head(["round", *map(str, mean_by_round)]),
-                  _table_row(["mean acc", *map(pct, mean_by_round.values())])]
+                  _table_row([f"mean {'chrF++' if result.generation else 'acc'}", *map(pct, mean_by_round.values())])]
         parts += _sampled_evaluation_note([result])
     return "\n".join(parts) + "\n"
 
@@ -433,7 +434,8 @@ def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report", 
         series = [Series(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})", g.paradigm, list(curve.items()), level=not g.spec.uses_rounds)
                   for g in ctx.groups if (curve := _round_curves(g))]
         if series:
-            curves[ctx.slug] = plot_round_curves(series, out_dir / f"curves_{ctx.slug}.png", ctx.name)
+            curves[ctx.slug] = plot_round_curves(series, out_dir / f"curves_{ctx.slug}.png", ctx.name,
+                                                 _headline_name(ctx.groups))
         gains = _distance_gains(ctx)
         if gains:
             distances[ctx.slug] = _analyse_distances(ctx, gains, out_dir, f"distance_{ctx.slug}")
@@ -521,9 +523,10 @@ def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
     for ctx in contexts(groups):
         parts += ["", *_results_section(ctx)]
         if any(_round_curves(g) for g in ctx.groups):
-            parts += ["", "Mean accuracy by round (band: ± std over seeds):", ""]
+            name = _headline_name(ctx.groups)
+            parts += ["", f"Mean {name} by round (band: ± std over seeds):", ""]
             if ctx.slug in artifacts.curves:
-                parts += [f"![mean accuracy by round]({artifacts.curves[ctx.slug].name})", ""]
+                parts += [f"![mean {name} by round]({artifacts.curves[ctx.slug].name})", ""]
             parts += _round_table(ctx.groups)
             parts += _sampled_evaluation_note([r.results for g in ctx.groups for r in g.runs])
         if ctx.slug in artifacts.distances:
@@ -561,11 +564,13 @@ def _results_section(ctx: Context) -> list[str]:
     if heldout:
         lines += ["", "Held-out languages (no training data; evaluated with the model named on the right):", ""]
         lines += _heldout_table(ctx.groups, heldout)
-    title, metric = SECOND_METRIC[any(r.results.generation for g in ctx.groups for r in g.runs)]
+    generation = _headline_name(ctx.groups) == "chrF++"
+    title, metric = SECOND_METRIC[generation]
     lines += ["", title, ""] + _accuracy_table(ctx.groups, languages, low, heldout, metric=metric)
     gain_lines = _gain_tables(ctx.groups, languages, low, heldout)
     if gain_lines:
-        lines += ["", "Gain of federated over each baseline (accuracy points, mean ± std over paired seeds):", ""]
+        lines += ["", f"Gain of federated over each baseline ({'chrF++' if generation else 'accuracy'} points, mean ± "
+                      "std over paired seeds):", ""]
         lines += gain_lines
     lines += _personalization_lines(ctx.groups, languages, low, heldout)
     budgets = _budget_lines(ctx.groups)
@@ -604,6 +609,11 @@ def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], lo
                  for b in ("average", "low_resource_average", "heldout_average")]
         lines.append(_table_row([f"{g.label}: gain", *cells, *(pm(m, signed=True) for m in means)]))
     return lines
+
+
+def _headline_name(groups: Sequence[Group]) -> str:
+    """What the groups' tables and curves measure: chrF++ when a run is a generation task, else accuracy."""
+    return "chrF++" if any(r.results.generation for g in groups for r in g.runs) else "accuracy"
 
 
 def headline_of(score: LanguageScore | MeanScore | None) -> float | None:
