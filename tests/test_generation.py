@@ -305,3 +305,22 @@ def test_the_loss_keeps_only_the_logits_that_predict_a_target_token(tiny_decoder
         every = target_losses(model(**inputs).logits.float(), labels)
     torch.testing.assert_close(kept, every)
     assert (kept > 0).all()
+
+
+def test_mfpt_prepare_keeps_a_generation_files_targets_for_the_run(tiny_decoders, tmp_path):
+    """What `mfpt prepare files` writes from a generation file, a generation run reads: the targets, no labels."""
+    from mfpt.data.clients import prepare
+    from mfpt.data.prepare import read_source, write_prepared
+
+    frame, provenance = read_source("files", str(_generation_data(tmp_path)), ["eng", "swh"])
+    card = write_prepared(frame, provenance, tmp_path / "prepared", "train")
+    assert card["labels"] == [] and "target" in card["columns"] and "label" not in card["columns"]
+    assert card["languages"]["eng"]["splits"]["train"]["rows"] == (frame[(frame[LANG] == "eng")
+                                                                         & (frame[SPLIT] == "train")].shape[0])
+    written = pd.read_json(tmp_path / "prepared" / "eng.jsonl", lines=True)
+    assert list(written.columns) == ["text", "target", "lang", "split"]
+    cfg = _gen_config(tiny_decoders["qwen2"], "lora", tmp_path, tmp_path / "prepared", **{"federation.rounds": 1})
+    prepared = prepare(cfg)
+    assert prepared.labels == () and set(prepared.frame[TARGET]) == set(frame[TARGET])
+    result = run_federated(InProcessGrid(2), cfg, quiet=True)
+    assert all(s.chrf is not None for s in result.per_language.values())

@@ -20,12 +20,13 @@ from mfpt.core.files import atomic_write, json_line, sha256_file, write_json, wr
 from mfpt.core.languages import language_name, normalize_languages
 from mfpt.core.registry import UnknownNameError, unknown_name_message
 from mfpt.data.benchmarks import BENCHMARKS, Provenance, load_benchmark_with_provenance
-from mfpt.data.sources import CARD_NAME, LABEL, LANG, SPLIT, TEXT, TEXT_PAIR, DataError, read_table
+from mfpt.data.sources import CARD_NAME, LABEL, LANG, NO_LABEL, SPLIT, TARGET, TEXT, TEXT_PAIR, DataError, read_table
 
 FILES = "files"  # `mfpt prepare files`: split the user's own multilingual file instead of a benchmark
 README_NAME = "README.md"
 CARD_SCHEMA = "mfpt.datacard/1"
-SCHEMA_COLUMNS = (TEXT, TEXT_PAIR, LABEL, LANG, SPLIT)  # what a language file keeps, in this order
+# What a language file keeps, in this order (a generation file: target instead of label).
+SCHEMA_COLUMNS = (TEXT, TEXT_PAIR, LABEL, TARGET, LANG, SPLIT)
 UNSPLIT = "unsplit"  # the split name the card counts rows under when the input has no split column
 
 
@@ -45,7 +46,7 @@ def read_source(name: str, path: str = "", languages: Sequence[str] = (),
 def _read_user_file(path: str, languages: Sequence[str]) -> tuple[pd.DataFrame, Provenance]:
     if not path:
         raise DataError("`mfpt prepare files` needs --path: a JSONL, CSV or Parquet file with columns text, label, "
-                        "lang (optional: text_pair, split).")
+                        "lang (optional: text_pair, split), or text, target, lang for a generation task.")
     source = Path(path).expanduser()
     frame = read_table(source)  # refuses a missing file, a missing column and empty cells, naming them
     wanted = normalize_languages(list(languages))
@@ -73,16 +74,24 @@ def card_labels(frame: pd.DataFrame, benchmark: str) -> list[str]:
     """The label order for the experiment file's data.labels: the benchmark's own (label id = position, including
     labels absent from the asked languages), else the labels present, sorted."""
     info = BENCHMARKS.get(benchmark)
+    if is_generation(frame):
+        return []
     return list(info.labels) if info is not None else sorted(set(frame[LABEL]))
 
 
+def is_generation(frame: pd.DataFrame) -> bool:
+    """A generation task's rows (a target, and the label column check_schema filled with NO_LABEL)."""
+    return TARGET in frame.columns and bool((frame[LABEL] == NO_LABEL).all())
+
+
 def split_counts(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per split: the row count and the count of every label present."""
+    """Per split: the row count and the count of every label present (none for a generation task's rows)."""
     splits = rows[SPLIT] if SPLIT in rows.columns else pd.Series(UNSPLIT, index=rows.index)
     counts: dict[str, dict[str, Any]] = {}
     for split in sorted(set(splits), key=lambda s: (("train", "validation", "test", UNSPLIT).index(s), s)):
-        labels = rows.loc[splits == split, LABEL].value_counts()
-        counts[split] = {"rows": int(labels.sum()), "labels": {str(k): int(v) for k, v in sorted(labels.items())}}
+        labels = rows.loc[splits == split, LABEL].value_counts() if LABEL in rows.columns else pd.Series(dtype=int)
+        counts[split] = {"rows": int((splits == split).sum()),
+                         "labels": {str(k): int(v) for k, v in sorted(labels.items())}}
     return counts
 
 
@@ -100,7 +109,8 @@ def write_prepared(frame: pd.DataFrame, provenance: Provenance, out: Path, train
         # A stray language file next to the card's would travel to a site, or be read by a directory data.path.
         raise DataError(f"--out {str(out)!r} already holds {', '.join(stale)}, which this run would not write; "
                         "choose an empty directory or remove them.")
-    columns = [c for c in SCHEMA_COLUMNS if c in frame.columns]
+    # A generation file keeps its targets and no label column (read back, it is a generation task again).
+    columns = [c for c in SCHEMA_COLUMNS if c in frame.columns and not (c == LABEL and is_generation(frame))]
     source: dict[str, str] = {"benchmark": provenance.benchmark}
     source["path" if provenance.revision == "local" else "hub_id"] = provenance.location
     if Path(provenance.location).is_file():  # a user's single file: its checksum is its revision
@@ -144,7 +154,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"- revision: {card['revision']}" + (f" (hub branch {card['hub_ref']})" if card["hub_ref"] else ""),
         *([f"- train pool: {card['train_pool']}"] if card["train_pool"] else []),
         f"- columns: {', '.join(card['columns'])}",
-        f"- labels (the experiment file's data.labels, in this order): {', '.join(card['labels'])}",
+        (f"- labels (the experiment file's data.labels, in this order): {', '.join(card['labels'])}" if card["labels"]
+         else "- a generation task (text -> target, no labels): the experiment file sets data.task = \"generation\""),
         f"- written {card['created']} by mfpt {card['mfpt_version']}; the same facts are in {CARD_NAME}",
         "",
         "| language | file | rows per split | sha256 |",
@@ -152,11 +163,12 @@ def render_card(card: dict[str, Any]) -> str:
     ]
     for lang, entry in card["languages"].items():
         lines.append(f"| {lang} ({entry['name']}) | {entry['file']} | {rows_per_split(entry)} | `{entry['sha256']}` |")
-    lines += ["", "Labels per split:", ""]
-    for lang, entry in card["languages"].items():
-        for split, counts in entry["splits"].items():
-            labels = ", ".join(f"{label} {n}" for label, n in counts["labels"].items())
-            lines.append(f"- {lang} {split}: {labels}")
+    if card["labels"]:
+        lines += ["", "Labels per split:", ""]
+        for lang, entry in card["languages"].items():
+            for split, counts in entry["splits"].items():
+                labels = ", ".join(f"{label} {n}" for label, n in counts["labels"].items())
+                lines.append(f"- {lang} {split}: {labels}")
     lang = next(iter(card["languages"]))
     lines += [
         "",
