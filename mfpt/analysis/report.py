@@ -167,7 +167,7 @@ def render_run_summary(result: RunResult) -> str:
     """What `mfpt run` prints at the end: the mean accuracy line, then the tables of the run's report.md."""
     low = (f", low-resource mean {pct(result.mean('low_resource_average'))}"
            if result.low_resource_average is not None else "")
-    return f"\n{_label(result)}: mean accuracy {pct(result.mean('average'))}{low}\n" + "\n".join(_run_tables(result)) + "\n"
+    return f"\n{_label(result)}: mean {'chrF++' if result.generation else 'accuracy'} {pct(result.mean('average'))}{low}\n" + "\n".join(_run_tables(result)) + "\n"
 
 
 def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], title: str | None = None) -> str:
@@ -503,7 +503,8 @@ def render_report(runs: Sequence[RunData], out_dir: Path, title: str = "Report",
              f"{len(runs)} finished run(s) in {len(groups)} setting(s); seeds {', '.join(map(str, seeds))}. "
              f"Varying: {', '.join(varying) or 'nothing'}.",
              "",
-             "How to read: accuracy (%) on each language's evaluation split after the last round; a cell is the mean "
+             f"How to read: {_headline_name(groups)} (%) on each language's evaluation split after the last round; a "
+             "cell is the mean "
              "± sample standard deviation over the seeds in the row's `seeds` column (the mean alone for one seed). "
              "`mean` is the unweighted mean over the training languages (the XTREME convention), `low-res mean` over "
              "the languages marked † (`data.low_resource`), `held-out mean` over languages that never trained "
