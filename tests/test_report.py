@@ -90,6 +90,19 @@ def test_gains_are_paired_differences_per_language(rendered) -> None:
                                                      signed=True)  # held-out yor
 
 
+def test_the_spread_across_languages_names_the_worst_and_is_recomputed(rendered) -> None:
+    md = rendered[2]
+    section = md[md.index("## Results: data.train_per_language = all"):]
+    spread = table_rows(section, "Spread across the training languages")
+    for paradigm, seeds in ACC.items():
+        trained = {s: accs[:3] for s, accs in seeds.items()}
+        means = np.mean(list(trained.values()), axis=0)
+        assert spread[f"{paradigm} / prefix"][0] == TRAINED[int(np.argmin(means))]
+        assert spread[f"{paradigm} / prefix"][1] == expected([min(v) for v in trained.values()])
+        assert spread[f"{paradigm} / prefix"][2] == expected([max(v) for v in trained.values()])
+        assert spread[f"{paradigm} / prefix"][3] == expected([float(np.std(v, ddof=1)) for v in trained.values()])
+
+
 def test_figures_curves_and_data_efficiency(rendered) -> None:
     runs_dir, out, md = rendered
     for name in ("data_efficiency.png", "curves_train_per_language-8.png", "curves_train_per_language-all.png"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -565,6 +566,7 @@ def _results_section(ctx: Context) -> list[str]:
     if heldout:
         lines += ["", "Held-out languages (no training data; evaluated with the model named on the right):", ""]
         lines += _heldout_table(ctx.groups, heldout)
+    lines += _spread_table(ctx.groups, languages)
     generation = _headline_name(ctx.groups) == "chrF++"
     title, metric = SECOND_METRIC[generation]
     lines += ["", title, ""] + _accuracy_table(ctx.groups, languages, low, heldout, metric=metric)
@@ -641,6 +643,27 @@ def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequ
                       ",".join(map(str, g.seeds))]
         lines.append(_table_row([g.label, *cells]))
     return lines + (_reference_rows(groups, languages, low, len(header) - len(languages) - 1) if costs else [])
+
+
+def _spread_table(groups: Sequence[Group], languages: Sequence[str]) -> list[str]:
+    """Per group, how evenly its languages are served: the worst language (of the means over seeds), the worst and
+    best score and the standard deviation across languages, each a mean ± std over seeds. Fairness-aware aggregation
+    (q-FFL) is meant to raise the worst; a robust rule may lower it."""
+    lines = ["", f"Spread across the training languages ({_headline_name(groups)} %; the worst language is the one "
+                 "with the lowest mean over seeds; the other columns are per seed, then mean ± std over seeds):", ""]
+    lines += _table_head(["paradigm / method", "worst language", "worst", "best", "std across languages", "seeds"])
+    for g in groups:
+        per_seed = [{lang: v for lang in languages if (v := r.results.score(lang)) is not None} for r in g.runs]
+        per_seed = [scores for scores in per_seed if len(scores) > 1]
+        if not per_seed:
+            continue
+        means = {lang: mean(v) for lang in languages if (v := [s[lang] for s in per_seed if lang in s])}
+        worst = min(means, key=means.__getitem__)
+        lines.append(_table_row([g.label, worst, pm([min(s.values()) for s in per_seed]),
+                                 pm([max(s.values()) for s in per_seed]),
+                                 pm([statistics.stdev(s.values()) for s in per_seed]),
+                                 ",".join(map(str, g.seeds))]))
+    return lines
 
 
 def _reference_rows(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], rest: int) -> list[str]:
