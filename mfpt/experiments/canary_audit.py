@@ -1,7 +1,8 @@
 """`mfpt audit-privacy CONFIG`: how much a run's final prompt and head reveal about one client's training data.
 
 Canaries (random strings of letters, each with a random label) are planted in one client's training data, a
-few copies each; as many fresh canaries of the same kind are never trained on. The federation runs twice on the
+few copies each; as many fresh canaries of the same kind, pair by pair with the same labels, are never trained on
+(mfpt.privacy.canaries.canary_pairs says why the labels match). The federation runs twice on the
 same data: without privacy (`privacy.dp = "none"`) and with the config's privacy settings. For each final model
 the loss of every canary under its label scores membership: a planted canary the model memorised has a lower
 loss than the fresh ones. The audit reports, beside the run's test accuracy,
@@ -25,10 +26,10 @@ from mfpt.core import files
 from mfpt.data.clients import prepare
 from mfpt.data.sources import LABEL, LANG, SPLIT, TEXT, TEXT_PAIR
 from mfpt.privacy.canaries import (
+    canary_pairs,
     epsilon_lower_bound,
     exposures,
     largest_certifiable_epsilon,
-    make_canaries,
     membership_scores,
     null_statistics,
     p_value,
@@ -115,8 +116,7 @@ def audit(cfg: ExperimentConfig, out_dir: Path, canaries: int = 20, repeats: int
         raise ConfigError("audit-privacy needs data.languages (or --client LANG) to know whose data to plant canaries in.")
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = prepare(cfg).labels
-    pool = make_canaries(2 * canaries, labels, seed=cfg.seed + 7919)
-    planted, fresh = pool.iloc[:canaries].reset_index(drop=True), pool.iloc[canaries:].reset_index(drop=True)
+    planted, fresh = canary_pairs(canaries, labels, seed=cfg.seed + 7919)  # the same labels, pair by pair
     base = planted_data(cfg, target, planted, repeats, out_dir / "data-with-canaries.jsonl")
     settings = {"no privacy": base.replace(**{"privacy.dp": "none", "privacy.secure_aggregation": False,
                                               "privacy.target_epsilon": 0.0, "privacy.adaptive_clipping": False,
@@ -132,7 +132,8 @@ def audit(cfg: ExperimentConfig, out_dir: Path, canaries: int = 20, repeats: int
         auc, advantage = membership_scores(losses_planted, losses_fresh)
         exposure = exposures(losses_planted, losses_fresh)
         epsilon = (result.privacy or {}).get("epsilon")  # None: infinite (no DP)
-        null = null_statistics(losses_planted, losses_fresh, seed=cfg.seed)
+        null = null_statistics(losses_planted, losses_fresh, seed=cfg.seed,
+                               strata=np.concatenate([planted[LABEL].to_numpy(), fresh[LABEL].to_numpy()]))
         found.append(Exposure(name, auc, advantage, float(exposure.mean()), float(exposure.max()),
                               result.mean("average"), result.mean("low_resource_average"), epsilon,
                               *(float(np.percentile(null[k], 95)) for k in ("auc", "advantage", "mean_exposure")),
