@@ -86,14 +86,18 @@ def test_the_server_learning_rate_defaults_to_flowers_for_the_strategy(strategy,
 def test_a_default_fedadam_run_learns_like_fedavg(make_config, tmp_path):
     """With Flower's eta = 0.1 FedAdam's first steps stay the size of the clients' own; with eta = 1 (the old
     default) the first round moves every prompt value by about 0.74 and the run learns nothing."""
-    results = {}
-    for strategy, overrides in (("fedavg", {}), ("fedadam", {}), ("fedadam-eta1", {"federation.server_lr": 1.0})):
-        cfg = federated_config(make_config, tmp_path, **{"federation.strategy": strategy.split("-")[0],
-                                                         "federation.rounds": 4, "train.lr": 0.05,
-                                                         "output_dir": str(tmp_path / strategy), **overrides})
-        results[strategy] = run_federated(InProcessGrid(3), cfg, quiet=True)
-    losses = {name: [r["loss"] for r in metrics_rows(res.config["output_dir"], "train") if r["round"] == 4]
-              for name, res in results.items()}
+    losses: dict[str, list[float]] = {}
+    # Three seeds: at one seed the gap between two reasonable runs on 27 examples per client is itself about 0.1
+    # (measured: FedAdam minus FedAvg +0.11, +0.04, -0.01 at seeds 0 to 2).
+    for seed in (0, 1, 2):
+        for strategy, overrides in (("fedavg", {}), ("fedadam", {}), ("fedadam-eta1", {"federation.server_lr": 1.0})):
+            cfg = federated_config(make_config, tmp_path, **{"federation.strategy": strategy.split("-")[0],
+                                                             "federation.rounds": 4, "train.lr": 0.05, "seed": seed,
+                                                             "output_dir": str(tmp_path / f"{strategy}-{seed}"),
+                                                             **overrides})
+            result = run_federated(InProcessGrid(3), cfg, quiet=True)
+            losses.setdefault(strategy, []).extend(
+                r["loss"] for r in metrics_rows(result.config["output_dir"], "train") if r["round"] == 4)
     mean_loss = {name: sum(v) / len(v) for name, v in losses.items()}
     # No worse than FedAvg by more than the noise of 27 examples per client, and far better than eta = 1.
     assert mean_loss["fedadam"] <= mean_loss["fedavg"] + 0.1
