@@ -17,7 +17,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mfpt.analysis.distance import DistanceAnalysis, DistanceAnalysisError, distance_analysis
 from mfpt.analysis.figures import Series, plot_axis, plot_distance_analysis, plot_round_curves
@@ -44,7 +44,7 @@ from mfpt.core import files
 from mfpt.core.stats import mean, mean_std
 from mfpt.data.uriel import LanguageNotInURIELError, URIELDataError
 from mfpt.privacy.accounting import in_words as privacy_in_words
-from mfpt.results.schema import REPORT_FILE, LanguageScore, MeanScore, RunResult, headline_metric
+from mfpt.results.schema import REPORT_FILE, Headline, RunResult
 from mfpt.train.schedule import headline
 
 # =============================================================================================================
@@ -168,7 +168,7 @@ def render_run_summary(result: RunResult) -> str:
     """What `mfpt run` prints at the end: the mean accuracy line, then the tables of the run's report.md."""
     low = (f", low-resource mean {pct(result.mean('low_resource_average'))}"
            if result.low_resource_average is not None else "")
-    return f"\n{_label(result)}: mean {'chrF++' if result.generation else 'accuracy'} {pct(result.mean('average'))}{low}\n" + "\n".join(_run_tables(result)) + "\n"
+    return f"\n{_label(result)}: mean {_metric_name([result])} {pct(result.mean('average'))}{low}\n" + "\n".join(_run_tables(result)) + "\n"
 
 
 def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], title: str | None = None) -> str:
@@ -198,10 +198,10 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], ti
     split = "validation" if on_validation else config_value(result, "data.eval_split")
     mean_by_round = _round_means(curves, result.languages, split)
     if mean_by_round:
-        name = "chrF++" if result.generation else "accuracy"
+        name = _metric_name([result])
         parts += ["", f"## Mean {name} by round" + (f" ({split})" if on_validation else ""), "",
                   *_table_head(["round", *map(str, mean_by_round)]),
-                  _table_row([f"mean {'chrF++' if result.generation else 'acc'}", *map(pct, mean_by_round.values())])]
+                  _table_row([f"mean {'acc' if name == 'accuracy' else name}", *map(pct, mean_by_round.values())])]
         parts += _sampled_evaluation_note([result])
     return "\n".join(parts) + "\n"
 
@@ -567,13 +567,12 @@ def _results_section(ctx: Context) -> list[str]:
         lines += ["", "Held-out languages (no training data; evaluated with the model named on the right):", ""]
         lines += _heldout_table(ctx.groups, heldout)
     lines += _spread_table(ctx.groups, languages)
-    generation = _headline_name(ctx.groups) == "chrF++"
-    title, metric = SECOND_METRIC[generation]
+    name = _headline_name(ctx.groups)
+    title, metric = SECOND_METRIC[name == "chrF++"]
     lines += ["", title, ""] + _accuracy_table(ctx.groups, languages, low, heldout, metric=metric)
     gain_lines = _gain_tables(ctx.groups, languages, low, heldout)
     if gain_lines:
-        lines += ["", f"Gain of federated over each baseline ({'chrF++' if generation else 'accuracy'} points, mean ± "
-                      "std over paired seeds):", ""]
+        lines += ["", f"Gain of federated over each baseline ({name} points, mean ± std over paired seeds):", ""]
         lines += gain_lines
     lines += _personalization_lines(ctx.groups, languages, low, heldout)
     budgets = _budget_lines(ctx.groups)
@@ -614,14 +613,19 @@ def _personalization_lines(groups: Sequence[Group], languages: Sequence[str], lo
     return lines
 
 
+def _metric_name(results: Iterable[RunResult]) -> str:
+    """What tables and curves of these runs measure: chrF++ when a run is a generation task, else accuracy."""
+    return "chrF++" if any(r.generation for r in results) else "accuracy"
+
+
 def _headline_name(groups: Sequence[Group]) -> str:
-    """What the groups' tables and curves measure: chrF++ when a run is a generation task, else accuracy."""
-    return "chrF++" if any(r.results.generation for g in groups for r in g.runs) else "accuracy"
+    """_metric_name of every run of the groups."""
+    return _metric_name(r.results for g in groups for r in g.runs)
 
 
-def headline_of(score: LanguageScore | MeanScore | None) -> float | None:
+def headline_of(score: Headline | None) -> float | None:
     """A score's headline value (accuracy, or chrF++ for generation); None for no score."""
-    return None if score is None else getattr(score, headline_metric(score))
+    return None if score is None else score.headline
 
 
 def _accuracy_table(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], heldout: Sequence[str],

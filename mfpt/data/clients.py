@@ -10,7 +10,7 @@ import pandas as pd
 from mfpt.config import DataConfig, ExperimentConfig, Partition, Selection, Task
 from mfpt.core.seeds import derive_data_seed
 from mfpt.data.benchmarks import BENCHMARKS  # importing it also registers the benchmark sources in DATA_SOURCES
-from mfpt.data.sources import DATA_SOURCES, LABEL, LANG, NO_LABEL, SPLIT, SPLITS, TARGET, DataError
+from mfpt.data.sources import DATA_SOURCES, LABEL, LANG, SPLIT, SPLITS, DataError, is_generation_frame
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def load_source(data: DataConfig) -> pd.DataFrame:
     refused (a generation task needs `target`, a classification one `label`)."""
     frame = DATA_SOURCES.get(data.source)(data)
     generation = data.task == Task.GENERATION
-    if generation != (TARGET in frame.columns and not (frame[LABEL] != NO_LABEL).any()):
+    if generation != is_generation_frame(frame):
         needed, has = ("target", "labels") if generation else ("label", "targets")
         raise DataError(f"data.task = {data.task.value!r} needs a {needed!r} column, but data source {data.source!r} "
                         f"gives {has}; set data.task = {'classification' if generation else 'generation'!r}, or use a "

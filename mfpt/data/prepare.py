@@ -20,7 +20,18 @@ from mfpt.core.files import atomic_write, json_line, sha256_file, write_json, wr
 from mfpt.core.languages import language_name, normalize_languages
 from mfpt.core.registry import UnknownNameError, unknown_name_message
 from mfpt.data.benchmarks import BENCHMARKS, Provenance, load_benchmark_with_provenance
-from mfpt.data.sources import CARD_NAME, LABEL, LANG, NO_LABEL, SPLIT, TARGET, TEXT, TEXT_PAIR, DataError, read_table
+from mfpt.data.sources import (
+    CARD_NAME,
+    LABEL,
+    LANG,
+    SPLIT,
+    TARGET,
+    TEXT,
+    TEXT_PAIR,
+    DataError,
+    is_generation_frame,
+    read_table,
+)
 
 FILES = "files"  # `mfpt prepare files`: split the user's own multilingual file instead of a benchmark
 README_NAME = "README.md"
@@ -73,15 +84,10 @@ def write_language_file(path: Path, rows: pd.DataFrame) -> Path:
 def card_labels(frame: pd.DataFrame, benchmark: str) -> list[str]:
     """The label order for the experiment file's data.labels: the benchmark's own (label id = position, including
     labels absent from the asked languages), else the labels present, sorted."""
-    info = BENCHMARKS.get(benchmark)
-    if is_generation(frame):
+    if is_generation_frame(frame):
         return []
+    info = BENCHMARKS.get(benchmark)
     return list(info.labels) if info is not None else sorted(set(frame[LABEL]))
-
-
-def is_generation(frame: pd.DataFrame) -> bool:
-    """A generation task's rows (a target, and the label column check_schema filled with NO_LABEL)."""
-    return TARGET in frame.columns and bool((frame[LABEL] == NO_LABEL).all())
 
 
 def split_counts(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -110,7 +116,8 @@ def write_prepared(frame: pd.DataFrame, provenance: Provenance, out: Path, train
         raise DataError(f"--out {str(out)!r} already holds {', '.join(stale)}, which this run would not write; "
                         "choose an empty directory or remove them.")
     # A generation file keeps its targets and no label column (read back, it is a generation task again).
-    columns = [c for c in SCHEMA_COLUMNS if c in frame.columns and not (c == LABEL and is_generation(frame))]
+    generation = is_generation_frame(frame)
+    columns = [c for c in SCHEMA_COLUMNS if c in frame.columns and not (c == LABEL and generation)]
     source: dict[str, str] = {"benchmark": provenance.benchmark}
     source["path" if provenance.revision == "local" else "hub_id"] = provenance.location
     if Path(provenance.location).is_file():  # a user's single file: its checksum is its revision

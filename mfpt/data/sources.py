@@ -27,6 +27,11 @@ SPLITS = ("train", "validation", "test")
 # (mfpt.data.clients) are plain seeded random ones there.
 NO_LABEL = "-"
 
+
+def is_generation_frame(frame: pd.DataFrame) -> bool:
+    """A generation task's rows: a target, and the label column check_schema filled with NO_LABEL."""
+    return TARGET in frame.columns and bool((frame[LABEL] == NO_LABEL).all())
+
 # A source turns the data section of the config into a universal-schema DataFrame (label as str, lang canonical,
 # split filled in). Sources may read only the languages asked for; selection, caps and splits happen after.
 DataSource = Callable[[DataConfig], pd.DataFrame]

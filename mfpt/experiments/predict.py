@@ -113,23 +113,16 @@ class Predictor:
         import torch
 
         from mfpt.model.precision import autocast_dtype
-        from mfpt.train.encoding import Encoded, encode_for
+        from mfpt.train.encoding import encode_for
         from mfpt.train.evaluation import generate
 
         model = self.classifier
         # encode_for wants a target per row: an empty one, which generation leaves off (only the prompt is fed).
         encoded = encode_for(self.cfg, frame.assign(**{TARGET: ""}), model.tokenizer, [], model.max_length)
-        texts: list[str] = []
-        batch = self.cfg.train.eval_batch_size
         with torch.inference_mode():
-            for start in range(0, len(frame), batch):
-                part = Encoded(encoded.features[start:start + batch], encoded.labels[start:start + batch],
-                               encoded.targets[start:start + batch], encoded.references[start:start + batch])
-                texts += generate(model.model.eval(), part, model.tokenizer, batch, model.device,
-                                  autocast_dtype(self.cfg.train.precision.value, model.device),
-                                  self.cfg.model.max_new_tokens)
-                if progress is not None:
-                    progress(len(texts), len(frame))
+            texts = generate(model.model.eval(), encoded, model.tokenizer, self.cfg.train.eval_batch_size,
+                             model.device, autocast_dtype(self.cfg.train.precision.value, model.device),
+                             self.cfg.model.max_new_tokens, progress)
         return [{**_row_identity(i, frame), "generation": text} for i, text in enumerate(texts)]
 
     def _warn_unseen(self, frame: pd.DataFrame) -> None:

@@ -93,7 +93,7 @@ def decode_counts(metrics: Mapping[str, Any], num_labels: int, prefix: str = "")
     """The counts `encode_counts` wrote (KeyError names a missing entry); num_labels = 0 for generation."""
     counts = EvalCounts(num_labels, int(metrics[prefix + EXAMPLES_KEY]), float(metrics[prefix + EVAL_LOSS_SUM_KEY]),
                         decode_confusion(metrics, num_labels, prefix))
-    if num_labels == 0:
+    if counts.generation:
         counts.exact = int(metrics[prefix + EXACT_KEY])
         keys = sorted((int(k[len(prefix + CHRF_PREFIX):]), k) for k in metrics if k.startswith(prefix + CHRF_PREFIX))
         counts.chrf_stats = np.array([int(metrics[k]) for _, k in keys], dtype=np.int64)

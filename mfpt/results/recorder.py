@@ -90,6 +90,13 @@ def language_metrics(counts: EvalCounts) -> dict[str, float | int]:
             "majority": counts.majority}
 
 
+def language_score(row: Mapping[str, Any]) -> LanguageScore:
+    """The LanguageScore of a metrics.jsonl row that language_metrics wrote (rows of older mfpt lack majority and
+    chrf)."""
+    return LanguageScore(row["accuracy"], row["macro_f1"], row["loss"], row["n_test"], row.get("majority"),
+                         row.get("chrf"))
+
+
 def headline_name(cfg: ExperimentConfig) -> str:
     """The name of a run's headline score: accuracy, or chrF++ ("chrf") for a generation task."""
     return "chrf" if cfg.data.task == Task.GENERATION else "accuracy"
@@ -469,8 +476,7 @@ class RunRecorder:
             return None
         rows = [r for r in curves if r["split"] == PERSONAL_SPLIT]
         last = max((int(r["round"]) for r in rows), default=0)
-        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"),
-                                           r.get("chrf"))
+        final = {r["lang"]: language_score(r)
                  for r in rows if int(r["round"]) == last}
         languages, heldout = list(cfg.data.languages), list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}
@@ -506,8 +512,7 @@ class RunRecorder:
         else:
             evaluated = [r for r in curves if r["split"] == cfg.data.eval_split]
         last = max((int(r["round"]) for r in evaluated), default=0)
-        final = {r["lang"]: LanguageScore(r["accuracy"], r["macro_f1"], r["loss"], r["n_test"], r.get("majority"),
-                                           r.get("chrf"))
+        final = {r["lang"]: language_score(r)
                  for r in evaluated if int(r["round"]) == last}
         heldout = list(cfg.data.heldout_languages)
         per_language = {lang: final[lang] for lang in languages if lang in final}

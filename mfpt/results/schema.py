@@ -37,13 +37,24 @@ class ResultsError(UserError, ValueError):
     """A results.json that cannot be read as a RunResult; the message names the file and the problem."""
 
 
-def headline_metric(score: "LanguageScore | MeanScore") -> str:
-    """The field a score is judged by: chrf for a generation task, accuracy otherwise."""
-    return "accuracy" if score.chrf is None else "chrf"
+class Headline:
+    """What a score is judged by: chrF++ for a generation task, accuracy otherwise."""
+
+    accuracy: float
+    chrf: float | None
+
+    @property
+    def headline(self) -> float:
+        return self.accuracy if self.chrf is None else self.chrf
+
+
+def value(score: Headline, metric: str | None = None) -> float:
+    """`metric` of a score (a field name), or its headline when None."""
+    return score.headline if metric is None else getattr(score, metric)
 
 
 @dataclass(frozen=True)
-class LanguageScore:
+class LanguageScore(Headline):
     """One language's final evaluation."""
 
     accuracy: float
@@ -57,7 +68,7 @@ class LanguageScore:
 
 
 @dataclass(frozen=True)
-class MeanScore:
+class MeanScore(Headline):
     """An unweighted mean over languages (the XTREME convention)."""
 
     accuracy: float
@@ -100,7 +111,7 @@ class Personalization:
         """Personalised minus global `metric` (default: the headline) per language present in both (trained and
         held-out)."""
         mine = {**self.per_language, **self.heldout}
-        return {lang: getattr(mine[lang], metric or headline_metric(score)) - getattr(score, metric or headline_metric(score))
+        return {lang: value(mine[lang], metric) - value(score, metric)
                 for lang, score in global_scores.items() if lang in mine}
 
 
@@ -160,7 +171,7 @@ class RunResult:
         """A language's final `metric` (default: the headline, accuracy or chrF++), trained or held out (None when it
         was not evaluated)."""
         found = self.per_language.get(lang) or self.heldout.get(lang)
-        return None if found is None else getattr(found, metric or headline_metric(found))
+        return None if found is None else value(found, metric)
 
     def unscored_training_languages(self) -> list[str]:
         """The training languages without a score in the reported round (their evaluation failed or was refused)."""
@@ -175,7 +186,7 @@ class RunResult:
         """`metric` (default: the headline) of a mean block: 'average', 'low_resource_average' or 'heldout_average'
         (None when absent)."""
         found = getattr(self, block)
-        return None if found is None else getattr(found, metric or headline_metric(found))
+        return None if found is None else value(found, metric)
 
     @property
     def generation(self) -> bool:

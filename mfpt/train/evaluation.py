@@ -9,7 +9,7 @@ is the corpus score of all its clients' generations, not a mean of the clients' 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -146,9 +146,10 @@ def _evaluate_generation(model: torch.nn.Module, data: Encoded, tokenizer: Any, 
 
 
 def generate(model: torch.nn.Module, data: Encoded, tokenizer: Any, batch_size: int, device: torch.device,
-             dtype: torch.dtype | None, max_new_tokens: int) -> list[str]:
+             dtype: torch.dtype | None, max_new_tokens: int,
+             progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy generations (at most `max_new_tokens` tokens, to the end-of-text token) for each prompt of `data`,
-    decoded without special tokens and stripped."""
+    decoded without special tokens and stripped; `progress(done, total)` after each batch."""
     texts: list[str] = []
     for inputs, _ in prompt_batches(data, batch_size, tokenizer):
         inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -159,4 +160,6 @@ def generate(model: torch.nn.Module, data: Encoded, tokenizer: Any, batch_size: 
         # virtual tokens as embeddings).
         new = out[:, inputs["input_ids"].shape[1]:]
         texts += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        if progress is not None:
+            progress(len(texts), len(data))
     return texts

@@ -370,13 +370,13 @@ class MfptStrategy:
         if not trained:
             return None
         # The headline (accuracy, or chrF++ for generation) chooses the round.
-        accuracy = mean(c.score for c in trained)
-        if selects_on_validation(self.cfg) and is_better(accuracy, self.best_accuracy):
-            self.best_round, self.best_accuracy = round_, accuracy
+        score = mean(c.score for c in trained)
+        if selects_on_validation(self.cfg) and is_better(score, self.best_accuracy):
+            self.best_round, self.best_accuracy = round_, score
             self.best_state = {k: v.clone() for k, v in self._evaluated_state.to_torch_state_dict().items()}
         if trained[0].generation:
-            return MetricRecord({"chrf": accuracy, "exact-match": mean(c.accuracy for c in trained)})
-        return MetricRecord({"accuracy": accuracy, "macro-f1": mean(c.macro_f1 for c in trained)})
+            return MetricRecord({"chrf": score, "exact-match": mean(c.accuracy for c in trained)})
+        return MetricRecord({"accuracy": score, "macro-f1": mean(c.macro_f1 for c in trained)})
 
     def score_selected(self, grid: Grid, config: ConfigRecord) -> dict[str, EvalCounts] | None:
         """best-validation: every client scores the test split once with the selected round's state (None if none)."""
