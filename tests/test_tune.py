@@ -13,6 +13,7 @@ from mfpt.config import ConfigError, load_config
 from mfpt.config.specs import hyperparameters
 from mfpt.experiments.sweep import SweepError, inprocess_runner
 from mfpt.experiments.tune import (
+    OBJECTIVE_ID,
     TUNING_FILE,
     parse_settings,
     plan_tuning,
@@ -131,6 +132,26 @@ def test_a_second_search_into_the_same_folder_adds_its_settings_with_the_same_bu
     other = [("train.lr", ["x1", "x3"])]
     with pytest.raises(SweepError, match="another grid"):
         write_tuning(out / TUNING_FILE, tuning_record(config, [], other, [0], trials, 2))
+
+
+def test_a_search_written_by_an_earlier_version_joins_unless_its_objective_differs(tmp_path, tiny_xlmr):
+    """The objective's wording may change between versions (a file without objective_id predates the id); the
+    objective itself may not."""
+    config = _experiment(tmp_path, tiny_xlmr)
+    out = tmp_path / "tune"
+    earlier = _tune(config, out, settings=("paradigm=local",))
+    assert earlier["objective_id"] == OBJECTIVE_ID
+    del earlier["objective_id"]
+    earlier["objective"] = "mean validation accuracy over the training languages after the last round"
+    (out / TUNING_FILE).write_text(json.dumps(earlier), encoding="utf-8")
+    trials = plan_tuning(config, parse_settings(["paradigm=centralized"]), GRID, [0], out)
+    run_tuning(trials, out, str(config), lambda: None, runner=inprocess_runner, echo=lambda line: None)
+    write_tuning(out / TUNING_FILE, tuning_record(config, [], GRID, [0], trials, 2))
+    tuning = json.loads((out / TUNING_FILE).read_text(encoding="utf-8"))
+    assert [s["paradigm"] for s in tuning["settings"]] == ["local", "centralized"]
+    (out / TUNING_FILE).write_text(json.dumps({**tuning, "objective_id": "best-round/9"}), encoding="utf-8")
+    with pytest.raises(SweepError, match="another objective_id"):
+        write_tuning(out / TUNING_FILE, tuning_record(config, [], GRID, [0], trials, 2))
 
 
 def test_a_trial_whose_clients_failed_gets_no_score_is_never_chosen_and_fails_the_command(tmp_path, tiny_xlmr):

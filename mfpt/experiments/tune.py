@@ -39,6 +39,9 @@ TRIAL_OVERRIDES = ('data.eval_split="validation"', "data.drop_test=true", 'data.
 OBJECTIVE = ("mean validation accuracy (chrF++ for a generation task) over the training languages after the last "
              "round, averaged over the seeds; "
              "the test split is dropped when a trial's data is read")
+# What the objective is, for comparing two searches: the prose above may be reworded between versions, this may not.
+# Every mfpt.tuning/1 file was written under this objective, so a file without the id has it.
+OBJECTIVE_ID = "validation-headline-last-round/1"
 PROTOCOL_KEYS = frozenset({"seed", "output_dir", *(parse_override(o)[0] for o in TRIAL_OVERRIDES)})
 # Keys a trial may not search: they define the setting, the protocol or the run folder.
 NOT_SEARCHABLE = ("paradigm", "peft.method", "seed", "output_dir", "data.eval_split", "data.drop_test",
@@ -203,7 +206,7 @@ def tuning_record(config: str | Path | None, overrides: Sequence[str], grid: Seq
     return {"schema": TUNING_SCHEMA, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": str(Path(config).resolve()) if config else None, "set": list(overrides),
             "grid": {k: v for k, v in grid}, "seeds": list(seeds), "objective": OBJECTIVE,
-            "trials_per_setting": budget, "trial_overrides": list(TRIAL_OVERRIDES),
+            "objective_id": OBJECTIVE_ID, "trials_per_setting": budget, "trial_overrides": list(TRIAL_OVERRIDES),
             "settings": [e for e in out if "chosen" in e]}
 
 
@@ -229,8 +232,8 @@ def merged_with_earlier(path: Path, content: dict[str, Any]) -> dict[str, Any]:
     search must be the same, or the budgets would differ: another grid, seeds or objective is refused."""
     if not path.is_file():
         return content
-    earlier = files.read_json(path)
-    for key in ("grid", "seeds", "objective", "trials_per_setting"):
+    earlier = {"objective_id": OBJECTIVE_ID, **files.read_json(path)}
+    for key in ("grid", "seeds", "objective_id", "trials_per_setting"):
         if earlier.get(key) != content.get(key):
             raise SweepError(f"{str(path)!r} holds a search with another {key} ({earlier.get(key)!r}, now "
                              f"{content.get(key)!r}): every setting compared must get the same search; tune into "
