@@ -220,7 +220,7 @@ def test_fedprox_keeps_a_clients_update_closer_to_the_global_state(make_config):
     from mfpt.data.clients import resolve
     from mfpt.federation.node import ClientNode
     from mfpt.federation.protocol import ROUND_KEY, config_entries
-    from mfpt.federation.strategies.base import update_norm
+    from mfpt.model.state import state_distance
 
     cfg = resolve(make_config(**{"federation.strategy": "fedprox", "train.lr": 0.05, "train.max_steps": 6,
                                   "train.local_epochs": 3}))
@@ -229,6 +229,6 @@ def test_fedprox_keeps_a_clients_update_closer_to_the_global_state(make_config):
     drift = {}
     for mu in (0.0, 50.0):
         new, metrics = node.train(start, {ROUND_KEY: 1, PROXIMAL_MU_KEY: mu})
-        drift[mu] = update_norm(new, start)
+        drift[mu] = state_distance(new, start)
         assert metrics[TRAIN_STEPS_KEY] == 6
     assert 0 < drift[50.0] < drift[0.0]

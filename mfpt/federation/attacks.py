@@ -19,6 +19,7 @@ from mfpt.config import AttackKind, ConfigError, ExperimentConfig
 from mfpt.core.seeds import derive_seed
 from mfpt.data.clients import ClientSpec
 from mfpt.data.sources import LABEL, TEXT
+from mfpt.model.state import state_distance
 from mfpt.train.encoding import Encoded
 
 NODE_CONSENT_KEY = "attack"  # node config: attack=true lets a deployed site carry out the experiment's attack
@@ -93,13 +94,10 @@ def poisoned_update(cfg: ExperimentConfig, honest: Mapping[str, torch.Tensor], s
     elif attack.kind == AttackKind.NOISE:  # a random direction with the honest update's norm
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, round_, client_index, ATTACK_SEED_SALT))
         noise = {name: torch.randn(u.shape, generator=generator) for name, u in update.items()}
-        scale = _norm(update) / max(_norm(noise), 1e-12)
+        scale = state_distance(update) / max(state_distance(noise), 1e-12)
         malicious = {name: n.to(update[name].device) * scale for name, n in noise.items()}
     else:
         return dict(honest)
     return {name: (sent[name].float().to(honest[name].device) + malicious[name]).to(honest[name].dtype)
             for name in honest}
 
-
-def _norm(tensors: Mapping[str, torch.Tensor]) -> float:
-    return float(np.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values())))

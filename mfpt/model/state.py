@@ -25,6 +25,17 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu").clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def state_distance(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None = None) -> float:
+    """L2 norm, in float64 over all tensors, of `state` (or of `state - reference`: an update's size)."""
+    total = 0.0
+    for name, tensor in state.items():
+        value = tensor.detach().double()
+        if reference is not None:
+            value = value - reference[name].detach().double().to(value.device)
+        total += float(value.pow(2).sum())
+    return total ** 0.5
+
+
 def state_spec(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes an update must match."""
     return {k: (tuple(v.shape), v.dtype) for k, v in state.items()}

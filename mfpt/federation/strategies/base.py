@@ -62,7 +62,7 @@ from mfpt.federation.protocol import (
     decode_counts,
 )
 from mfpt.federation.strategies.client_dp import private_base
-from mfpt.model.state import UpdateError, check_update
+from mfpt.model.state import UpdateError, check_update, state_distance
 from mfpt.train.evaluation import EvalCounts
 from mfpt.train.schedule import TEST, evaluates_in_round, is_better, round_split, selects_on_validation
 
@@ -348,7 +348,7 @@ class MfptStrategy:
             return str(err)
         bound = self.cfg.federation.max_update_norm
         if bound > 0 and self._global is not None:
-            norm = update_norm(update, self._global)
+            norm = state_distance(update, self._global)
             if norm > bound:
                 return f"update refused: L2 norm of (update - global) is {norm:.4g}, above federation.max_update_norm = {bound:g}"
         return None
@@ -442,12 +442,6 @@ class MfptStrategy:
                 setattr(self, attr, [items[str(i)] for i in range(len(items))])
             else:
                 setattr(self, attr, items if current is None or isinstance(current, dict) else current)
-
-
-def update_norm(update: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
-    """L2 norm of (update - reference) over all tensors, in float64."""
-    total = sum(float((update[k].double() - reference[k].double()).pow(2).sum()) for k in reference)
-    return float(np.sqrt(total))
 
 
 def train_loss_mean(records: list, weight_key: str) -> MetricRecord:
