@@ -276,13 +276,16 @@ class IdleGrid:
 
 
 class RecordingListener:
-    """A RoundListener that keeps the refusal reasons and ignores the rest."""
+    """A RoundListener that keeps the refusal reasons and the train rows, and ignores the rest."""
 
     def on_sampled(self, *args) -> None: ...
     def __init__(self) -> None:
         self.refused: list[str] = []
+        self.trained: list[dict] = []
 
-    def on_train(self, *args) -> None: ...
+    def on_train(self, round_, rows, *args) -> None:
+        self.trained.extend(rows)
+
     def on_evaluate(self, *args) -> None: ...
     def on_missing(self, *args) -> None: ...
 

@@ -80,7 +80,11 @@ def test_poisoned_updates_are_refused_and_the_round_goes_on(make_config, tmp_pat
     assert "shape" in refused["hau"]
     assert "max_update_norm" in refused["yor"]
     assert recorder.refusals == 3
-    assert [r["client"] for r in metrics_rows(cfg.output_dir, "train")] == ["eng"]
+    (row,) = metrics_rows(cfg.output_dir, "train")
+    assert row["client"] == "eng"
+    # Its distance from the global state it trained from, recorded to set a bound from honest updates by.
+    numel = sum(v.numel() for v in state.values())
+    assert row["update_norm"] == pytest.approx(0.01 * numel ** 0.5, rel=1e-3)
 
 
 def test_max_update_norm_must_not_be_negative(make_config, tmp_path):

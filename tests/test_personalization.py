@@ -112,11 +112,15 @@ def test_heldout_weights_are_the_softmax_of_the_distances_to_the_trained_languag
 
 class _Listener(RoundListener):
     def __init__(self):
-        self.personal = {}
+        self.personal, self.trained, self.refused = {}, [], []
 
-    def on_train(self, *a): ...
+    def on_train(self, round_, rows, *a):
+        self.trained.extend(rows)
+
     def on_evaluate(self, *a): ...
-    def on_refusal(self, *a): ...
+    def on_refusal(self, round_, node, node_id, reason):
+        self.refused.append((node, reason))
+
     def on_personal_evaluate(self, round_, counts):
         self.personal[round_] = counts
 
@@ -172,13 +176,16 @@ def test_update_similarity_weighs_by_the_cosine_of_the_updates():
 
 
 def test_max_update_norm_is_measured_from_the_state_the_language_trained_from():
-    strategy, states = _strategy(**{"federation.max_update_norm": 0.5})
+    strategy, states = _strategy(**{"federation.max_update_norm": 0.5, "federation.min_clients": 1})
     far = {"p": torch.tensor([100.0, 100.0]), "h": torch.tensor([[100.0]])}
     strategy._global = {k: torch.zeros_like(v) for k, v in far.items()}  # the global state, far from `far`
     strategy._sent = {"eng": far}
     near = {k: v + 0.1 for k, v in far.items()}
-    assert strategy._problem(_reply(100, 0, near, 10), strategy.nodes[100]) is None
-    assert "max_update_norm" in strategy._problem(_reply(101, 1, near, 10), strategy.nodes[101])  # swh trained from global
+    strategy.aggregate_train(1, [_reply(100, 0, near, 10), _reply(101, 1, near, 10)])
+    assert [row["lang"] for row in strategy.listener.trained] == ["eng"]
+    assert strategy.listener.trained[0]["update_norm"] == pytest.approx(0.1 * math.sqrt(3), rel=1e-4)  # float32 at 100
+    (who, reason), = strategy.listener.refused
+    assert who.client.lang == "swh" and "max_update_norm" in reason  # swh trained from the global state
 
 
 # ------------------------------------------------------------------------------------------ end to end, in process

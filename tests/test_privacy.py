@@ -277,6 +277,16 @@ def _norm(state: dict, ref: dict) -> float:
     return float(torch.sqrt(sum(((state[k].double() - ref[k].double()) ** 2).sum() for k in ref)))
 
 
+def test_each_update_norm_is_recorded_but_not_under_client_level_dp():
+    """Each client's unclipped norm is what client-level DP's noise hides; results leave the server."""
+    updates = [_far(i) for i in range(4)]
+    plain, _, _ = _round({"privacy.dp": "none"}, X0, updates)
+    assert [row["update_norm"] for row in plain.listener.trained] == pytest.approx([_norm(u, X0) for u in updates])
+    private, _, _ = _round({"privacy.noise_multiplier": 0.0, "privacy.clip_norm": 0.5}, X0, updates)
+    assert len(private.listener.trained) == 4
+    assert not any("update_norm" in row for row in private.listener.trained)
+
+
 def test_server_side_clipping_bounds_every_update_by_clip_norm():
     updates = [_far(i) for i in range(4)]
     _, _, got = _round({"privacy.noise_multiplier": 0.0, "privacy.clip_norm": 0.5}, X0, updates)

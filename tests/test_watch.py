@@ -103,10 +103,10 @@ def test_api_state_agrees_with_results_json(finished_run, served):
     assert [lang["lang"] for lang in state["languages"]] == LANGS
     assert [lang["low_resource"] for lang in state["languages"]] == [False, False, True]
     assert [p["round"] for p in state["curves"]["test"]["low_resource_mean"]] == list(range(1, ROUNDS + 1))
-    # The last round's clients all replied, each with its loss and steps.
+    # The last round's clients all replied, each with its loss, steps and the size of its update.
     assert state["nodes"]["round"] == ROUNDS
     assert {c["client"]: c["status"] for c in state["nodes"]["clients"]} == dict.fromkeys(LANGS, "replied")
-    assert all(c["steps"] > 0 for c in state["nodes"]["clients"])
+    assert all(c["steps"] > 0 and c["update_norm"] > 0 for c in state["nodes"]["clients"])
     assert state["settings"]["paradigm"] == "federated" and state["settings"]["attack"] is None
 
 
@@ -318,6 +318,10 @@ def test_the_page_in_a_real_browser_advances_without_a_reload(tiny_xlmr, tmp_pat
         # Every language has its curve on the accuracy chart.
         drawn = {p.get_attribute("data-series") for p in page.find_elements(By.CSS_SELECTOR, "#accuracy-chart path")}
         assert {"eng", "swh", "hau (low-resource)", "mean", "low-resource mean"} <= drawn
+        # The last round's clients, each with its loss, steps and update norm in its own column.
+        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in page.find_elements(By.CSS_SELECTOR, "#nodes tr")]
+        assert sorted(r[0] for r in rows) == ["eng", "hau", "swh"]
+        assert all(r[1] == "replied" and float(r[2]) > 0 and int(r[3]) > 0 and float(r[4]) > 0 for r in rows), rows
         assert (tmp_path / "watch.png").stat().st_size > 10_000
     finally:
         page.quit()

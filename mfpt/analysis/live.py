@@ -83,7 +83,7 @@ def _curves(rows: list[dict[str, Any]], split: str, cfg: ExperimentConfig) -> di
 
 
 def _nodes(rows: list[dict[str, Any]], live: dict[str, Any] | None) -> dict[str, Any]:
-    """The latest round's clients and what each did: replied (with its loss and steps), refused (with the reason),
+    """The latest round's clients and what each did: replied (with its loss, steps and update norm), refused (with the reason),
     missing, or sampled and not answered yet (the round in progress)."""
     rounds = [int(r["round"]) for r in rows if r.get("split") in ("train", "refused", "missing")]
     in_progress = int(live["round"]) if live and live.get("stage") in ("train", "evaluate") else 0
@@ -98,7 +98,8 @@ def _nodes(rows: list[dict[str, Any]], live: dict[str, Any] | None) -> dict[str,
         split = row.get("split")
         if split == "train":
             clients[row["client"]] = {"client": row["client"], "status": "replied", "stage": "train",
-                                      "loss": row.get("loss"), "steps": row.get("steps")}
+                                      "loss": row.get("loss"), "steps": row.get("steps"),
+                                      "update_norm": row.get("update_norm")}
         elif split in ("refused", "missing"):
             clients[row["client"]] = {"client": row["client"], "status": split, "stage": row.get("stage", "train"),
                                       "reason": row.get("reason")}

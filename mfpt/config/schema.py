@@ -251,7 +251,8 @@ class FederationConfig:
     round_timeout: float = _help("Seconds the server waits for replies in a round.", default=3600.0)
     max_update_norm: float = _help(
         "Refuse a client update whose L2 norm of (update - current global state), over all trainable tensors, "
-        "exceeds this (0 = off). A guard against poisoned or diverged updates.",
+        "exceeds this (0 = off). A guard against poisoned or diverged updates. Each accepted update's norm is in "
+        "metrics.jsonl (train rows, update_norm): set the bound from a clean run's.",
         default=0.0,
     )
     client_cpus: float = _help(

@@ -166,7 +166,7 @@ function render(state, run) {
   el("nodes").replaceChildren(...nodes.clients.map(c => row(
     [c.client, c.status + (c.stage && c.stage !== "train" ? " (" + c.stage + ")" : ""),
      typeof c.loss === "number" ? c.loss.toFixed(3) : "", c.steps === undefined || c.steps === null ? "" : String(c.steps),
-     c.reason || ""], [null, c.status])));
+     typeof c.update_norm === "number" ? c.update_norm.toPrecision(3) : "", c.reason || ""], [null, c.status])));
 
   const comm = state.communication;
   definitions(el("communication"), [

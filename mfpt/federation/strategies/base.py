@@ -5,7 +5,8 @@ FedTrimmedAvg, Krum, MultiKrum, Bulyan; the fairness-aware QFedAvg) plus what mf
 aggregation maths; it only
 - samples clients deterministically by client (not by Flower's random node ids), so a seed fixes a run;
 - refuses updates whose keys, shapes, dtypes or values are wrong, or whose distance from the global state
-  exceeds federation.max_update_norm, logging the node and reason, and goes on;
+  exceeds federation.max_update_norm, logging the node and reason, and goes on; records each accepted update's
+  distance (`update_norm`), so that a bound can be set from a clean run's honest updates;
 - records every sampled client that did not reply (a dead or silent node) as "missing", and lets a node that
   (re)connects with a new node id join at the next round after a handshake (`rejoin`);
 - weighs replies by examples or uniformly (server-side, whatever the client claims);
@@ -240,7 +241,7 @@ class MfptStrategy:
         chosen = self._sample(server_round, self.cfg.federation.fraction_train, with_heldout=False)
         self._sampled["train"] = chosen
         self.listener.on_sampled(self.round_offset + server_round, "train", self._names(chosen))
-        self._global = arrays.to_torch_state_dict() if self.cfg.federation.max_update_norm > 0 else None
+        self._global = arrays.to_torch_state_dict()  # what every update is measured from (update_norm, the bound)
         self._key_order = list(arrays.keys())
         messages = self._keep(super().configure_train(server_round, arrays, config, grid), chosen)  # type: ignore[misc]
         self._bytes_down = arrays.count_bytes() * len(messages)
@@ -288,6 +289,7 @@ class MfptStrategy:
         """Check each update, weigh it, aggregate with the wrapped Flower strategy."""
         round_ = self.round_offset + server_round
         accepted: list[tuple[NodeInfo, Message]] = []
+        norms: dict[int, float] = {}
         received = self._record_missing(round_, "train", list(replies))
         # Every update that reached the server counts, the refused ones too: they crossed the network all the same.
         bytes_up = sum(msg.content[ARRAYS].count_bytes() for msg in received
@@ -298,9 +300,17 @@ class MfptStrategy:
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"client error: {msg.error.reason}")
                 continue
             reason = self._problem(msg, node)
+            reference = None if reason else self.reference(node)  # type: ignore[arg-type]
+            norm = None if reference is None else state_distance(msg.content[ARRAYS].to_torch_state_dict(), reference)
+            bound = self.cfg.federation.max_update_norm
+            if norm is not None and 0 < bound < norm:
+                reason = (f"update refused: L2 norm of (update - global) is {norm:.4g}, above "
+                          f"federation.max_update_norm = {bound:g}")
             if reason:
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, reason)
                 continue
+            if norm is not None:
+                norms[node.index] = norm  # type: ignore[union-attr]
             accepted.append((node, msg))  # type: ignore[arg-type]
         accepted.sort(key=lambda pair: pair[0].index)
         order = getattr(self, "_key_order", None)
@@ -312,7 +322,8 @@ class MfptStrategy:
             metrics[WEIGHT_KEY] = float(node.num_train) if self.cfg.federation.weighting == Weighting.EXAMPLES else 1.0
         rows = [{"client": node.client.name(self.cfg.federation.clients_per_language), "lang": node.client.lang,
                  "loss": float(msg.content[METRICS][TRAIN_LOSS_KEY]), "steps": int(msg.content[METRICS][TRAIN_STEPS_KEY]),
-                 "n": node.num_train} for node, msg in accepted]
+                 "n": node.num_train, **self._norm_entry(norms.get(node.index))}
+                for node, msg in accepted]
         self.listener.on_train(round_, rows, bytes_up, getattr(self, "_bytes_down", 0))
         required = self.cfg.federation.min_clients or 1
         if len(accepted) < required:  # the recorder's round summary says so, with every client's reason
@@ -328,6 +339,15 @@ class MfptStrategy:
 
     def personalize(self, round_: int, accepted: list[tuple[NodeInfo, Message]]) -> None:
         """Hook for per-language aggregates from the accepted updates (mfpt.federation.strategies.personalized); none by default."""
+
+    def reference(self, node: NodeInfo) -> dict[str, torch.Tensor] | None:
+        """The state this node trained from this round (None before configure_train): its update is measured from it."""
+        return self._global
+
+    def _norm_entry(self, norm: float | None) -> dict[str, float]:
+        """A train row's update_norm. Not under client-level DP: each client's unclipped norm is what its noise
+        hides, and results are shared."""
+        return {} if norm is None or self.cfg.privacy.dp == DpMode.CLIENT else {"update_norm": norm}
 
     def _problem(self, msg: Message, node: NodeInfo | None) -> str | None:
         if node is None:
@@ -346,11 +366,6 @@ class MfptStrategy:
             check_update(update, self.spec, origin="update")
         except UpdateError as err:
             return str(err)
-        bound = self.cfg.federation.max_update_norm
-        if bound > 0 and self._global is not None:
-            norm = state_distance(update, self._global)
-            if norm > bound:
-                return f"update refused: L2 norm of (update - global) is {norm:.4g}, above federation.max_update_norm = {bound:g}"
         return None
 
     # ------------------------------------------------------------------------------ evaluation replies

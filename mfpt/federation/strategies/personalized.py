@@ -121,16 +121,12 @@ class PersonalizedStrategy:
         # Languages without an accepted update this round (not sampled, refused) keep their previous state.
         self.personal.update(personalized_states(updates, distance, present, z.temperature, z.self_weight))
 
-    def _problem(self, msg: Message, node: NodeInfo | None) -> str | None:
-        """MfptStrategy's checks, with federation.max_update_norm measured from the state this node trained from."""
-        sent = self._sent.get(node.client.lang) if node is not None else None
+    def reference(self, node: NodeInfo) -> State | None:
+        """The state this node trained from: its language's personal state under a per-round method."""
+        sent = self._sent.get(node.client.lang)
         if sent is None or self.cfg.personalization.method not in ROUND_METHODS:
-            return super()._problem(msg, node)  # type: ignore[misc]
-        saved, self._global = self._global, (sent if self._global is not None else None)  # type: ignore[has-type]
-        try:
-            return super()._problem(msg, node)  # type: ignore[misc]
-        finally:
-            self._global = saved
+            return super().reference(node)  # type: ignore[misc]
+        return sent
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """MfptStrategy's sample; each message carries the global state plus the node's language's state."""
