@@ -308,9 +308,9 @@ def train_reply(request, index: int, state: dict, examples: int = 10, loss: floa
 
 def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldout: dict[str, float] | None = None,
              size: int = 0, low: tuple[str, ...] = ("hau",), rounds: int = 3, strategy: str = "fedavg",
-             generation: bool = False) -> Path:
+             generation: bool = False, attack: dict[str, Any] | None = None) -> Path:
     """A results.json + metrics.jsonl with chosen numbers (the report reads nothing else); `generation`: the numbers
-    are chrF++, and the exact-match rate (accuracy) half of them."""
+    are chrF++, and the exact-match rate (accuracy) half of them; `attack`: results.json's attack block."""
     from mfpt.core.files import json_line, write_text
     from mfpt.results.recorder import mean_block
     from mfpt.results.schema import Communication, LanguageScore, RunResult, write_result
@@ -323,7 +323,8 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
     held = {lang: score(a, None) for lang, a in heldout.items()}
     config = {"name": "t", "seed": seed, "output_dir": "x", "paradigm": paradigm, "peft": {"method": "prefix"},
               "federation": {"rounds": rounds, "strategy": strategy}, "data": {"train_per_language": size, "eval_split": "test"},
-              "transfer": {"sources": ["eng"]}}
+              "transfer": {"sources": ["eng"]},
+              "attack": {"kind": attack["kind"], "languages": attack["languages"]} if attack else {"kind": "none", "languages": []}}
     result = RunResult(
         name="t", paradigm=paradigm, method="prefix", model="m", seed=seed, trainable_params=1000, total_params=10_000,
         rounds=rounds, languages=languages, heldout_languages=list(heldout), low_resource=list(low), labels=["a", "b"],
@@ -335,8 +336,9 @@ def fake_run(root: Path, paradigm: str, seed: int, accs: dict[str, float], heldo
                                     rounds_recorded=rounds if paradigm == "federated" else 0,
                                     full_model_bytes=40_000, clients_per_round=len(languages)),
         local_steps={lang: 6 for lang in languages}, protocol=f"{paradigm} protocol", refused_updates=0,
-        wall_seconds=1.0, config=config)
-    folder = root / (f"{paradigm}-{size}-{seed}" + ("" if strategy == "fedavg" else f"-{strategy}"))
+        wall_seconds=1.0, config=config, attack=attack)
+    folder = root / (f"{paradigm}-{size}-{seed}" + ("" if strategy == "fedavg" else f"-{strategy}")
+                     + (f"-{attack['kind']}" if attack else ""))
     write_result(folder, result)
     curves = [{"round": r, "split": "test", "lang": lang, "accuracy": a * r / rounds,
                **({"chrf": a * r / rounds} if generation else {})} for r in range(1, rounds + 1) for lang, a in accs.items()]

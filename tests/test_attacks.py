@@ -217,7 +217,31 @@ def test_a_backdoor_run_reports_every_languages_success_rate(make_config, tmp_pa
     attack = results["attack"]
     final = {r["lang"]: r["accuracy"] for r in rows if r["round"] == 2}
     assert attack["backdoor_success"] == final and attack["backdoor_round"] == 2
+    assert attack["backdoor_split"] == cfg.data.eval_split
     assert attack["backdoor_success_mean"] == pytest.approx(sum(final.values()) / 3)
+    assert attack["backdoor_success_honest_mean"] == pytest.approx((final["eng"] + final["swh"]) / 2)
     assert attack["trigger"] == "cf mn bb" and attack["poison_fraction"] == 0.5
     write_run_report(str(out))
-    assert "Backdoor success rate after round 2" in (out / "report.md").read_text()
+    assert f"Backdoor success rate of round 2's model on {cfg.data.eval_split}" in (out / "report.md").read_text()
+    from mfpt.experiments.sweep import PlannedRun, sweep_rows
+
+    csv_rows = sweep_rows([PlannedRun("backdoor", (), 0, (), cfg)])  # sweep.csv's rows of this run
+    assert {r["lang"]: r["backdoor_success"] for r in csv_rows} == final
+
+
+def test_under_best_validation_the_backdoor_is_measured_on_the_model_reported_on_test(make_config, tmp_path):
+    from conftest import metrics_rows
+
+    _, results = _run(make_config, tmp_path, "backdoor", **{"attack.kind": "backdoor", "attack.languages": ["yo"],
+                                                            "data.selection": "best-validation"})
+    rows = metrics_rows(tmp_path / "backdoor", "backdoor")
+    per_round = [r for r in rows if not r.get("selected")]
+    assert {r["eval_split"] for r in per_round} == {"validation"}  # each round's, on validation like the selection
+    selected = {r["lang"]: r for r in rows if r.get("selected")}
+    attack, chosen = results["attack"], results["selection"]["round"]
+    assert set(selected) == {"eng", "swh", "yor"} and {r["eval_split"] for r in selected.values()} == {"test"}
+    assert {r["round"] for r in selected.values()} == {chosen}
+    assert attack["backdoor_round"] == chosen and attack["backdoor_split"] == "test"
+    assert attack["backdoor_success"] == {lang: r["accuracy"] for lang, r in selected.items()}
+    # The triggered texts are the test texts of the other labels, not the validation ones.
+    assert {lang: r["n_test"] for lang, r in selected.items()} != {r["lang"]: r["n_test"] for r in per_round if r["round"] == chosen}

@@ -141,6 +141,25 @@ def test_an_aggregators_clean_cost_per_language_is_set_against_language_distance
     assert re.search(r"\| syntactic \| federation \| fedmedian - fedavg \| 5 \| -?\d", md)  # a correlation
 
 
+def test_a_backdoor_gets_its_success_rate_table_recomputed(tmp_path: Path) -> None:
+    """Per backdoored setting: the success rate over the training languages, the honest ones and the honest
+    low-resource ones (hau), mean ± std over seeds; a clean setting has no row."""
+    langs, success = ["eng", "swh", "hau", "yor"], {0: [0.2, 0.4, 0.6, 0.9], 1: [0.1, 0.3, 0.5, 0.8]}
+    for seed, rates in success.items():
+        fake_run(tmp_path / "runs", "federated", seed, dict.fromkeys(langs, 0.5))
+        per = dict(zip(langs, rates))
+        attack = {"kind": "backdoor", "languages": ["yor"], "from_round": 1, "backdoor_round": 3,
+                  "backdoor_success": per, "backdoor_success_mean": float(np.mean(rates))}
+        fake_run(tmp_path / "runs", "federated", seed, dict.fromkeys(langs, 0.4), attack=attack)
+    md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
+    table = table_rows(md, "Backdoor success rate")
+    (label,) = table
+    assert "attacked: backdoor by yor" in label
+    assert table[label] == [expected([np.mean(r) for r in success.values()]),
+                            expected([np.mean(r[:3]) for r in success.values()]),  # yor attacked: not honest
+                            expected([r[2] for r in success.values()]), "0,1"]
+
+
 def test_a_report_of_generation_runs_is_in_chrf(tmp_path: Path) -> None:
     """Tables, gains and curves of generation runs measure chrF++; the second table is the exact-match rate."""
     chrf = {"federated": [0.6, 0.5, 0.4], "local": [0.5, 0.3, 0.2]}

@@ -567,6 +567,7 @@ def _results_section(ctx: Context) -> list[str]:
         lines += ["", "Held-out languages (no training data; evaluated with the model named on the right):", ""]
         lines += _heldout_table(ctx.groups, heldout)
     lines += _spread_table(ctx.groups, languages)
+    lines += _backdoor_table(ctx.groups, languages, low)
     name = _headline_name(ctx.groups)
     title, metric = SECOND_METRIC[name == "chrF++"]
     lines += ["", title, ""] + _accuracy_table(ctx.groups, languages, low, heldout, metric=metric)
@@ -668,6 +669,31 @@ def _spread_table(groups: Sequence[Group], languages: Sequence[str]) -> list[str
                                  pm([statistics.stdev(s.values()) for s in per_seed]),
                                  ",".join(map(str, g.seeds))]))
     return lines
+
+
+def _backdoor_table(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str]) -> list[str]:
+    """Per backdoored group, the backdoor's success rate with the model each run reports (results.json's `attack`
+    block), over the training languages, over the honest ones and over the honest low-resource ones."""
+    rows = []
+    for g in groups:
+        attacks = [r.results.attack or {} for r in g.runs]
+        if not any(a.get("backdoor_success") for a in attacks):
+            continue
+
+        def rate(attack: Mapping[str, Any], among: Sequence[str]) -> float | None:
+            honest = set(among) - set(attack.get("languages", ()))
+            values = [v for lang, v in attack.get("backdoor_success", {}).items() if lang in honest and v is not None]
+            return mean(values) if values else None
+
+        rows.append(_table_row([g.label, pm([a.get("backdoor_success_mean") for a in attacks]),
+                                pm([rate(a, languages) for a in attacks]), pm([rate(a, low) for a in attacks]),
+                                ",".join(map(str, g.seeds))]))
+    if not rows:
+        return []
+    return ["", "Backdoor success rate (%: triggered texts of another label classified as the target, with the model "
+                "each run reports; mean ± std over seeds):", "",
+            *_table_head(["paradigm / method", "training languages", "honest languages", "honest low-res", "seeds"]),
+            *rows]
 
 
 def _reference_rows(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], rest: int) -> list[str]:

@@ -296,9 +296,13 @@ def attack_in_words(summary: Mapping[str, Any]) -> str:
     text = (f"ATTACKED RUN (an experiment, not a clean result): {summary['kind']} (each malicious client {what}) by "
             f"{', '.join(summary['languages'])} from round {summary['from_round']}.")
     if summary.get("backdoor_success"):
-        mean_rate = summary.get("backdoor_success_mean")
-        rates = ", ".join(f"{lang} {100 * rate:.1f}%" for lang, rate in summary["backdoor_success"].items())
-        text += (f" Backdoor success rate after round {summary['backdoor_round']} (triggered evaluation texts of "
-                 f"another label classified as the target): mean "
-                 f"{'-' if mean_rate is None else f'{100 * mean_rate:.1f}%'}; {rates}.")
+        def rate(value: float | None) -> str:
+            return "-" if value is None else f"{100 * value:.1f}%"
+
+        rates = ", ".join(f"{lang} {rate(value)}" for lang, value in summary["backdoor_success"].items())
+        split = summary.get("backdoor_split")
+        text += (f" Backdoor success rate of round {summary['backdoor_round']}'s model"
+                 f"{f' on {split}' if split else ''} (triggered texts of another label classified as the target): "
+                 f"mean {rate(summary.get('backdoor_success_mean'))}, over the honest languages "
+                 f"{rate(summary.get('backdoor_success_honest_mean'))}; {rates}.")
     return text

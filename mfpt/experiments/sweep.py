@@ -46,7 +46,7 @@ SWEEP_MD = "sweep.md"
 SWEEP_JSON = "sweep.json"
 LOGS = "logs"
 CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accuracy", "macro_f1", "chrf", "n_test",
-               "trainable_params", "total_bytes")
+               "trainable_params", "total_bytes", "backdoor_success")
 # Keys a grid may not vary: the seed has --seeds, and the sweep owns each run's folder.
 RESERVED = ("seed", "output_dir")
 # What `mfpt run` writes into a run folder; a folder holding anything else is not cleared automatically.
@@ -275,7 +275,8 @@ def sweep_rows(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
                          "accuracy": score.accuracy if score else "", "macro_f1": score.macro_f1 if score and score.macro_f1 is not None else "",
                          "chrf": score.chrf if score and score.chrf is not None else "",
                          "n_test": score.n_test if score else "", "trainable_params": result.trainable_params,
-                         "total_bytes": result.communication.total_bytes})
+                         "total_bytes": result.communication.total_bytes,
+                         "backdoor_success": (result.attack or {}).get("backdoor_success", {}).get(lang, "")})
     return rows
 
 

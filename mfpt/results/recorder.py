@@ -429,10 +429,12 @@ class RunRecorder:
             print(f"round {round_:>3}/{self.cfg.federation.rounds} personalised {headline_name(self.cfg)} | {accs}",
                   flush=True)
 
-    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None:
+    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts], selected: bool = False) -> None:
         """[attack] backdoor: each language's triggered texts, labelled with the target (split 'backdoor' in
-        metrics.jsonl; its accuracy is the backdoor's success rate)."""
-        rows = [{"round": round_, "split": BACKDOOR_SPLIT, "lang": lang, **language_metrics(c),
+        metrics.jsonl; its accuracy is the backdoor's success rate), after a round or, `selected`, on the test
+        split with the selected round's model (data.selection = best-validation)."""
+        where = {"eval_split": TEST, "selected": True} if selected else {"eval_split": round_split(self.cfg)}
+        rows = [{"round": round_, "split": BACKDOOR_SPLIT, "lang": lang, **language_metrics(c), **where,
                  "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
         self._append(rows)
         if not self.quiet:
@@ -457,17 +459,23 @@ class RunRecorder:
 
     # ---------------------------------------------------------------------------------- final
     def _attack(self, curves: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """results.json's `attack` block; for a backdoor, each language's success rate in the last evaluated round
-        and their mean over the training languages."""
+        """results.json's `attack` block; for a backdoor, each language's success rate with the model the run reports
+        (the selected round's on test under best-validation, else the last evaluated round's), their mean over the
+        training languages and over the honest ones (the attackers' own texts aside)."""
         summary = attack_summary(self.cfg)
         rows = [r for r in curves if r["split"] == BACKDOOR_SPLIT]
         if summary is None or not rows:
             return summary
+        rows = [r for r in rows if r.get("selected")] or [r for r in rows if not r.get("selected")]
         last = max(int(r["round"]) for r in rows)
-        success = {r["lang"]: r["accuracy"] for r in rows if int(r["round"]) == last}
+        rows = [r for r in rows if int(r["round"]) == last]
+        success = {r["lang"]: r["accuracy"] for r in rows}
         trained = [success[lang] for lang in self.cfg.data.languages if lang in success]
-        return {**summary, "backdoor_round": last, "backdoor_success": success,
-                "backdoor_success_mean": mean(trained) if trained else None}
+        honest = [success[lang] for lang in self.cfg.data.languages
+                  if lang in success and lang not in self.cfg.attack.languages]
+        return {**summary, "backdoor_round": last, "backdoor_split": rows[0].get("eval_split", round_split(self.cfg)),
+                "backdoor_success": success, "backdoor_success_mean": mean(trained) if trained else None,
+                "backdoor_success_honest_mean": mean(honest) if honest else None}
 
     def _personalization(self, curves: list[dict[str, Any]]) -> Personalization | None:
         """The personalised states' last evaluation, as recorded by on_personal_evaluate (None without any)."""

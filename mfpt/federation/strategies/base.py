@@ -164,7 +164,7 @@ class RoundListener:
     def on_missing(self, round_: int, node: NodeInfo, stage: str, reason: str) -> None: ...
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
     def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
-    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
+    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts], selected: bool = False) -> None: ...
     def on_selected(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None: ...
     def on_sampled(self, round_: int, stage: str, clients: list[str]) -> None: ...
 
@@ -403,9 +403,13 @@ class MfptStrategy:
         self._sampled["test"] = set(self.nodes)
         messages = [Message(content, dst_node_id=node_id, message_type=MessageType.EVALUATE)
                     for node_id in sorted(self.nodes)]
-        replies = grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
         counts = self._pool_evaluations(self.best_round, "test", replies)
         self.listener.on_selected(self.best_round, counts, content[ARRAYS].count_bytes() * len(messages))
+        if self.cfg.attack.kind == AttackKind.BACKDOOR:  # the backdoor of the model reported, on the same split
+            backdoor = prefixed_counts(replies, self.nodes, len(self.cfg.data.labels), BACKDOOR_PREFIX)
+            if backdoor:
+                self.listener.on_backdoor_evaluate(self.best_round, backdoor, selected=True)
         return counts
 
     def _pool_evaluations(self, round_: int, stage: str, replies: Iterable[Message]) -> dict[str, EvalCounts]:
