@@ -10,7 +10,14 @@ import torch
 from mfpt.config import PeftMethod
 from mfpt.config.specs import METHODS as SPECS
 from mfpt.model.factory import apply_method, build_model, count_parameters
-from mfpt.model.state import UpdateError, check_update, load_trainable_state, state_spec, trainable_state
+from mfpt.model.state import (
+    UpdateError,
+    check_update,
+    load_trainable_state,
+    state_distance,
+    state_spec,
+    trainable_state,
+)
 
 METHODS = SPECS.names()
 
@@ -136,3 +143,14 @@ def test_corrupt_updates_are_refused_with_the_reason(make_config):
         with pytest.raises(UpdateError, match=re.escape(reason)):
             load_trainable_state(model, update)
     check_update(good, state_spec(good))  # the untouched state passes
+
+
+def test_state_distance_is_the_float64_l2_norm_of_the_update_whatever_the_chunks():
+    g = torch.Generator().manual_seed(0)
+    state = {"a": torch.randn(7, 9, generator=g), "b": torch.randn(3, generator=g).half(), "c": torch.tensor(2.0)}
+    reference = {k: torch.randn(v.shape, generator=g).to(v.dtype) for k, v in state.items()}
+    flat = torch.cat([(state[k].double() - reference[k].double()).reshape(-1) for k in state])
+    for chunk in (1, 5, 64, 1 << 20):  # chunk boundaries inside and across tensors
+        assert state_distance(state, reference, chunk=chunk) == pytest.approx(float(flat.norm()), rel=1e-12)
+        assert state_distance(state, chunk=chunk) == pytest.approx(
+            float(torch.cat([v.double().reshape(-1) for v in state.values()]).norm()), rel=1e-12)

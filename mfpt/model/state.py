@@ -25,14 +25,19 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu").clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def state_distance(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None = None) -> float:
-    """L2 norm, in float64 over all tensors, of `state` (or of `state - reference`: an update's size)."""
+def state_distance(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None = None,
+                   chunk: int = 1 << 20) -> float:
+    """L2 norm, in float64 over all tensors, of `state` (or of `state - reference`: an update's size). In chunks:
+    a server measures every update of a full fine-tuning run, whose embedding matrix alone is ~100M values."""
     total = 0.0
     for name, tensor in state.items():
-        value = tensor.detach().double()
-        if reference is not None:
-            value = value - reference[name].detach().double().to(value.device)
-        total += float(value.pow(2).sum())
+        flat = tensor.detach().reshape(-1)
+        base = reference[name].detach().reshape(-1).to(flat.device) if reference is not None else None
+        for start in range(0, flat.numel(), chunk):
+            part = flat[start:start + chunk].double()
+            if base is not None:
+                part = part - base[start:start + chunk].double()
+            total += float(torch.dot(part, part))
     return total ** 0.5
 
 
