@@ -286,11 +286,18 @@ class MfptStrategy:
         return self.nodes.get(msg.metadata.src_node_id)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check each update, weigh it, aggregate with the wrapped Flower strategy."""
+        """Check each update, weigh it, aggregate with the wrapped Flower strategy; then let go of the updates."""
+        replies = list(replies)
+        try:
+            return self._aggregate_updates(server_round, replies)
+        finally:
+            release_arrays(replies)
+
+    def _aggregate_updates(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.round_offset + server_round
         accepted: list[tuple[NodeInfo, Message]] = []
         norms: dict[int, float] = {}
-        received = self._record_missing(round_, "train", list(replies))
+        received = self._record_missing(round_, "train", replies)
         # Every update that reached the server counts, the refused ones too: they crossed the network all the same.
         bytes_up = sum(msg.content[ARRAYS].count_bytes() for msg in received
                        if not msg.has_error() and ARRAYS in msg.content.array_records)
@@ -461,6 +468,16 @@ class MfptStrategy:
                 setattr(self, attr, [items[str(i)] for i in range(len(items))])
             else:
                 setattr(self, attr, items if current is None or isinstance(current, dict) else current)
+
+
+def release_arrays(messages: Iterable[Message]) -> None:
+    """Drop each message's arrays. Flower's Strategy.start() keeps a round's train replies until the next round's
+    have all arrived, so a full fine-tuning run would hold two rounds of updates at once (measured: 18 GB of a
+    16-client run of a 118M-parameter model, docs/speed.md)."""
+    for msg in messages:
+        if msg.has_content():
+            for key in list(msg.content.array_records):
+                del msg.content[key]
 
 
 def train_loss_mean(records: list, weight_key: str) -> MetricRecord:
