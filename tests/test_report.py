@@ -240,6 +240,19 @@ def test_a_run_report_says_what_its_numbers_mean(tmp_path):
     assert rows["majority class"][:3] == ["44.4", "44.4", "44.4"]
     assert "each of 2 clients sends its 1.0 KB of trainable tensors" in text
     assert "from the model loaded to the results written" in text
+    assert "Update norms" not in text  # none recorded
+
+
+def test_a_run_report_sums_up_the_accepted_update_norms(tmp_path):
+    """What federation.max_update_norm is set from: median, 95th percentile and max of the recorded norms."""
+    from mfpt.analysis.report import render_run_report
+
+    folder = fake_run(tmp_path, "federated", 0, {"eng": 0.5, "hau": 0.6})
+    norms = [0.5, 1.0, 2.0, 4.0, 40.0]
+    curves = [{"round": 1 + i // 2, "split": "train", "lang": "eng", "update_norm": n} for i, n in enumerate(norms)]
+    text = render_run_report(read_result(folder), curves)
+    assert (f"- Update norms (L2 of what a client sent minus the state it trained from, 5 accepted updates): median 2, "
+            f"95th percentile {np.percentile(norms, 95):.4g}, max 40; federation.max_update_norm = off.") in text
 
 
 def test_a_sweep_report_marks_the_majority_class_and_names_its_seeds(tmp_path):

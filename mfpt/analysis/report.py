@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from mfpt.analysis.distance import DistanceAnalysis, DistanceAnalysisError, distance_analysis
 from mfpt.analysis.figures import Series, plot_axis, plot_distance_analysis, plot_round_curves
 from mfpt.analysis.grouping import (
@@ -185,6 +187,7 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], ti
         "",
         f"- Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%).",
         *_bytes_lines(result),
+        *_update_norm_lines(result, curves),
         f"- Wall time: {result.wall_seconds:.0f} s, from the model loaded to the results written (start-up, such as "
         "Ray and loading the model, comes on top).",
     ]
@@ -204,6 +207,18 @@ def render_run_report(result: RunResult, curves: Sequence[Mapping[str, Any]], ti
                   _table_row([f"mean {'acc' if name == 'accuracy' else name}", *map(pct, mean_by_round.values())])]
         parts += _sampled_evaluation_note([result])
     return "\n".join(parts) + "\n"
+
+
+def _update_norm_lines(result: RunResult, curves: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The size of the updates the server accepted, what `federation.max_update_norm` is set from (none recorded
+    under client-level DP or SecAgg+)."""
+    norms = [float(r["update_norm"]) for r in curves if r.get("split") == "train" and r.get("update_norm") is not None]
+    if not norms:
+        return []
+    bound = config_value(result, "federation.max_update_norm", 0) or 0
+    return [f"- Update norms (L2 of what a client sent minus the state it trained from, {len(norms)} accepted "
+            f"updates): median {float(np.median(norms)):.4g}, 95th percentile {float(np.percentile(norms, 95)):.4g}, "
+            f"max {max(norms):.4g}; federation.max_update_norm = {f'{bound:g}' if bound else 'off'}."]
 
 
 def _bytes_lines(result: RunResult) -> list[str]:
