@@ -3,6 +3,7 @@ trainable tensors and scalar metrics."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -40,7 +41,7 @@ def federated_run(tmp_path_factory, tiny_xlmr):
 
     def record_train(self, server_round, replies):
         replies = list(replies)
-        seen["train"].extend(m.content for m in replies)
+        seen["train"].extend(copy.deepcopy(m.content) for m in replies)  # as they arrived (the strategy lets go of arrays)
         return original_train(self, server_round, replies)
 
     def record_eval(self, server_round, replies):

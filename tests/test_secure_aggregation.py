@@ -34,7 +34,8 @@ class SerialisingGrid(InProcessGrid):
 
     def send_and_receive(self, messages, *, timeout=None):
         replies = list(super().send_and_receive([copy.deepcopy(m) for m in messages], timeout=timeout))
-        self.replies = getattr(self, "replies", []) + replies
+        # What arrived, copied: the strategy lets go of each update's arrays once aggregated.
+        self.replies = getattr(self, "replies", []) + [copy.deepcopy(r) for r in replies]
         return replies
 
 

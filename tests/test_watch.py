@@ -319,7 +319,9 @@ def test_the_page_in_a_real_browser_advances_without_a_reload(tiny_xlmr, tmp_pat
         drawn = {p.get_attribute("data-series") for p in page.find_elements(By.CSS_SELECTOR, "#accuracy-chart path")}
         assert {"eng", "swh", "hau (low-resource)", "mean", "low-resource mean"} <= drawn
         # The last round's clients, each with its loss, steps and update norm in its own column.
-        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in page.find_elements(By.CSS_SELECTOR, "#nodes tr")]
+        # Read in one script: the page redraws the table every 2 s, which would leave element handles stale.
+        rows = page.execute_script("return [...document.querySelectorAll('#nodes tr')]"
+                                   ".map(tr => [...tr.cells].map(td => td.textContent))")
         assert sorted(r[0] for r in rows) == ["eng", "hau", "swh"]
         assert all(r[1] == "replied" and float(r[2]) > 0 and int(r[3]) > 0 and float(r[4]) > 0 for r in rows), rows
         assert (tmp_path / "watch.png").stat().st_size > 10_000
