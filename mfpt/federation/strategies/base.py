@@ -306,13 +306,7 @@ class MfptStrategy:
             if msg.has_error():
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, f"client error: {msg.error.reason}")
                 continue
-            reason = self._problem(msg, node)
-            reference = None if reason else self.reference(node)  # type: ignore[arg-type]
-            norm = None if reference is None else state_distance(msg.content[ARRAYS].to_torch_state_dict(), reference)
-            bound = self.cfg.federation.max_update_norm
-            if norm is not None and 0 < bound < norm:
-                reason = (f"update refused: L2 norm of (update - global) is {norm:.4g}, above "
-                          f"federation.max_update_norm = {bound:g}")
+            reason, norm = self.check_reply(msg, node, self.reference(node) if node is not None else None)
             if reason:
                 self.listener.on_refusal(round_, node, msg.metadata.src_node_id, reason)
                 continue
@@ -356,24 +350,35 @@ class MfptStrategy:
         hides, and results are shared."""
         return {} if norm is None or self.cfg.privacy.dp == DpMode.CLIENT else {"update_norm": norm}
 
-    def _problem(self, msg: Message, node: NodeInfo | None) -> str | None:
+    def check_reply(self, msg: Message, node: NodeInfo | None,
+                    reference: dict[str, torch.Tensor] | None) -> tuple[str | None, float | None]:
+        """Why a train reply is refused (None: accepted), and the L2 norm of its update from `reference`, the state
+        its client trained from (None without a reference or when refused before it was measured). The update is
+        converted once: under full fine-tuning it is the whole model."""
         if node is None:
-            return "reply from a node that did not take part in the handshake"
+            return "reply from a node that did not take part in the handshake", None
         content = msg.content
         if ARRAYS not in content.array_records or METRICS not in content.metric_records:
-            return f"reply lacks its {ARRAYS!r} or {METRICS!r} record"
+            return f"reply lacks its {ARRAYS!r} or {METRICS!r} record", None
         metrics = content[METRICS]
         for key in TRAIN_METRICS:
             if key not in metrics:
-                return f"metric {key!r} missing"
+                return f"metric {key!r} missing", None
         if int(metrics[CLIENT_KEY]) != node.index:
-            return f"client-index {metrics[CLIENT_KEY]} does not match the handshake ({node.index})"
+            return f"client-index {metrics[CLIENT_KEY]} does not match the handshake ({node.index})", None
         update = content[ARRAYS].to_torch_state_dict()
         try:
             check_update(update, self.spec, origin="update")
         except UpdateError as err:
-            return str(err)
-        return None
+            return str(err), None
+        if reference is None:
+            return None, None
+        norm = state_distance(update, reference)
+        bound = self.cfg.federation.max_update_norm
+        if 0 < bound < norm:
+            return (f"update refused: L2 norm of (update - global) is {norm:.4g}, above federation.max_update_norm = "
+                    f"{bound:g}"), norm
+        return None, norm
 
     # ------------------------------------------------------------------------------ evaluation replies
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

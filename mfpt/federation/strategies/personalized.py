@@ -173,7 +173,9 @@ def finetune_phase(grid: Grid, strategy: MfptStrategy, global_state: State, conf
     accepted: list[tuple[NodeInfo, Message]] = []
     for msg in replies:
         node = strategy.nodes.get(msg.metadata.src_node_id)
-        reason = f"client error: {msg.error.reason}" if msg.has_error() else strategy._problem(msg, node)
+        # Measured from the global state every fine-tuner started from.
+        reason = (f"client error: {msg.error.reason}" if msg.has_error()
+                  else strategy.check_reply(msg, node, global_state)[0])
         if reason:
             strategy.listener.on_refusal(round_ + 1, node, msg.metadata.src_node_id, f"finetune: {reason}")
             continue
