@@ -102,3 +102,46 @@ def test_a_resumed_run_keeps_the_evaluation_schedule_and_the_uninterrupted_state
     assert evaluated == [(r, lang) for r in (2, 4, 5) for lang in LANGS]
     _assert_same_state(_state(cfg.output_dir, 5), _state(full_cfg.output_dir, 5))
     assert result.per_language == read_result(full_cfg.output_dir).per_language
+
+
+def test_keep_checkpoints_keeps_the_newest_and_the_selected_round_and_changes_no_result(make_config, tmp_path):
+    cfg = make_config(**{"paradigm": "centralized", "data.languages": LANGS, "federation.rounds": 4,
+                         "data.selection": "best-validation", "output_dir": str(tmp_path / "all")})
+    every = run_experiment(cfg, quiet=True)
+    few = cfg.replace(output_dir=str(tmp_path / "few"), keep_checkpoints=1)
+    kept = run_experiment(few, quiet=True)
+    chosen = every.selection["round"]
+    assert chosen < 4, "the fixture should select an earlier round, or the test checks less"
+    names = sorted(p.name for p in (tmp_path / "few" / "checkpoints").iterdir())
+    assert names == sorted({checkpoint_path(tmp_path, r).name for r in (4, chosen)})
+    assert len(list((tmp_path / "all" / "checkpoints").iterdir())) == 4
+    # the selected round's test score came from its kept checkpoint, as in the run that kept them all
+    assert kept.selection["round"] == chosen and kept.per_language == every.per_language
+    _assert_same_state(_state(few.output_dir, 4), _state(cfg.output_dir, 4))
+
+
+def test_a_run_keeping_one_checkpoint_resumes_to_the_uninterrupted_state(make_config, tmp_path, monkeypatch, caplog):
+    cfg = make_config(**{"paradigm": "centralized", "data.languages": LANGS, "federation.rounds": 4,
+                         "keep_checkpoints": 1, "output_dir": str(tmp_path / "full")})
+    full = run_experiment(cfg, quiet=True)
+    cut = cfg.replace(output_dir=str(tmp_path / "cut"))
+    interrupt_at_round(cut, monkeypatch, 4)
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["round-0003.safetensors"]
+    resumed = run_experiment(cut, resume=True, quiet=True)
+    _assert_same_state(_state(cut.output_dir, 4), _state(cfg.output_dir, 4))
+    assert resumed.per_language == full.per_language
+
+
+def test_a_resume_past_a_damaged_newest_checkpoint_names_the_deleted_rounds_once(tmp_path, caplog):
+    from mfpt.results.checkpoints import ResumeError, last_intact_checkpoint, save_checkpoint
+
+    path = save_checkpoint(checkpoint_path(tmp_path, 5), 5, {"w": torch.ones(2)}, {})
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(ResumeError, match="cannot be resumed"):
+        last_intact_checkpoint(tmp_path, 5)
+    missing = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert missing == ["the checkpoints of rounds 1-4 are missing (deleted, or keep_checkpoints kept fewer)"]
+    save_checkpoint(checkpoint_path(tmp_path, 2), 2, {"w": torch.ones(2)}, {})
+    caplog.clear()
+    assert last_intact_checkpoint(tmp_path, 5).round == 2
+    assert any("rounds 3-4 are missing" in r.getMessage() for r in caplog.records)

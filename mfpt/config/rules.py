@@ -56,6 +56,7 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key} = {value!r} is not allowed: must be {allowed}.")
 
     f, t, d, p, m = cfg.federation, cfg.train, cfg.data, cfg.peft, cfg.model
+    need(cfg.keep_checkpoints >= 0, "keep_checkpoints", "an integer >= 0 (0 = every round's)", cfg.keep_checkpoints)
     need(f.rounds >= 1, "federation.rounds", "an integer >= 1", f.rounds)
     need(0 < f.fraction_train <= 1, "federation.fraction_train", "in (0, 1]", f.fraction_train)
     need(0 < f.fraction_evaluate <= 1, "federation.fraction_evaluate", "in (0, 1]", f.fraction_evaluate)

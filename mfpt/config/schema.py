@@ -458,6 +458,13 @@ class ExperimentConfig:
     name: str = _help("Run name, used in reports.", default="mfpt")
     seed: int = _help("Seeds data sampling, model init and every client's training in every round.", default=0)
     output_dir: str = _help("Where results, checkpoints and the report go.", default="runs/mfpt")
+    keep_checkpoints: int = _help(
+        "How many of the newest round checkpoints a run keeps, besides the round best-validation selects (its "
+        "test score is taken from it); 0 = every round's. A checkpoint holds the trainable state, so under full "
+        "fine-tuning it is the whole model (471 MB for the demo's encoder, 1.1 GB for xlm-roberta-base) and a long "
+        "run fills a disk. A resume starts from the newest intact one, so keep 2 or more to survive a damaged file.",
+        default=0,
+    )
     paradigm: Paradigm = _help(
         "federated, local, centralized, transfer or zeroshot.", default=Paradigm.FEDERATED
     )

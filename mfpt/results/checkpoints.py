@@ -77,6 +77,7 @@ def last_intact_checkpoint(out_dir: Path, completed: int) -> Checkpoint | None:
     None when `completed` is 0 and no round-0 checkpoint exists (nothing ran yet); ResumeError when rounds were
     completed but none of their checkpoints can be read.
     """
+    missing: list[int] = []  # told once: keep_checkpoints deletes all but the newest
     for round_ in range(completed, -1, -1):
         path = checkpoint_path(out_dir, round_)
         if round_ == 0 and not path.exists():  # only transfer's stage 1 checkpoints round 0
@@ -87,19 +88,48 @@ def last_intact_checkpoint(out_dir: Path, completed: int) -> Checkpoint | None:
             log.warning("%s; passing over it", err)
             continue
         if checkpoint is None:
-            log.warning("checkpoint %r is missing; passing over it", str(path))
-        elif checkpoint.round != round_:
+            missing.append(round_)
+            continue
+        if missing:
+            log.warning("the checkpoints of rounds %s are missing (deleted, or keep_checkpoints kept fewer); passing "
+                        "over them", _ranges(missing))
+            missing = []
+        if checkpoint.round != round_:
             log.warning("checkpoint %r says round %d; passing over it", str(path), checkpoint.round)
         else:
             if round_ < completed:
                 log.warning("resuming from round %d, the last intact checkpoint (%s); rounds %d-%d run again",
                             round_, path.name, round_ + 1, completed)
             return checkpoint
+    if missing:
+        log.warning("the checkpoints of rounds %s are missing (deleted, or keep_checkpoints kept fewer)", _ranges(missing))
     if completed == 0:
         return None
     raise ResumeError(f"No intact checkpoint in {str(out_dir / CHECKPOINTS_DIR)!r} (rounds 1-{completed} are damaged or "
                       "missing): this run cannot be resumed; start it again with --out NEW_FOLDER.")
 
 
+def _ranges(rounds: list[int]) -> str:
+    """'7-9, 3' for rounds [9, 8, 7, 3] (descending, as the resume search meets them)."""
+    runs: list[list[int]] = []
+    for r in rounds:
+        if runs and runs[-1][-1] == r + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return ", ".join(f"{run[-1]}-{run[0]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
 def checkpoint_path(out_dir: Path, round_: int) -> Path:
     return out_dir / CHECKPOINTS_DIR / f"round-{round_:04d}.safetensors"
+
+
+def prune_checkpoints(out_dir: Path, keep: set[int]) -> list[int]:
+    """Delete the round checkpoints of out_dir whose round is not in `keep` (keep_checkpoints); the rounds deleted."""
+    deleted = []
+    for path in sorted((out_dir / CHECKPOINTS_DIR).glob("round-*.safetensors")):
+        round_ = int(path.stem.removeprefix("round-")) if path.stem.removeprefix("round-").isdigit() else None
+        if round_ is not None and round_ not in keep:
+            path.unlink(missing_ok=True)
+            deleted.append(round_)
+    return deleted

@@ -29,7 +29,14 @@ from mfpt.config.specs import attack_summary, hyperparameters, protocol
 from mfpt.core import files
 from mfpt.core.errors import UserError, error_line
 from mfpt.core.stats import mean
-from mfpt.results.checkpoints import Checkpoint, ResumeError, checkpoint_path, last_intact_checkpoint, save_checkpoint
+from mfpt.results.checkpoints import (
+    Checkpoint,
+    ResumeError,
+    checkpoint_path,
+    last_intact_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from mfpt.results.schema import (
     BACKDOOR_SPLIT,
     CONFIG_FILE,
@@ -147,8 +154,9 @@ DERIVED_AT_RUN = {"train.threads": 0, "data.languages": "", "data.labels": ""}
 
 # Keys that may differ on resume: the tuning file (its values are in config.toml already) and the base model's name
 # (the same checkpoint at another path, `--model`; the checkpoint refuses a model whose tensors differ).
+# How many checkpoints are kept changes no result.
 # Trackers only receive copies of what the run records, so a resumed run may report to others.
-RESUME_MAY_CHANGE = ("tuning.file", "model.name", "tracking.backends", "tracking.tensorboard_dir", "tracking.mlflow_uri",
+RESUME_MAY_CHANGE = ("tuning.file", "model.name", "keep_checkpoints", "tracking.backends", "tracking.tensorboard_dir", "tracking.mlflow_uri",
                      "tracking.mlflow_experiment")
 
 
@@ -322,13 +330,16 @@ class RunRecorder:
         # distance-weighted / update-similarity also keep one state per trained language in every checkpoint.
         personal = len(self.cfg.data.languages) if self.cfg.personalization.method.value in (
             "distance-weighted", "update-similarity") else 0
-        need = (self.cfg.federation.rounds + 1) * (3 + personal) * state_bytes + (1 << 20)
+        rounds = self.cfg.federation.rounds + 1  # round 0 is transfer's source stage
+        if self.cfg.keep_checkpoints:  # the newest kept, the one being written, and the selected round's
+            rounds = min(rounds, self.cfg.keep_checkpoints + 2)
+        need = rounds * (3 + personal) * state_bytes + (1 << 20)
         free = shutil.disk_usage(self.out_dir).free
         if free < need:
             raise ResumeError(
                 f"Output directory {str(self.out_dir)!r} has {free / 2**20:.1f} MiB free, but "
-                f"{self.cfg.federation.rounds} round checkpoints need about {need / 2**20:.1f} MiB; "
-                "free some space or set output_dir elsewhere."
+                f"{rounds} round checkpoints need about {need / 2**20:.1f} MiB; "
+                "free some space, set output_dir elsewhere, or keep fewer with keep_checkpoints."
             )
 
     # ---------------------------------------------------------------------------------- per round
@@ -446,6 +457,10 @@ class RunRecorder:
         """Checkpoint the global (and every personalised) state, then mark the round complete (in that order)."""
         save_checkpoint(checkpoint_path(self.out_dir, round_), round_, state, server_state or {}, personal)
         self._write_progress(round_)
+        if self.cfg.keep_checkpoints:  # only once the round is marked complete, so a resume always finds one
+            kept = set(range(round_ - self.cfg.keep_checkpoints + 1, round_ + 1))
+            chosen = self.selected_round() if selects_on_validation(self.cfg) else None
+            prune_checkpoints(self.out_dir, kept | ({chosen} if chosen is not None else set()))
         if self.comm and self.comm[-1]["round"] == round_:
             this = self.comm[-1]
             self.trackers.scalars(round_, {"bytes/up": this["bytes_up"], "bytes/down": this["bytes_down"],
