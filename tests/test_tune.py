@@ -179,3 +179,16 @@ def test_a_trial_whose_clients_failed_gets_no_score_is_never_chosen_and_fails_th
     broken = [t for t in setting["trials"] if t["values"]["train.lr"] == pytest.approx(1e-2)][0]
     assert broken["score"] is None and "problem" in broken
     assert setting["chosen"]["train.lr"] == pytest.approx(1e-3)  # the only comparable trial, whatever 0.99 says
+
+
+def test_a_relative_grid_value_is_written_as_the_number_it_means():
+    """x3 of 2e-5 is 6e-05 in the trial's folder and the tuning file, not the float product 6.000000000000001e-05."""
+    from mfpt.config import ExperimentConfig
+    from mfpt.experiments.tune import _concrete
+
+    base = ExperimentConfig().replace(**{"train.lr": 2e-5})
+    assert _concrete([("train.lr", "x3"), ("train.lr", "x0.3")], base) == (("train.lr", "6e-05"), ("train.lr", "6e-06"))
+    # an integer key gets an integer (the config refuses 2.0 for local_epochs), and a fraction of one is refused
+    assert _concrete([("train.local_epochs", "x2")], base) == (("train.local_epochs", "2"),)
+    with pytest.raises(SweepError, match="train.local_epochs is an integer"):
+        _concrete([("train.local_epochs", "x0.5")], base)

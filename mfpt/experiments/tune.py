@@ -98,10 +98,18 @@ def _concrete(point: Sequence[tuple[str, str]], base: ExperimentConfig) -> tuple
             section, name = key.split(".", 1) if "." in key else ("", key)
             own = getattr(getattr(base, section), name) if section else getattr(base, name)
             try:
-                value = repr(float(value[1:]) * float(own))
+                # 12 significant digits: 3 x 2e-5 is 6e-05, not 6.000000000000001e-05, in the folder and the file
+                product = float(f"{float(value[1:]) * float(own):.12g}")
             except (TypeError, ValueError):
                 raise SweepError(f"--grid {key}={value}: 'x' multiplies the setting's own value of {key} "
                                  f"({own!r}), which is not a number.") from None
+            if isinstance(own, int) and not isinstance(own, bool):  # an integer key stays an integer
+                if not product.is_integer():
+                    raise SweepError(f"--grid {key}={value}: {key} is an integer ({own}), and {value} of it is "
+                                     f"{product:g}; use factors that give whole numbers, or the values themselves.")
+                value = str(int(product))
+            else:
+                value = repr(product)
         out.append((key, value))
     return tuple(out)
 
