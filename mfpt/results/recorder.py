@@ -156,8 +156,8 @@ DERIVED_AT_RUN = {"train.threads": 0, "data.languages": "", "data.labels": ""}
 # (the same checkpoint at another path, `--model`; the checkpoint refuses a model whose tensors differ).
 # How many checkpoints are kept changes no result.
 # Trackers only receive copies of what the run records, so a resumed run may report to others.
-RESUME_MAY_CHANGE = ("tuning.file", "model.name", "keep_checkpoints", "tracking.backends", "tracking.tensorboard_dir", "tracking.mlflow_uri",
-                     "tracking.mlflow_experiment")
+RESUME_MAY_CHANGE = ("tuning.file", "model.name", "keep_checkpoints", "tracking.backends", "tracking.tensorboard_dir",
+                     "tracking.mlflow_uri", "tracking.mlflow_experiment")
 
 
 def config_differences(out_dir: Path, cfg: ExperimentConfig, ignore: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
