@@ -202,3 +202,23 @@ def test_the_full_model_size_leaves_out_peft_s_frozen_copy_of_the_head(make_conf
     assert prefix.total_params == full.total_params + prompt
     assert sum(p.numel() for p in prefix.model.parameters()) > prefix.total_params
     assert full.trainable_params == full.total_params
+
+
+def test_a_tuned_learning_rate_is_part_of_each_row_not_an_axis_of_its_own(tmp_path):
+    """Each setting's own tuned rate differs between rows; the report has no 'Accuracy against train.lr' table of
+    one '-' column for it (an untuned rate swept on purpose still gets one)."""
+    accs = {"eng": 0.6, "swh": 0.5, "hau": 0.4}
+    for paradigm, lr in (("federated", 0.01), ("local", 0.003)):
+        folder = fake_run(tmp_path / "tuned", paradigm, 0, accs)
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        data["config"]["train"] = {"lr": lr}
+        data["hyperparameters"] = {"train.lr": {"value": lr, "source": "tuned on validation: t.json, best of 3 trial(s)"}}
+        (folder / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    text = render_report(load_runs([tmp_path / "tuned"]), tmp_path / "out")
+    assert table_rows(text, "Budgets:")["local / prefix"][2] == "0.003"
+    assert "Accuracy against train.lr" not in text
+    for folder in (tmp_path / "tuned").iterdir():  # the same rates, set by hand: an axis the reader asked for
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        data["hyperparameters"] = {"train.lr": {"value": data["config"]["train"]["lr"], "source": "config"}}
+        (folder / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    assert "Accuracy against train.lr" in render_report(load_runs([tmp_path / "tuned"]), tmp_path / "out")

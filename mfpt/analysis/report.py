@@ -38,6 +38,7 @@ from mfpt.analysis.grouping import (
     load_run,
     show_value,
     sort_value,
+    tuned_keys,
     varying_keys,
 )
 from mfpt.analysis.model_card import write_model_card
@@ -396,8 +397,10 @@ def _axis_series(groups: Sequence[Group], axis: str) -> dict[str, dict[Any, Grou
 
 
 def _numeric_axes(runs: Sequence[RunData], groups: Sequence[Group]) -> list[str]:
-    """Varying config keys (other than paradigm and method) whose values are all numbers, the data axis first."""
-    axes = [k for k in varying_keys(runs) if k not in ROW_KEYS
+    """Varying config keys (other than the row keys and each setting's tuned values) whose values are all numbers,
+    the data axis first."""
+    rows = set(ROW_KEYS) | tuned_keys(runs)  # a tuned value is part of its row: no axis of its own
+    axes = [k for k in varying_keys(runs) if k not in rows
             and all(is_number(v) for g in groups for kk, v in g.context if kk == k and v is not None)]
     return sorted(axes, key=lambda k: k != DATA_AXIS)
 
