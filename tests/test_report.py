@@ -225,6 +225,13 @@ def test_communication_is_compared_with_full_fine_tuning(tmp_path: Path) -> None
     # 8 KB per round for 1,000 of 10,000 parameters: the whole model would send 80 KB, so 90% is saved.
     assert "- Communication of federated / prefix: 8.0 KB per round for 2 clients" in md
     assert "about 80.0 KB (90.00% less)." in md
+    # full fine-tuning is that reference: no comparison of it with itself
+    data["method"], data["config"]["peft"]["method"] = "full", "full"
+    data["trainable_params"] = data["total_params"]
+    files.write_json(folder / "results.json", data)
+    md = render_report(load_runs([folder]), tmp_path / "out")
+    assert "- Communication of federated / full: 8.0 KB per round for 2 clients (the trainable tensors down and up " \
+           "for training, down again for evaluation): the whole model." in md and "% less" not in md
 
 
 def test_a_run_report_says_what_its_numbers_mean(tmp_path):

@@ -843,10 +843,13 @@ def _communication_lines(groups: Sequence[Group]) -> list[str]:
             continue
         # Full fine-tuning makes the same transfers (train down and up, evaluation down) with the whole model.
         full = sent * first.total_params / first.trainable_params
-        lines.append(f"- Communication of {g.label}: {human_bytes(sent)} per round for {comm.clients_per_round:g} "
-                     "clients (the trainable tensors down and up for training, down again for evaluation); federated "
-                     "full fine-tuning of the same model would make the same transfers with the whole model, about "
-                     f"{human_bytes(full)} ({100 * (1 - sent / full):.2f}% less).")
+        line = (f"- Communication of {g.label}: {human_bytes(sent)} per round for {comm.clients_per_round:g} "
+                "clients (the trainable tensors down and up for training, down again for evaluation)")
+        if g.method == "full":  # it is the reference itself
+            lines.append(f"{line}: the whole model.")
+            continue
+        lines.append(f"{line}; federated full fine-tuning of the same model would make the same transfers with the "
+                     f"whole model, about {human_bytes(full)} ({100 * (1 - sent / full):.2f}% less).")
     return lines
 
 
