@@ -42,6 +42,7 @@ from mfpt.analysis.grouping import (
     varying_keys,
 )
 from mfpt.analysis.model_card import write_model_card
+from mfpt.config import PeftMethod
 from mfpt.config.specs import attack_in_words
 from mfpt.core import files
 from mfpt.core.stats import mean, mean_std
@@ -841,13 +842,13 @@ def _communication_lines(groups: Sequence[Group]) -> list[str]:
         sent = comm.bytes_up_per_round + comm.bytes_down_per_round
         if not sent or not first.trainable_params:
             continue
-        # Full fine-tuning makes the same transfers (train down and up, evaluation down) with the whole model.
-        full = sent * first.total_params / first.trainable_params
         line = (f"- Communication of {g.label}: {human_bytes(sent)} per round for {comm.clients_per_round:g} "
                 "clients (the trainable tensors down and up for training, down again for evaluation)")
-        if g.method == "full":  # it is the reference itself
+        if g.method == PeftMethod.FULL:  # it is the reference itself
             lines.append(f"{line}: the whole model.")
             continue
+        # Full fine-tuning makes the same transfers (train down and up, evaluation down) with the whole model.
+        full = sent * first.total_params / first.trainable_params
         lines.append(f"{line}; federated full fine-tuning of the same model would make the same transfers with the "
                      f"whole model, about {human_bytes(full)} ({100 * (1 - sent / full):.2f}% less).")
     return lines

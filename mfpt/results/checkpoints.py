@@ -91,8 +91,7 @@ def last_intact_checkpoint(out_dir: Path, completed: int) -> Checkpoint | None:
             missing.append(round_)
             continue
         if missing:
-            log.warning("the checkpoints of rounds %s are missing (deleted, or keep_checkpoints kept fewer); passing "
-                        "over them", _ranges(missing))
+            _warn_missing(missing)
             missing = []
         if checkpoint.round != round_:
             log.warning("checkpoint %r says round %d; passing over it", str(path), checkpoint.round)
@@ -102,34 +101,33 @@ def last_intact_checkpoint(out_dir: Path, completed: int) -> Checkpoint | None:
                             round_, path.name, round_ + 1, completed)
             return checkpoint
     if missing:
-        log.warning("the checkpoints of rounds %s are missing (deleted, or keep_checkpoints kept fewer)", _ranges(missing))
+        _warn_missing(missing)
     if completed == 0:
         return None
     raise ResumeError(f"No intact checkpoint in {str(out_dir / CHECKPOINTS_DIR)!r} (rounds 1-{completed} are damaged or "
                       "missing): this run cannot be resumed; start it again with --out NEW_FOLDER.")
 
 
-def _ranges(rounds: list[int]) -> str:
-    """'7-9, 3' for rounds [9, 8, 7, 3] (descending, as the resume search meets them)."""
+def _warn_missing(rounds: list[int]) -> None:
+    """One warning for the missing checkpoints of `rounds` (descending, as the resume search meets them), as
+    '7-9, 3' for [9, 8, 7, 3]."""
     runs: list[list[int]] = []
     for r in rounds:
         if runs and runs[-1][-1] == r + 1:
             runs[-1].append(r)
         else:
             runs.append([r])
-    return ", ".join(f"{run[-1]}-{run[0]}" if len(run) > 1 else str(run[0]) for run in runs)
+    spans = ", ".join(f"{run[-1]}-{run[0]}" if len(run) > 1 else str(run[0]) for run in runs)
+    log.warning("the checkpoints of rounds %s are missing (deleted, or keep_checkpoints kept fewer)", spans)
 
 
 def checkpoint_path(out_dir: Path, round_: int) -> Path:
     return out_dir / CHECKPOINTS_DIR / f"round-{round_:04d}.safetensors"
 
 
-def prune_checkpoints(out_dir: Path, keep: set[int]) -> list[int]:
-    """Delete the round checkpoints of out_dir whose round is not in `keep` (keep_checkpoints); the rounds deleted."""
-    deleted = []
-    for path in sorted((out_dir / CHECKPOINTS_DIR).glob("round-*.safetensors")):
-        round_ = int(path.stem.removeprefix("round-")) if path.stem.removeprefix("round-").isdigit() else None
-        if round_ is not None and round_ not in keep:
+def prune_checkpoints(out_dir: Path, keep: set[int]) -> None:
+    """Delete the round checkpoints of out_dir whose round is not in `keep` (keep_checkpoints)."""
+    for path in (out_dir / CHECKPOINTS_DIR).glob("round-*.safetensors"):
+        number = path.stem.removeprefix("round-")
+        if number.isdigit() and int(number) not in keep:
             path.unlink(missing_ok=True)
-            deleted.append(round_)
-    return deleted
