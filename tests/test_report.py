@@ -141,6 +141,37 @@ def test_an_aggregators_clean_cost_per_language_is_set_against_language_distance
     assert re.search(r"\| syntactic \| federation \| fedmedian - fedavg \| 5 \| -?\d", md)  # a correlation
 
 
+def test_federated_rows_are_compared_with_their_references_one_change_at_a_time(tmp_path: Path) -> None:
+    """Among federated rows, each aggregator is set against FedAvg under the same attack and each attacked row against
+    its aggregator's clean run (never two changes in one number); every row against the baselines; and each table
+    names the row it subtracts from."""
+    langs = ["eng", "swh", "hau"]
+    sign_flip = {"kind": "sign-flip", "languages": ["hau"]}
+    runs = {("federated", "fedavg", None): 0.6, ("federated", "fedmedian", None): 0.5, ("local", "fedavg", None): 0.3,
+            ("federated", "fedavg", "sign-flip"): 0.2, ("federated", "fedmedian", "sign-flip"): 0.45}
+    for (paradigm, strategy, attack), acc in runs.items():
+        fake_run(tmp_path / "runs", paradigm, 0, dict.fromkeys(langs, acc), strategy=strategy,
+                 attack=sign_flip if attack else None)
+    md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
+    section = md[md.index("Gain of federated over each baseline"):md.index("Budgets")]
+    tables: dict[str, dict[str, str]] = {}  # minuend -> subtrahend -> mean gain
+    for block in section.split("\n\n")[1:]:
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("|")]
+        if not rows:
+            continue
+        minuend = rows[0][0].removesuffix(" minus")
+        tables[minuend] = {row[0]: row[rows[0].index("mean")] for row in rows[2:]}
+    attacked = "attacked: sign-flip by hau"
+    assert tables == {
+        "federated / prefix / fedavg": {"local / prefix / fedavg": "+30.0"},
+        "federated / prefix / fedmedian": {"federated / prefix / fedavg": "-10.0", "local / prefix / fedavg": "+20.0"},
+        f"federated / prefix / fedavg / {attacked}": {"federated / prefix / fedavg": "-40.0",
+                                                      "local / prefix / fedavg": "-10.0"},
+        f"federated / prefix / fedmedian / {attacked}": {"federated / prefix / fedmedian": "-5.0",
+                                                         f"federated / prefix / fedavg / {attacked}": "+25.0",
+                                                         "local / prefix / fedavg": "+15.0"}}
+
+
 def test_a_backdoor_gets_its_success_rate_table_recomputed(tmp_path: Path) -> None:
     """Per backdoored setting: the success rate over the training languages, the honest ones and the honest
     low-resource ones (hau), mean ± std over seeds; a clean setting has no row."""

@@ -324,9 +324,44 @@ def paired_gains(better: Group, other: Group, keys: Sequence[str]) -> tuple[dict
 
 
 def _federated_gains(groups: Sequence[Group], keys: Sequence[str]) -> list[tuple[Group, Group, dict[str, list[float]], bool]]:
-    """(federated group, other group, gains per key, paired) for every federated group and every other group."""
+    """(federated group, other group, gains per key, paired) for every federated group and each group it is compared
+    with (`_compared`)."""
     return [(fed, other, *paired_gains(fed, other, keys))
-            for fed in groups if fed.paradigm == "federated" for other in groups if other is not fed]
+            for fed in groups if fed.paradigm == "federated" for other in groups if _compared(fed, other)]
+
+
+def _facets(group: Group) -> dict[str, Any]:
+    """What a federated row is, beside its paradigm: its method, personalisation, aggregator and attack."""
+    def setting(key: str, default: Any) -> Any:
+        return config_value(group.runs[0].results, key, default)
+
+    attack = setting("attack.kind", "none")
+    return {"method": group.method, "personalization": setting("personalization.method", "none"),
+            "strategy": setting("federation.strategy", "fedavg"),
+            "attack": (attack, *[repr(setting(f"attack.{k}", None)) for k in ("languages", "factor", "from_round")])
+            if attack != "none" else ("none",)}
+
+
+def _compared(fed: Group, other: Group) -> bool:
+    """Whether the gain tables show `fed` minus `other`: every baseline paradigm, and of the other federated rows
+    those that differ from `fed` in one facet: another method or personalisation (both ways), and, one way, the
+    FedAvg row of the same attack (what the aggregator costs or saves) and the clean row of the same aggregator
+    (what the attack costs). Comparing every federated row with every other would grow with the square of the rows
+    (35 for 5 aggregators x 7 attacks) and mix two changes in one number."""
+    if other is fed:
+        return False
+    if other.paradigm != "federated":
+        return True
+    mine, theirs = _facets(fed), _facets(other)
+    differ = [k for k in mine if mine[k] != theirs[k]]
+    if len(differ) != 1:
+        return False
+    facet = differ[0]
+    if facet == "strategy":
+        return theirs["strategy"] == "fedavg"
+    if facet == "attack":
+        return theirs["attack"] == ("none",)
+    return True
 
 
 def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
@@ -740,16 +775,15 @@ def _heldout_table(groups: Sequence[Group], heldout: Sequence[str], metric: str 
 
 
 def _gain_tables(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str], heldout: Sequence[str]) -> list[str]:
-    """One table per federated group: its gain over every other group of the context, per language and mean."""
+    """One table per federated group: its gain over each group it is compared with, per language and mean."""
     keys = [*languages, "mean"] + (["low"] if low else []) + [*heldout] + (["heldout"] if heldout else [])
     names = {"mean": "mean", "low": "low-res mean", "heldout": "held-out mean"}
-    header = ["federated minus", *[f"{k} (held out)" if k in heldout else f"{k}†" if k in low else names.get(k, k)
-                                   for k in keys], "paired seeds"]
+    columns = [f"{k} (held out)" if k in heldout else f"{k}†" if k in low else names.get(k, k) for k in keys]
     lines: list[str] = []
     fed = None
     for this_fed, other, gains, paired in _federated_gains(groups, keys):
-        if this_fed is not fed:  # a new table
-            lines += ([""] if lines else []) + _table_head(header)
+        if this_fed is not fed:  # a new table, headed by the row every line of it is subtracted from
+            lines += ([""] if lines else []) + _table_head([f"{this_fed.label} minus", *columns, "paired seeds"])
             fed = this_fed
         n = len(gains["mean"]) if paired else 0
         lines.append(_table_row([other.label, *[pm(gains[k], signed=True) for k in keys],
