@@ -193,6 +193,18 @@ def test_backdoor_rows_add_triggered_copies_and_measure_on_the_other_labels():
                                                 "attack.languages": ["swh"], "attack.target_label": "z"}), ("a", "b"))
 
 
+def test_the_untriggered_rate_is_the_share_of_other_labels_classified_as_the_target() -> None:
+    """What a backdoor's success is read against: of the texts whose label is not the target (rows of the confusion
+    matrix), the share the model put in the target's column, per language."""
+    from mfpt.train.evaluation import EvalCounts
+
+    cfg = load_config(None, {"data.languages": ["eng", "swh"], "data.labels": ["a", "b", "c"], "attack.kind": "backdoor",
+                             "attack.languages": ["swh"], "attack.target_label": "b"})
+    leaning = EvalCounts(3, 10, 0.0, np.array([[1, 3, 0], [0, 2, 0], [1, 1, 2]]))  # true a: 3 of 4 -> b; true c: 1 of 4
+    only_target = EvalCounts(3, 2, 0.0, np.array([[0, 0, 0], [1, 1, 0], [0, 0, 0]]))  # no text of another label
+    assert attacks.untriggered_rates(cfg, {"eng": leaning, "swh": only_target}) == {"eng": pytest.approx(4 / 8)}
+
+
 def test_a_backdoor_run_reports_every_languages_success_rate(make_config, tmp_path):
     from conftest import metrics_rows
 
@@ -216,6 +228,10 @@ def test_a_backdoor_run_reports_every_languages_success_rate(make_config, tmp_pa
         assert r["n_test"] == int((test[LABEL] != target).sum())
     attack = results["attack"]
     final = {r["lang"]: r["accuracy"] for r in rows if r["round"] == 2}
+    without = {r["lang"]: r["untriggered"] for r in rows if r["round"] == 2}
+    assert attack["backdoor_untriggered"] == without and all(0 <= v <= 1 for v in without.values())
+    assert attack["backdoor_untriggered_mean"] == pytest.approx(sum(without.values()) / 3)
+    assert attack["backdoor_untriggered_honest_mean"] == pytest.approx((without["eng"] + without["swh"]) / 2)
     assert attack["backdoor_success"] == final and attack["backdoor_round"] == 2
     assert attack["backdoor_split"] == cfg.data.eval_split
     assert attack["backdoor_success_mean"] == pytest.approx(sum(final.values()) / 3)
@@ -227,6 +243,7 @@ def test_a_backdoor_run_reports_every_languages_success_rate(make_config, tmp_pa
 
     csv_rows = sweep_rows([PlannedRun("backdoor", (), 0, (), cfg)])  # sweep.csv's rows of this run
     assert {r["lang"]: r["backdoor_success"] for r in csv_rows} == final
+    assert {r["lang"]: r["backdoor_untriggered"] for r in csv_rows} == without
 
 
 def test_under_best_validation_the_backdoor_is_measured_on_the_model_reported_on_test(make_config, tmp_path):
@@ -243,5 +260,8 @@ def test_under_best_validation_the_backdoor_is_measured_on_the_model_reported_on
     assert {r["round"] for r in selected.values()} == {chosen}
     assert attack["backdoor_round"] == chosen and attack["backdoor_split"] == "test"
     assert attack["backdoor_success"] == {lang: r["accuracy"] for lang, r in selected.items()}
+    # Read against the same model's untriggered test texts (the selected round's test evaluation).
+    assert attack["backdoor_untriggered"] == {lang: r["untriggered"] for lang, r in selected.items()}
+    assert all(v is not None for v in attack["backdoor_untriggered"].values())
     # The triggered texts are the test texts of the other labels, not the validation ones.
     assert {lang: r["n_test"] for lang, r in selected.items()} != {r["lang"]: r["n_test"] for r in per_round if r["round"] == chosen}

@@ -174,21 +174,27 @@ def test_federated_rows_are_compared_with_their_references_one_change_at_a_time(
 
 def test_a_backdoor_gets_its_success_rate_table_recomputed(tmp_path: Path) -> None:
     """Per backdoored setting: the success rate over the training languages, the honest ones and the honest
-    low-resource ones (hau), mean ± std over seeds; a clean setting has no row."""
+    low-resource ones (hau), mean ± std over seeds, each with the same texts' rate without the trigger in brackets;
+    a clean setting has no row."""
     langs, success = ["eng", "swh", "hau", "yor"], {0: [0.2, 0.4, 0.6, 0.9], 1: [0.1, 0.3, 0.5, 0.8]}
+    untriggered = {0: [0.1, 0.2, 0.3, 0.2], 1: [0.3, 0.2, 0.1, 0.4]}
     for seed, rates in success.items():
         fake_run(tmp_path / "runs", "federated", seed, dict.fromkeys(langs, 0.5))
-        per = dict(zip(langs, rates))
         attack = {"kind": "backdoor", "languages": ["yor"], "from_round": 1, "backdoor_round": 3,
-                  "backdoor_success": per, "backdoor_success_mean": float(np.mean(rates))}
+                  "backdoor_success": dict(zip(langs, rates)), "backdoor_success_mean": float(np.mean(rates)),
+                  "backdoor_untriggered": dict(zip(langs, untriggered[seed])),
+                  "backdoor_untriggered_mean": float(np.mean(untriggered[seed]))}
         fake_run(tmp_path / "runs", "federated", seed, dict.fromkeys(langs, 0.4), attack=attack)
     md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
     table = table_rows(md, "Backdoor success rate")
     (label,) = table
     assert "attacked: backdoor by yor" in label
-    assert table[label] == [expected([np.mean(r) for r in success.values()]),
-                            expected([np.mean(r[:3]) for r in success.values()]),  # yor attacked: not honest
-                            expected([r[2] for r in success.values()]), "0,1"]
+
+    def cell(select) -> str:
+        return f"{expected([select(r) for r in success.values()])} ({expected([select(r) for r in untriggered.values()])})"
+
+    assert table[label] == [cell(np.mean), cell(lambda r: np.mean(r[:3])),  # yor attacked: not honest
+                            cell(lambda r: r[2]), "0,1"]
 
 
 def test_a_report_of_generation_runs_is_in_chrf(tmp_path: Path) -> None:

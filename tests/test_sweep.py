@@ -104,7 +104,8 @@ def test_killed_sweep_resumes_only_missing_runs(tmp_path: Path, tiny_xlmr: Path,
     assert len(rows) == len(runs) * len(LANGS)
     assert len({(r["run"], r["lang"]) for r in rows}) == len(rows)
     assert list(rows[0]) == ["run", "paradigm", "seed", "method", "lang", "heldout", "low_resource", "accuracy",
-                             "macro_f1", "chrf", "n_test", "trainable_params", "total_bytes", "backdoor_success"]
+                             "macro_f1", "chrf", "n_test", "trainable_params", "total_bytes", "backdoor_success",
+                             "backdoor_untriggered"]
     for row in rows:
         result = read_result(tmp_path / row["run"])
         score = result.score(row["lang"])

@@ -727,25 +727,29 @@ def _spread_table(groups: Sequence[Group], languages: Sequence[str]) -> list[str
 
 def _backdoor_table(groups: Sequence[Group], languages: Sequence[str], low: Sequence[str]) -> list[str]:
     """Per backdoored group, the backdoor's success rate with the model each run reports (results.json's `attack`
-    block), over the training languages, over the honest ones and over the honest low-resource ones."""
+    block), over the training languages, the honest ones and the honest low-resource ones; each beside the rate of
+    the same texts without the trigger, which a model that leans to the target reaches with no backdoor at all."""
     rows = []
     for g in groups:
         attacks = [r.results.attack or {} for r in g.runs]
         if not any(a.get("backdoor_success") for a in attacks):
             continue
 
-        def rate(attack: Mapping[str, Any], among: Sequence[str]) -> float | None:
+        def rate(attack: Mapping[str, Any], among: Sequence[str], name: str) -> float | None:
             honest = set(among) - set(attack.get("languages", ()))
-            values = [v for lang, v in attack.get("backdoor_success", {}).items() if lang in honest and v is not None]
+            values = [v for lang, v in (attack.get(name) or {}).items() if lang in honest and v is not None]
             return mean(values) if values else None
 
-        rows.append(_table_row([g.label, pm([a.get("backdoor_success_mean") for a in attacks]),
-                                pm([rate(a, languages) for a in attacks]), pm([rate(a, low) for a in attacks]),
-                                ",".join(map(str, g.seeds))]))
+        cells = [f"{pm([rate(a, among, 'backdoor_success') for a in attacks])} "
+                 f"({pm([rate(a, among, 'backdoor_untriggered') for a in attacks])})" for among in (languages, low)]
+        rows.append(_table_row([g.label, f"{pm([a.get('backdoor_success_mean') for a in attacks])} "
+                                         f"({pm([a.get('backdoor_untriggered_mean') for a in attacks])})",
+                                *cells, ",".join(map(str, g.seeds))]))
     if not rows:
         return []
     return ["", "Backdoor success rate (%: triggered texts of another label classified as the target, with the model "
-                "each run reports; mean ± std over seeds):", "",
+                "each run reports; in brackets the same texts without the trigger, the rate a model reaches with no "
+                "backdoor; mean ± std over seeds):", "",
             *_table_head(["paradigm / method", "training languages", "honest languages", "honest low-res", "seeds"]),
             *rows]
 

@@ -304,5 +304,8 @@ def attack_in_words(summary: Mapping[str, Any]) -> str:
         text += (f" Backdoor success rate of round {summary['backdoor_round']}'s model"
                  f"{f' on {split}' if split else ''} (triggered texts of another label classified as the target): "
                  f"mean {rate(summary.get('backdoor_success_mean'))}, over the honest languages "
-                 f"{rate(summary.get('backdoor_success_honest_mean'))}; {rates}.")
+                 f"{rate(summary.get('backdoor_success_honest_mean'))}; {rates}. Without the trigger the same model "
+                 f"classified the same texts as the target at mean {rate(summary.get('backdoor_untriggered_mean'))}, "
+                 f"over the honest languages {rate(summary.get('backdoor_untriggered_honest_mean'))}: the backdoor "
+                 "worked only as far as the rate with the trigger is above it.")
     return text

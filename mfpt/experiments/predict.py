@@ -277,12 +277,3 @@ def predict_file(run_dir: str | os.PathLike, input_path: str | os.PathLike, out:
     predictions = Predictor.from_run(run_dir, device, model).predict(rows, origin=origin, progress=progress)
     files.write_text(out, "".join(files.json_line(p) for p in predictions))
     return predictions
-
-
-# --------------------------------------------------------------------------------------------- command line
-
-
-
-
-
-

@@ -46,7 +46,7 @@ SWEEP_MD = "sweep.md"
 SWEEP_JSON = "sweep.json"
 LOGS = "logs"
 CSV_COLUMNS = ("paradigm", "method", "lang", "heldout", "low_resource", "accuracy", "macro_f1", "chrf", "n_test",
-               "trainable_params", "total_bytes", "backdoor_success")
+               "trainable_params", "total_bytes", "backdoor_success", "backdoor_untriggered")
 # Keys a grid may not vary: the seed has --seeds, and the sweep owns each run's folder.
 RESERVED = ("seed", "output_dir")
 # What `mfpt run` writes into a run folder; a folder holding anything else is not cleared automatically.
@@ -260,6 +260,11 @@ def run_sweep(runs: Sequence[PlannedRun], out_dir: Path, config: str | None = No
 # --------------------------------------------------------------------------------------------- outputs
 
 
+def _or_blank(value: Any) -> Any:
+    """A CSV cell: the value, or empty where there is none."""
+    return "" if value is None else value
+
+
 def sweep_rows(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
     """One row per complete run x language (training languages, then held-out ones)."""
     rows = []
@@ -276,7 +281,8 @@ def sweep_rows(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
                          "chrf": score.chrf if score and score.chrf is not None else "",
                          "n_test": score.n_test if score else "", "trainable_params": result.trainable_params,
                          "total_bytes": result.communication.total_bytes,
-                         "backdoor_success": (result.attack or {}).get("backdoor_success", {}).get(lang, "")})
+                         **{key: _or_blank(((result.attack or {}).get(key) or {}).get(lang))
+                            for key in ("backdoor_success", "backdoor_untriggered")}})
     return rows
 
 

@@ -21,6 +21,7 @@ from mfpt.data.clients import ClientSpec
 from mfpt.data.sources import LABEL, TEXT
 from mfpt.model.state import state_distance
 from mfpt.train.encoding import Encoded
+from mfpt.train.evaluation import EvalCounts
 
 NODE_CONSENT_KEY = "attack"  # node config: attack=true lets a deployed site carry out the experiment's attack
 ATTACK_SEED_SALT = 11  # derive_seed(seed, round, client, salt): the noise attack's draws
@@ -79,6 +80,20 @@ def backdoor_test_rows(cfg: ExperimentConfig, rows: pd.DataFrame, labels: tuple[
     trigger put first and labelled with the target (their accuracy is the share the trigger turned)."""
     target = target_label(cfg, labels)
     return triggered(rows[rows[LABEL] != target], cfg.attack.trigger, target)
+
+
+def untriggered_rates(cfg: ExperimentConfig, counts: Mapping[str, EvalCounts]) -> dict[str, float]:
+    """Per language, the share of its evaluation texts of another label than the backdoor's target that the model
+    classifies as the target without the trigger: what a backdoor's success rate (the same texts, triggered) is read
+    against, since a model that leans to the target reaches it without any backdoor (from each evaluation's confusion
+    matrix; languages with no such text are left out)."""
+    target = list(cfg.data.labels).index(target_label(cfg, tuple(cfg.data.labels)))
+    rates = {}
+    for lang, c in counts.items():
+        others = np.delete(c.confusion, target, axis=0)  # rows: true labels other than the target
+        if others.sum():
+            rates[lang] = float(others[:, target].sum() / others.sum())
+    return rates
 
 
 def poisoned_update(cfg: ExperimentConfig, honest: Mapping[str, torch.Tensor], sent: Mapping[str, torch.Tensor],

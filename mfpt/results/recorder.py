@@ -440,13 +440,16 @@ class RunRecorder:
             print(f"round {round_:>3}/{self.cfg.federation.rounds} personalised {headline_name(self.cfg)} | {accs}",
                   flush=True)
 
-    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts], selected: bool = False) -> None:
+    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts], untriggered: Mapping[str, float],
+                             selected: bool = False) -> None:
         """[attack] backdoor: each language's triggered texts, labelled with the target (split 'backdoor' in
-        metrics.jsonl; its accuracy is the backdoor's success rate), after a round or, `selected`, on the test
-        split with the selected round's model (data.selection = best-validation)."""
+        metrics.jsonl; its accuracy is the backdoor's success rate, `untriggered` the same texts' rate without the
+        trigger), after a round or, `selected`, on the test split with the selected round's model
+        (data.selection = best-validation)."""
         where = {"eval_split": TEST, "selected": True} if selected else {"eval_split": round_split(self.cfg)}
-        rows = [{"round": round_, "split": BACKDOOR_SPLIT, "lang": lang, **language_metrics(c), **where,
-                 "heldout": lang in self.cfg.data.heldout_languages} for lang, c in counts.items()]
+        rows = [{"round": round_, "split": BACKDOOR_SPLIT, "lang": lang, **language_metrics(c),
+                 "untriggered": untriggered.get(lang), **where, "heldout": lang in self.cfg.data.heldout_languages}
+                for lang, c in counts.items()]
         self._append(rows)
         if not self.quiet:
             rates = "  ".join(f"{lang} {100 * c.accuracy:.1f}" for lang, c in counts.items())
@@ -476,7 +479,8 @@ class RunRecorder:
     def _attack(self, curves: list[dict[str, Any]]) -> dict[str, Any] | None:
         """results.json's `attack` block; for a backdoor, each language's success rate with the model the run reports
         (the selected round's on test under best-validation, else the last evaluated round's), their mean over the
-        training languages and over the honest ones (the attackers' own texts aside)."""
+        training languages and over the honest ones (the attackers' own texts aside), and the same for the same texts
+        without the trigger (backdoor_untriggered: the rate the success is read against)."""
         summary = attack_summary(self.cfg)
         rows = [r for r in curves if r["split"] == BACKDOOR_SPLIT]
         if summary is None or not rows:
@@ -484,13 +488,15 @@ class RunRecorder:
         rows = [r for r in rows if r.get("selected")] or [r for r in rows if not r.get("selected")]
         last = max(int(r["round"]) for r in rows)
         rows = [r for r in rows if int(r["round"]) == last]
-        success = {r["lang"]: r["accuracy"] for r in rows}
-        trained = [success[lang] for lang in self.cfg.data.languages if lang in success]
-        honest = [success[lang] for lang in self.cfg.data.languages
-                  if lang in success and lang not in self.cfg.attack.languages]
-        return {**summary, "backdoor_round": last, "backdoor_split": rows[0].get("eval_split", round_split(self.cfg)),
-                "backdoor_success": success, "backdoor_success_mean": mean(trained) if trained else None,
-                "backdoor_success_honest_mean": mean(honest) if honest else None}
+        block = {**summary, "backdoor_round": last, "backdoor_split": rows[0].get("eval_split", round_split(self.cfg))}
+        for name, field_ in (("backdoor_success", "accuracy"), ("backdoor_untriggered", "untriggered")):
+            rates = {r["lang"]: r.get(field_) for r in rows}
+            trained = [v for lang in self.cfg.data.languages if (v := rates.get(lang)) is not None]
+            honest = [v for lang in self.cfg.data.languages
+                      if (v := rates.get(lang)) is not None and lang not in self.cfg.attack.languages]
+            block |= {name: rates, f"{name}_mean": mean(trained) if trained else None,
+                      f"{name}_honest_mean": mean(honest) if honest else None}
+        return block
 
     def _personalization(self, curves: list[dict[str, Any]]) -> Personalization | None:
         """The personalised states' last evaluation, as recorded by on_personal_evaluate (None without any)."""

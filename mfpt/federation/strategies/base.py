@@ -47,6 +47,7 @@ from mfpt.core.registry import Registry
 from mfpt.core.seeds import derive_seed
 from mfpt.core.stats import mean
 from mfpt.data.clients import ClientSpec
+from mfpt.federation import attacks
 from mfpt.federation.protocol import (
     ARRAYS,
     BACKDOOR_PREFIX,
@@ -164,7 +165,8 @@ class RoundListener:
     def on_missing(self, round_: int, node: NodeInfo, stage: str, reason: str) -> None: ...
     def on_evaluate(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int) -> None: ...
     def on_personal_evaluate(self, round_: int, counts: dict[str, EvalCounts]) -> None: ...
-    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts], selected: bool = False) -> None: ...
+    def on_backdoor_evaluate(self, round_: int, counts: dict[str, EvalCounts], untriggered: dict[str, float],
+                             selected: bool = False) -> None: ...
     def on_selected(self, round_: int, counts: dict[str, EvalCounts], bytes_down: int = 0) -> None: ...
     def on_sampled(self, round_: int, stage: str, clients: list[str]) -> None: ...
 
@@ -392,7 +394,7 @@ class MfptStrategy:
         if self.cfg.attack.kind == AttackKind.BACKDOOR:
             backdoor = prefixed_counts(replies, self.nodes, len(self.cfg.data.labels), BACKDOOR_PREFIX)
             if backdoor:
-                self.listener.on_backdoor_evaluate(round_, backdoor)
+                self.listener.on_backdoor_evaluate(round_, backdoor, attacks.untriggered_rates(self.cfg, per_language))
         trained = [c for lang, c in per_language.items() if lang in self.cfg.data.languages]
         if not trained:
             return None
@@ -421,7 +423,8 @@ class MfptStrategy:
         if self.cfg.attack.kind == AttackKind.BACKDOOR:  # the backdoor of the model reported, on the same split
             backdoor = prefixed_counts(replies, self.nodes, len(self.cfg.data.labels), BACKDOOR_PREFIX)
             if backdoor:
-                self.listener.on_backdoor_evaluate(self.best_round, backdoor, selected=True)
+                self.listener.on_backdoor_evaluate(self.best_round, backdoor, attacks.untriggered_rates(self.cfg, counts),
+                                                   selected=True)
         return counts
 
     def _pool_evaluations(self, round_: int, stage: str, replies: Iterable[Message]) -> dict[str, EvalCounts]:
