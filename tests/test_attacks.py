@@ -238,7 +238,10 @@ def test_a_backdoor_run_reports_every_languages_success_rate(make_config, tmp_pa
     assert attack["backdoor_success_honest_mean"] == pytest.approx((final["eng"] + final["swh"]) / 2)
     assert attack["trigger"] == "cf mn bb" and attack["poison_fraction"] == 0.5
     write_run_report(str(out))
-    assert f"Backdoor success rate of round 2's model on {cfg.data.eval_split}" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"Backdoor success rate of round 2's model on {cfg.data.eval_split}" in report
+    assert f"Without the trigger the same model classified the same texts as the target at mean " \
+           f"{100 * attack['backdoor_untriggered_mean']:.1f}%" in report
     from mfpt.experiments.sweep import PlannedRun, sweep_rows
 
     csv_rows = sweep_rows([PlannedRun("backdoor", (), 0, (), cfg)])  # sweep.csv's rows of this run

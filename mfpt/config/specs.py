@@ -304,8 +304,10 @@ def attack_in_words(summary: Mapping[str, Any]) -> str:
         text += (f" Backdoor success rate of round {summary['backdoor_round']}'s model"
                  f"{f' on {split}' if split else ''} (triggered texts of another label classified as the target): "
                  f"mean {rate(summary.get('backdoor_success_mean'))}, over the honest languages "
-                 f"{rate(summary.get('backdoor_success_honest_mean'))}; {rates}. Without the trigger the same model "
-                 f"classified the same texts as the target at mean {rate(summary.get('backdoor_untriggered_mean'))}, "
-                 f"over the honest languages {rate(summary.get('backdoor_untriggered_honest_mean'))}: the backdoor "
-                 "worked only as far as the rate with the trigger is above it.")
+                 f"{rate(summary.get('backdoor_success_honest_mean'))}; {rates}.")
+        if summary.get("backdoor_untriggered_mean") is not None:  # results.json written before it was recorded lack it
+            text += (f" Without the trigger the same model classified the same texts as the target at mean "
+                     f"{rate(summary['backdoor_untriggered_mean'])}, over the honest languages "
+                     f"{rate(summary.get('backdoor_untriggered_honest_mean'))}: the backdoor worked only as far as "
+                     "the rate with the trigger is above it.")
     return text
