@@ -333,6 +333,32 @@ def test_keys_of_another_peft_method_do_not_split_a_setting(tmp_path):
     assert len(group_runs(load_runs([tmp_path / "runs"]))) == 2
 
 
+def test_keys_of_another_server_strategy_do_not_split_a_setting(tmp_path):
+    """FedAvg recorded with federation.byzantine_clients = 3 (as in a sweep over aggregators) and FedAvg without it are
+    one setting, beside MultiKrum in one table; two MultiKrum runs that differ in it are two settings."""
+    import json
+
+    from mfpt.analysis.grouping import contexts, group_runs, load_runs
+
+    def with_byzantine(folder: Path, count: int) -> None:
+        path = folder / "results.json"
+        result = json.loads(path.read_text(encoding="utf-8"))
+        result["config"]["federation"]["byzantine_clients"] = count
+        path.write_text(json.dumps(result), encoding="utf-8")
+
+    accs = {"eng": 0.5, "hau": 0.4}
+    with_byzantine(fake_run(tmp_path / "runs", "federated", 0, accs), 3)
+    fake_run(tmp_path / "runs", "federated", 1, accs)
+    with_byzantine(fake_run(tmp_path / "runs", "federated", 0, accs, strategy="multikrum"), 3)
+    [ctx] = contexts(group_runs(load_runs([tmp_path / "runs"])))
+    assert {g.label: g.seeds for g in ctx.groups} == {"federated / prefix / fedavg": [0, 1],
+                                                      "federated / prefix / multikrum": [0]}
+    with_byzantine(fake_run(tmp_path / "runs", "federated", 1, accs, strategy="multikrum"), 1)
+    krum = [dict(ctx.key).get("federation.byzantine_clients") for ctx in contexts(group_runs(load_runs([tmp_path / "runs"])))
+            if any(g.label.endswith("multikrum") for g in ctx.groups)]
+    assert sorted(krum) == [1, 3]  # byzantine_clients sets these apart
+
+
 def test_a_run_whose_clients_failed_is_listed_before_the_tables(tmp_path):
     import json
 

@@ -160,16 +160,27 @@ def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
 # prefix run recorded before lora_target_modules' default changed is the same setting as one recorded after).
 METHOD_KEYS = {"peft.lora_r": "lora", "peft.lora_alpha": "lora", "peft.lora_dropout": "lora",
                "peft.lora_target_modules": "lora", "peft.prefix_projection": "prefix"}
+# Federation keys that only some server strategies read (mfpt.federation.strategies.base's factories): FedAvg run
+# with federation.byzantine_clients = 3, as in a sweep over aggregators, is the same setting as FedAvg without it.
+_SERVER_OPTIMIZERS = ("fedadam", "fedyogi", "fedadagrad")
+STRATEGY_KEYS = {"federation.proximal_mu": ("fedprox",), "federation.server_lr": (*_SERVER_OPTIMIZERS, "fedavgm"),
+                 "federation.tau": _SERVER_OPTIMIZERS, "federation.server_momentum": ("fedavgm",),
+                 "federation.trim_fraction": ("fedtrimmedavg",),
+                 "federation.byzantine_clients": ("krum", "multikrum", "bulyan"), "federation.krum_keep": ("multikrum",),
+                 "federation.qffl_q": ("qfedavg",), "federation.qffl_lr": ("qfedavg",)}
 
 
 def run_setting(results: RunResult) -> dict[str, Any]:
     """The flattened config that defines a run's setting (seed, name and folder left out, and the keys of PEFT
-    methods other than its own)."""
+    methods and server strategies other than its own)."""
     flat = flat_config(results.config)
     for key in IGNORED_KEYS:
         flat.pop(key, None)
     for key, method in METHOD_KEYS.items():
         if results.method != method:
+            flat.pop(key, None)
+    for key, strategies in STRATEGY_KEYS.items():
+        if flat.get("federation.strategy", "fedavg") not in strategies:
             flat.pop(key, None)
     if not paradigm_facts(results.paradigm).uses_rounds:
         flat.pop("federation.rounds", None)  # recorded as one stage (round 1) whatever the sweep's rounds
