@@ -172,6 +172,29 @@ def test_federated_rows_are_compared_with_their_references_one_change_at_a_time(
                                                          "local / prefix / fedavg": "+15.0"}}
 
 
+def test_an_update_norm_bound_is_a_server_rule_compared_with_plain_fedavg(tmp_path: Path) -> None:
+    """FedAvg with federation.max_update_norm is its own row, set against plain FedAvg under the same attack (what
+    the bound saves) and clean (what it costs, also per language in the distance analysis)."""
+    import json
+
+    langs = ["eng", "swh", "hau", "yor", "amh"]
+    sign_flip = {"kind": "sign-flip", "languages": ["hau"]}
+    for (bound, attack), acc in {(0, False): 0.6, (5, False): 0.55, (0, True): 0.2, (5, True): 0.5}.items():
+        folder = fake_run(tmp_path / "runs" / f"bound-{bound}", "federated", 0, dict.fromkeys(langs, acc),
+                          attack=sign_flip if attack else None)
+        path = folder / "results.json"  # a real run records the key, 0 (off) or the bound
+        result = json.loads(path.read_text(encoding="utf-8"))
+        result["config"]["federation"]["max_update_norm"] = bound
+        path.write_text(json.dumps(result), encoding="utf-8")
+    md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
+    bounded, attacked = "federated / prefix / fedavg + norm bound 5", "attacked: sign-flip by hau"
+    assert table_rows(md, f"| {bounded} minus")["federated / prefix / fedavg"][5] == "-5.0"  # the mean column
+    assert table_rows(md, f"| {bounded} / {attacked} minus") == {
+        f"federated / prefix / fedavg / {attacked}": ["+30.0"] * 5 + ["+30.0", "+30.0", "1"],
+        bounded: ["-5.0"] * 5 + ["-5.0", "-5.0", "1"]}
+    assert "fedavg + norm bound 5 - fedavg |" in md[md.index("#### Distance to the rest of the federation"):]
+
+
 def test_a_backdoor_gets_its_success_rate_table_recomputed(tmp_path: Path) -> None:
     """Per backdoored setting: the success rate over the training languages, the honest ones and the honest
     low-resource ones (hau), mean ± std over seeds, each with the same texts' rate without the trigger in brackets;

@@ -24,8 +24,8 @@ IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads", "federation.clien
                 "tracking.backends", "tracking.tensorboard_dir", "tracking.mlflow_uri", "tracking.mlflow_experiment")
 # Keys that make a table row; every other varying key makes its own table (a "context").
 # Aggregators and attacks are rows too, so that attacked runs and robust strategies sit side by side in one table.
-ROW_KEYS = ("paradigm", "peft.method", "personalization.method", "federation.strategy", "attack.kind",
-            "attack.languages", "attack.factor", "attack.from_round")
+ROW_KEYS = ("paradigm", "peft.method", "personalization.method", "federation.strategy", "federation.max_update_norm",
+            "attack.kind", "attack.languages", "attack.factor", "attack.from_round")
 DATA_AXIS = "data.train_per_language"
 
 
@@ -221,6 +221,12 @@ def sort_value(value: Any, key: str = "") -> tuple:
     return (1, 0, str(value))
 
 
+def defence_label(setting: Mapping[str, Any]) -> str:
+    """A federated setting's server-side rule: its strategy, and the update norm bound where it sets one."""
+    bound = setting.get("federation.max_update_norm") or 0
+    return str(setting.get("federation.strategy", "fedavg")) + (f" + norm bound {bound:g}" if bound else "")
+
+
 def group_runs(runs: Sequence[RunData]) -> list[Group]:
     """Runs grouped by setting; groups ordered by context, then paradigm, then method; runs by seed."""
     varying = varying_keys(runs)
@@ -234,8 +240,8 @@ def group_runs(runs: Sequence[RunData]) -> list[Group]:
         key = (context, paradigm, method, tuple(repr(setting.get(k)) for k in varying if k in row_keys))
         personal = setting.get("personalization.method", "none")
         label = f"{paradigm} / {method}" + (f" + {personal}" if personal != "none" else "")
-        if "federation.strategy" in varying:
-            label += f" / {setting.get('federation.strategy')}"
+        if "federation.strategy" in varying or "federation.max_update_norm" in varying:
+            label += f" / {defence_label(setting)}"
         if setting.get("attack.kind", "none") != "none":
             label += f" / attacked: {setting['attack.kind']} by {show_value(setting.get('attack.languages'))}"
         group = groups.setdefault(key, Group(label, paradigm, method, context, []))

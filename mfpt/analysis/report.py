@@ -33,9 +33,11 @@ from mfpt.analysis.grouping import (
     config_value,
     context_label,
     contexts,
+    defence_label,
     group_runs,
     is_number,
     load_run,
+    run_setting,
     show_value,
     sort_value,
     tuned_keys,
@@ -331,22 +333,26 @@ def _federated_gains(groups: Sequence[Group], keys: Sequence[str]) -> list[tuple
 
 
 def _facets(group: Group) -> dict[str, Any]:
-    """What a federated row is, beside its paradigm: its method, personalisation, aggregator and attack."""
+    """What a federated row is, beside its paradigm: its method, personalisation, server rule (aggregator and update
+    norm bound) and attack."""
     def setting(key: str, default: Any) -> Any:
         return config_value(group.runs[0].results, key, default)
 
     attack = setting("attack.kind", "none")
     return {"method": group.method, "personalization": setting("personalization.method", "none"),
-            "strategy": setting("federation.strategy", "fedavg"),
+            "defence": (setting("federation.strategy", "fedavg"), setting("federation.max_update_norm", 0) or 0),
             "attack": (attack, *[repr(setting(f"attack.{k}", None)) for k in ("languages", "factor", "from_round")])
             if attack != "none" else ("none",)}
+
+
+_PLAIN_FEDAVG = ("fedavg", 0)  # the reference server rule: FedAvg with no update norm bound
 
 
 def _compared(fed: Group, other: Group) -> bool:
     """Whether the gain tables show `fed` minus `other`: every baseline paradigm, and of the other federated rows
     those that differ from `fed` in one facet: another method or personalisation (both ways), and, one way, the
-    FedAvg row of the same attack (what the aggregator costs or saves) and the clean row of the same aggregator
-    (what the attack costs). Comparing every federated row with every other would grow with the square of the rows
+    plain FedAvg row of the same attack (what an aggregator or a norm bound costs or saves) and the clean row of the
+    same server rule (what the attack costs). Comparing every federated row with every other would grow with the square of the rows
     (35 for 5 aggregators x 7 attacks) and mix two changes in one number."""
     if other is fed:
         return False
@@ -357,8 +363,8 @@ def _compared(fed: Group, other: Group) -> bool:
     if len(differ) != 1:
         return False
     facet = differ[0]
-    if facet == "strategy":
-        return theirs["strategy"] == "fedavg"
+    if facet == "defence":
+        return theirs["defence"] == _PLAIN_FEDAVG
     if facet == "attack":
         return theirs["attack"] == ("none",)
     return True
@@ -373,23 +379,21 @@ def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
         if other.spec.language_models and other.method == fed.method:
             gains[f"federated - {other.paradigm}"] = {lang: 100 * mean(v) for lang in ctx.languages
                                                       if (v := per_key[lang])}
-        elif _is_clean_aggregator_pair(fed, other):
-            strategy = config_value(fed.runs[0].results, "federation.strategy")
-            gains[f"{strategy} - fedavg"] = {lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
+        elif _is_clean_defence_pair(fed, other):
+            rule = defence_label(run_setting(fed.runs[0].results))
+            gains[f"{rule} - fedavg"] = {lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
     gains.update(personalization_gains(ctx))
     return gains
 
 
-def _is_clean_aggregator_pair(group: Group, fedavg: Group) -> bool:
-    """`group` is a federated run of another aggregator than `fedavg`'s FedAvg, same method, neither attacked."""
-    def setting(g: Group, key: str, default: Any) -> Any:
-        return config_value(g.runs[0].results, key, default)
-
-    return (group.paradigm == fedavg.paradigm == "federated" and group.method == fedavg.method
-            and setting(fedavg, "federation.strategy", "fedavg") == "fedavg"
-            and setting(group, "federation.strategy", "fedavg") != "fedavg"
-            and setting(group, "attack.kind", "none") == setting(fedavg, "attack.kind", "none") == "none"
-            and setting(group, "personalization.method", "none") == setting(fedavg, "personalization.method", "none"))
+def _is_clean_defence_pair(group: Group, fedavg: Group) -> bool:
+    """`group` is a clean federated run of another server rule (aggregator or norm bound) than `fedavg`'s plain FedAvg,
+    the same in everything else."""
+    if not group.paradigm == fedavg.paradigm == "federated":
+        return False
+    mine, theirs = _facets(group), _facets(fedavg)
+    return (theirs["defence"] == _PLAIN_FEDAVG != mine["defence"] and mine["attack"] == ("none",)
+            and all(mine[k] == theirs[k] for k in mine if k != "defence"))
 
 
 def personalization_gains(ctx: Context) -> dict[str, dict[str, float]]:
