@@ -352,8 +352,8 @@ def _compared(fed: Group, other: Group) -> bool:
     """Whether the gain tables show `fed` minus `other`: every baseline paradigm, and of the other federated rows
     those that differ from `fed` in one facet: another method or personalisation (both ways), and, one way, the
     plain FedAvg row of the same attack (what an aggregator or a norm bound costs or saves) and the clean row of the
-    same server rule (what the attack costs). Comparing every federated row with every other would grow with the square of the rows
-    (35 for 5 aggregators x 7 attacks) and mix two changes in one number."""
+    same server rule (what the attack costs). Comparing every federated row with every other would grow with the
+    square of the rows (35 for 5 aggregators x 7 attacks) and mix two changes in one number."""
     if other is fed:
         return False
     if other.paradigm != "federated":
