@@ -195,6 +195,20 @@ def test_an_update_norm_bound_is_a_server_rule_compared_with_plain_fedavg(tmp_pa
     assert "fedavg + norm bound 5 - fedavg |" in md[md.index("#### Distance to the rest of the federation"):]
 
 
+def test_several_federated_rows_each_get_their_gain_over_local_in_the_distance_analysis(tmp_path: Path) -> None:
+    """With FedAvg and FedMedian beside local training, each federated row's gain per language is its own column
+    (one name for both would keep only the last)."""
+    langs = ["eng", "swh", "hau", "yor", "amh"]
+    for paradigm, strategy, acc in (("federated", "fedavg", 0.6), ("federated", "fedmedian", 0.5), ("local", "fedavg", 0.3)):
+        fake_run(tmp_path / "runs", paradigm, 0, dict.fromkeys(langs, acc), strategy=strategy)
+    md = write_report(load_runs([tmp_path / "runs"]), tmp_path / "out").read_text(encoding="utf-8")
+    section = md[md.index("#### Distance to the rest of the federation"):]
+    table = {name.split()[0]: cells for name, cells in table_rows(section, "####").items()}
+    header = [c.strip() for c in next(line for line in section.splitlines() if line.startswith("|")).strip("|").split("|")]
+    for label, gain in (("federated / prefix / fedavg - local", "30.0"), ("federated / prefix / fedmedian - local", "20.0")):
+        assert table["swh"][header.index(label) - 1] == gain
+
+
 def test_a_backdoor_gets_its_success_rate_table_recomputed(tmp_path: Path) -> None:
     """Per backdoored setting: the success rate over the training languages, the honest ones and the honest
     low-resource ones (hau), mean ± std over seeds, each with the same texts' rate without the trigger in brackets;

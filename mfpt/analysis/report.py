@@ -377,8 +377,10 @@ def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
     gains: dict[str, dict[str, float]] = {}
     for fed, other, per_key, _ in _federated_gains(ctx.groups, ctx.languages):
         if other.spec.language_models and other.method == fed.method:
-            gains[f"federated - {other.paradigm}"] = {lang: 100 * mean(v) for lang in ctx.languages
-                                                      if (v := per_key[lang])}
+            # Several federated rows of the method (aggregators, attacks) each get their own gain, named by row.
+            several = sum(g.paradigm == "federated" and g.method == fed.method for g in ctx.groups) > 1
+            gains[f"{fed.label if several else 'federated'} - {other.paradigm}"] = {
+                lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
         elif _is_clean_defence_pair(fed, other):
             rule = defence_label(run_setting(fed.runs[0].results))
             gains[f"{rule} - fedavg"] = {lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
