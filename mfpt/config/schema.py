@@ -246,7 +246,10 @@ class FederationConfig:
         "qfedavg only: q of q-FFL (Li et al., 2020); 0 = FedAvg-like, larger q weighs the clients with the highest "
         "loss more (Flower's default 0.1).", default=0.1)
     qffl_lr: float = _help(
-        "qfedavg only: the client learning rate q-FFL assumes (its Lipschitz estimate is 1/qffl_lr); 0 = train.lr.",
+        "qfedavg only: the client learning rate q-FFL assumes (its Lipschitz estimate is 1/qffl_lr); 0 = train.lr, "
+        "as in Flower's example, which assumes SGD clients. mfpt's clients take several AdamW steps, whose update does "
+        "not scale with the gradient, so search it on validation (mfpt tune --grid federation.qffl_lr=...): on the "
+        "demo, at 0 (train.lr = 0.01) q-FFL's steps were about a thousandth of FedAvg's and the model did not train.",
         default=0.0)
     round_timeout: float = _help("Seconds the server waits for replies in a round.", default=3600.0)
     max_update_norm: float = _help(
