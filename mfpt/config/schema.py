@@ -249,7 +249,7 @@ class FederationConfig:
         "qfedavg only: the client learning rate q-FFL assumes (its Lipschitz estimate is 1/qffl_lr); 0 = train.lr, "
         "as in Flower's example, which assumes SGD clients. mfpt's clients take several AdamW steps, whose update does "
         "not scale with the gradient, so search it on validation (mfpt tune --grid federation.qffl_lr=...): on the "
-        "demo, at 0 (train.lr = 0.01) q-FFL's steps were about a thousandth of FedAvg's and the model did not train.",
+        "demo, at 0 (train.lr = 0.01) q-FFL's steps were a thousandth of FedAvg's or less and the model did not train.",
         default=0.0)
     round_timeout: float = _help("Seconds the server waits for replies in a round.", default=3600.0)
     max_update_norm: float = _help(
