@@ -325,11 +325,19 @@ def paired_gains(better: Group, other: Group, keys: Sequence[str]) -> tuple[dict
     return gains, bool(common)
 
 
-def _federated_gains(groups: Sequence[Group], keys: Sequence[str]) -> list[tuple[Group, Group, dict[str, list[float]], bool]]:
-    """(federated group, other group, gains per key, paired) for every federated group and each group it is compared
-    with (`_compared`)."""
-    return [(fed, other, *paired_gains(fed, other, keys))
-            for fed in groups if fed.paradigm == "federated" for other in groups if _compared(fed, other)]
+def _federated_gains(groups: Sequence[Group], keys: Sequence[str]
+                     ) -> list[tuple[Group, Group, dict[str, list[float]], bool, str]]:
+    """(federated group, other group, gains per key, paired, the facet they differ in: "" for a baseline) for every
+    federated group and each group it is compared with (`_change`)."""
+    facets = [_facets(g) if g.paradigm == "federated" else None for g in groups]  # once per group, not per pair
+    out = []
+    for fed, mine in zip(groups, facets):
+        if mine is None:
+            continue
+        for other, theirs in zip(groups, facets):
+            if other is not fed and (change := _change(mine, theirs)) is not None:
+                out.append((fed, other, *paired_gains(fed, other, keys), change))
+    return out
 
 
 def _facets(group: Group) -> dict[str, Any]:
@@ -346,28 +354,27 @@ def _facets(group: Group) -> dict[str, Any]:
 
 
 _PLAIN_FEDAVG = ("fedavg", 0)  # the reference server rule: FedAvg with no update norm bound
+_CLEAN = ("none",)
 
 
-def _compared(fed: Group, other: Group) -> bool:
-    """Whether the gain tables show `fed` minus `other`: every baseline paradigm, and of the other federated rows
-    those that differ from `fed` in one facet: another method or personalisation (both ways), and, one way, the
-    plain FedAvg row of the same attack (what an aggregator or a norm bound costs or saves) and the clean row of the
-    same server rule (what the attack costs). Comparing every federated row with every other would grow with the
-    square of the rows (35 for 5 aggregators x 7 attacks) and mix two changes in one number."""
-    if other is fed:
-        return False
-    if other.paradigm != "federated":
-        return True
-    mine, theirs = _facets(fed), _facets(other)
+def _change(mine: dict[str, Any], theirs: dict[str, Any] | None) -> str | None:
+    """Whether the gain tables show a federated row (facets `mine`) minus another (`theirs`, None for a baseline
+    paradigm), and the facet the two differ in ("" for a baseline): every baseline, and of the other federated rows
+    those that differ in one facet: another method or personalisation (both ways), and, one way, the plain FedAvg row
+    of the same attack (what an aggregator or a norm bound costs or saves) and the clean row of the same server rule
+    (what the attack costs). Comparing every federated row with every other would grow with the square of the rows
+    (35 for 5 aggregators x 7 attacks) and mix two changes in one number."""
+    if theirs is None:
+        return ""
     differ = [k for k in mine if mine[k] != theirs[k]]
     if len(differ) != 1:
-        return False
+        return None
     facet = differ[0]
-    if facet == "defence":
-        return theirs["defence"] == _PLAIN_FEDAVG
-    if facet == "attack":
-        return theirs["attack"] == ("none",)
-    return True
+    if facet == "defence" and theirs["defence"] != _PLAIN_FEDAVG:
+        return None
+    if facet == "attack" and theirs["attack"] != _CLEAN:
+        return None
+    return facet
 
 
 def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
@@ -375,27 +382,18 @@ def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
     method; and each aggregator's clean cost, its runs minus FedAvg's (same method, no attack): what the distance
     analysis correlates with language distance (a robust rule may drop a distant language's update as an outlier)."""
     gains: dict[str, dict[str, float]] = {}
-    for fed, other, per_key, _ in _federated_gains(ctx.groups, ctx.languages):
+    for fed, other, per_key, _, change in _federated_gains(ctx.groups, ctx.languages):
         if other.spec.language_models and other.method == fed.method:
             # Several federated rows of the method (aggregators, attacks) each get their own gain, named by row.
             several = sum(g.paradigm == "federated" and g.method == fed.method for g in ctx.groups) > 1
             gains[f"{fed.label if several else 'federated'} - {other.paradigm}"] = {
                 lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
-        elif _is_clean_defence_pair(fed, other):
+        elif change == "defence" and config_value(fed.runs[0].results, "attack.kind", "none") == "none":
+            # another server rule than plain FedAvg, clean, the same in everything else: its clean cost
             rule = defence_label(run_setting(fed.runs[0].results))
             gains[f"{rule} - fedavg"] = {lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
     gains.update(personalization_gains(ctx))
     return gains
-
-
-def _is_clean_defence_pair(group: Group, fedavg: Group) -> bool:
-    """`group` is a clean federated run of another server rule (aggregator or norm bound) than `fedavg`'s plain FedAvg,
-    the same in everything else."""
-    if not group.paradigm == fedavg.paradigm == "federated":
-        return False
-    mine, theirs = _facets(group), _facets(fedavg)
-    return (theirs["defence"] == _PLAIN_FEDAVG != mine["defence"] and mine["attack"] == ("none",)
-            and all(mine[k] == theirs[k] for k in mine if k != "defence"))
 
 
 def personalization_gains(ctx: Context) -> dict[str, dict[str, float]]:
@@ -791,7 +789,7 @@ def _gain_tables(groups: Sequence[Group], languages: Sequence[str], low: Sequenc
     columns = [f"{k} (held out)" if k in heldout else f"{k}†" if k in low else names.get(k, k) for k in keys]
     lines: list[str] = []
     fed = None
-    for this_fed, other, gains, paired in _federated_gains(groups, keys):
+    for this_fed, other, gains, paired, _ in _federated_gains(groups, keys):
         if this_fed is not fed:  # a new table, headed by the row every line of it is subtracted from
             lines += ([""] if lines else []) + _table_head([f"{this_fed.label} minus", *columns, "paired seeds"])
             fed = this_fed
