@@ -89,6 +89,26 @@ def test_validate_data_and_keys(capsys, base_args):
     assert "peft.init_std" in capsys.readouterr().out
 
 
+
+def test_validate_warns_of_settings_that_run_but_train_little(capsys, base_args):
+    qffl = [*base_args[:-2], "--set", 'federation.strategy="qfedavg"', "--set", "data.languages=eng,hau,swh,yor"]
+    assert main(["validate", *qffl]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# warning:")]
+    assert len(warnings) == 1 and "federation.qffl_lr = 0" in warnings[0] and "mfpt tune" in warnings[0]
+    assert main(["validate", *qffl, "--set", "federation.qffl_lr=1000"]) == 0
+    assert "# warning:" not in capsys.readouterr().out
+    dp = [*base_args[:-2], "--set", 'privacy.dp="client"', "--set", 'federation.weighting="uniform"']
+    assert main(["validate", *dp]) == 0  # the client count is unknown until the data's languages are read
+    out = capsys.readouterr().out
+    assert "# warning: data.languages is empty" in out and "client-level DP's delta" in out
+    assert "training clients" not in out  # neither "1/N = 1/0" nor "with 0 training clients"
+    assert main(["validate", *dp, "--set", "data.languages=eng,hau,swh,yor"]) == 0
+    out = capsys.readouterr().out  # privacy's warnings too: 4 clients cannot dilute client-level noise
+    assert "# ok: privacy: delta 1e-05 is below 1/N = 1/4" in out
+    assert "# warning: privacy.dp = 'client' with 4 training clients" in out
+    assert main(["privacy", *dp, "--set", "privacy.noise_multiplier=1"]) == 0  # it reads the data's languages
+    assert "warning: privacy.dp = 'client' with 4 training clients" in capsys.readouterr().out
+
 def _one_line_error(capsys) -> str:
     err = _error(capsys)
     assert err.startswith("error: ") and err.count("\n") == 1

@@ -14,7 +14,11 @@ from mfpt.privacy.accounting import describe_plan, train_sizes
 
 def cmd_privacy(args: argparse.Namespace) -> int:
     """Print the epsilon a config's privacy settings give, without training."""
+    from mfpt.data.clients import resolve
+
     cfg = load_config(args.config, config_overrides(args))
+    if cfg.privacy.dp == DpMode.CLIENT and not cfg.data.languages:
+        cfg = resolve(cfg)  # client-level DP's delta and warnings count the clients: the data's languages
     sizes = train_sizes(cfg) if cfg.privacy.dp == DpMode.EXAMPLE else None
     print(describe_plan(cfg, sizes))
     return 0

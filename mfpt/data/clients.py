@@ -212,11 +212,6 @@ def prepare(cfg: ExperimentConfig) -> PreparedData:
     return prepared
 
 
-def training_clients(cfg: ExperimentConfig) -> int:
-    """Clients that train (languages x clients_per_language; held-out languages never train)."""
-    return len(cfg.data.languages) * cfg.federation.clients_per_language
-
-
 def client_layout(languages: tuple[str, ...], heldout: tuple[str, ...], shards: int) -> tuple[ClientSpec, ...]:
     """Every client in index order: each language's shards, then the held-out (evaluation-only) languages."""
     clients = tuple(ClientSpec(lang, shard) for lang in languages for shard in range(shards))

@@ -23,7 +23,9 @@ from mfpt.data.clients import client_layout
 from mfpt.federation.node import node_data_config
 from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import config_entries, config_from_entries
+from mfpt.federation.strategies.base import strategy_warnings
 from mfpt.privacy.accounting import checked_delta
+from mfpt.privacy.accounting import warnings as privacy_warnings
 from mfpt.results.tracking import require_installed
 
 
@@ -61,7 +63,7 @@ def preflight(cfg: ExperimentConfig, node_config: Mapping[str, Any] | None = Non
                               f"this experiment: {err}") from None
     if layout:
         passed.append(f"deployed nodes: the config of each of the {len(layout)} client nodes is valid")
-    if cfg.privacy.dp == DpMode.CLIENT:
+    if cfg.privacy.dp == DpMode.CLIENT and cfg.data.languages:
         n = training_clients(cfg)
         passed.append(f"privacy: delta {checked_delta(cfg, n, 'training clients'):.3g} is below 1/N = 1/{n}")
     floor = PrivacyFloor.from_node_config(node_config or {})
@@ -78,3 +80,13 @@ def preflight(cfg: ExperimentConfig, node_config: Mapping[str, Any] | None = Non
         passed.append(f"model.quantization = {cfg.model.quantization.value!r}: needs a CUDA GPU and bitsandbytes on "
                       "the machines that train (each refuses otherwise, in one line)")
     return passed
+
+
+def run_warnings(cfg: ExperimentConfig) -> list[str]:
+    """Settings that run but cost a lot, protect less or train less than one may think (the server logs them as the
+    run starts), and the checks left to the run's start because data.languages is empty."""
+    unchecked = [] if cfg.data.languages else [
+        "data.languages is empty (every language of the data), so the checks that need the list of clients (each "
+        "deployed node's config" + (", client-level DP's delta against 1/N" if cfg.privacy.dp == DpMode.CLIENT else "")
+        + ") run when the run starts, not here; list data.languages to check them now."]
+    return [*unchecked, *privacy_warnings(cfg), *strategy_warnings(cfg)]

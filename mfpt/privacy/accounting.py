@@ -251,7 +251,7 @@ def warnings(cfg: ExperimentConfig) -> list[str]:
                      "epsilon is accounted without amplification by sampling (q = 1), since the server samples a "
                      "fixed-size client set, not the Poisson sample the analysis assumes; the noise is sized "
                      "for every round as if every client took part.")
-    if pv.dp == DpMode.CLIENT and training_clients(cfg) < 10:
+    if pv.dp == DpMode.CLIENT and 0 < training_clients(cfg) < 10:  # 0: data.languages not resolved yet
         found.append(f"privacy.dp = 'client' with {training_clients(cfg)} training clients: the noise std is "
                      "noise_multiplier x clip_norm / clients sampled, which few clients cannot dilute.")
     return found

@@ -139,6 +139,18 @@ def _qfedavg(cfg: ExperimentConfig) -> tuple[type, dict[str, Any]]:
                      "train_loss_key": TRAIN_LOSS_KEY}
 
 
+
+def strategy_warnings(cfg: ExperimentConfig) -> list[str]:
+    """Server-rule settings that run but are unlikely to do what one means (logged at start and by mfpt validate)."""
+    fed, found = cfg.federation, []
+    if fed.strategy.value == "qfedavg" and not fed.qffl_lr:
+        # Measured on the demo (docs/experiments.md): at train.lr, q-FFL's step was a thousandth of FedAvg's or less.
+        found.append(f"federation.strategy = 'qfedavg' with federation.qffl_lr = 0 takes train.lr ({cfg.train.lr:g}) "
+                     "as q-FFL's client learning rate, which assumes SGD clients; mfpt's AdamW clients then get a "
+                     "step a thousandth of FedAvg's or less (on the demo the model did not train). Search it on "
+                     "validation: mfpt tune CONFIG --grid federation.qffl_lr=100,1000,10000.")
+    return found
+
 # Server-optimiser state that must survive a resume (FedOpt family: m_t, v_t; FedAvgM: momentum_vector;
 # client-level DP with adaptive clipping: its current bound, mfpt.federation.strategies.client_dp).
 _STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "dp_clip_state")
