@@ -192,3 +192,38 @@ def test_a_relative_grid_value_is_written_as_the_number_it_means():
     assert _concrete([("train.local_epochs", "x2")], base) == (("train.local_epochs", "2"),)
     with pytest.raises(SweepError, match="train.local_epochs is an integer"):
         _concrete([("train.local_epochs", "x0.5")], base)
+
+
+def test_a_setting_tuned_for_another_key_is_used_only_by_runs_with_that_value(tmp_path):
+    """`--for federation.qffl_q=1,5` gives two federated/prefix settings: each run takes its own q's choice, never
+    the first in the file."""
+    def setting(fixed: dict, qffl_lr: float, score: float) -> dict:
+        return {"paradigm": "federated", "method": "prefix", "setting": {"paradigm": "federated", **fixed},
+                "chosen": {"federation.qffl_lr": qffl_lr}, "score": score, "trials": [{}, {}]}
+
+    path = tmp_path / TUNING_FILE
+    path.write_text(json.dumps({"schema": "mfpt.tuning/1", "settings": [
+        setting({"federation.qffl_q": "1"}, 1000.0, 0.5), setting({"federation.qffl_q": "5"}, 100.0, 0.4),
+        setting({}, 10.0, 0.3)]}), encoding="utf-8")
+    tuned = [f'tuning.file="{path}"', 'federation.strategy="qfedavg"']
+    for q, qffl_lr, score in (("1", 1000.0, "50.0"), ("5.0", 100.0, "40.0"), ("2", 10.0, "30.0")):
+        cfg = load_config(None, [*tuned, f"federation.qffl_q={q}"])
+        assert cfg.federation.qffl_lr == qffl_lr  # q = 2 has no search of its own: the one without a fixed q
+        assert f"mean validation accuracy {score}%" in hyperparameters(cfg)["federation.qffl_lr"]["source"]
+    path.write_text(json.dumps({"schema": "mfpt.tuning/1", "settings": [
+        setting({"federation.qffl_q": "1"}, 1000.0, 0.5), setting({"federation.qffl_q": "5"}, 100.0, 0.4)]}))
+    with pytest.raises(ConfigError, match=r"federation.qffl_q = 2 \(it holds federated/prefix with federation.qffl_q "
+                                          r"= 1; .*--for federation.qffl_q=2\)"):
+        load_config(None, [*tuned, "federation.qffl_q=2"])
+
+
+def test_the_summary_names_each_setting_by_all_its_for_values():
+    from mfpt.cli.tune import summary_lines
+
+    content = {"trials_per_setting": 2, "settings": [
+        {"paradigm": "federated", "method": "prefix", "setting": {"federation.qffl_q": q},
+         "chosen": {"federation.qffl_lr": 1000}, "score": score, "trials": [{"seconds": 1800}, {"seconds": 1800}]}
+        for q, score in (("1", 0.5), ("5", 0.4))]}
+    assert summary_lines(content)[1:] == [
+        "federated / prefix with federation.qffl_q = 1 | federation.qffl_lr = 1000 | 50.0 | 2/2 | 1.00",
+        "federated / prefix with federation.qffl_q = 5 | federation.qffl_lr = 1000 | 40.0 | 2/2 | 1.00"]

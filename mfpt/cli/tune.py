@@ -41,17 +41,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
     failed = run_tuning(trials, out, args.config, record)
     content = tuning_record(args.config, overrides, grid, seeds, trials, budget)
     write_tuning(path, content)
-    print("\nsetting | chosen | mean validation accuracy | trials | trial hours")
-    for entry in content["settings"]:
-        hours = sum(t["seconds"] for t in entry["trials"]) / 3600
-        chosen = ", ".join(f"{k} = {v}" for k, v in entry["chosen"].items())
-        print(f"{entry['paradigm']} / {entry['method']} | {chosen} | {100 * entry['score']:.1f} | "
-              f"{len(entry['trials'])}/{budget} | {hours:.2f}")
+    print("\n" + "\n".join(summary_lines(content)))
     print(f"wrote {path}; use it with --tuned {path} (mfpt run, mfpt sweep) or tuning.file")
     for name, reason in failed.items():
         print(f"  failed: {name}: {reason}")
     return 1 if failed else 0
 
+
+
+def summary_lines(content: dict[str, Any]) -> list[str]:
+    """The tuning file as a table: each setting (named by all its --for values), its choice, score and cost."""
+    lines = ["setting | chosen | mean validation accuracy | trials | trial hours"]
+    for entry in content["settings"]:
+        hours = sum(t["seconds"] for t in entry["trials"]) / 3600
+        chosen = ", ".join(f"{k} = {v}" for k, v in entry["chosen"].items())
+        # the other --for values name the setting too: --for federation.qffl_q=0.1,1 gives two federated / prefix
+        name = " with ".join([f"{entry['paradigm']} / {entry['method']}",
+                              *(f"{k} = {v}" for k, v in entry["setting"].items() if k not in ("paradigm", "peft.method"))])
+        lines.append(f"{name} | {chosen} | {100 * entry['score']:.1f} | {len(entry['trials'])}/"
+                     f"{content['trials_per_setting']} | {hours:.2f}")
+    return lines
 
 _EPILOG = """\
 examples:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Callable, Mapping
 
 from mfpt.config import AttackKind, ExperimentConfig, Paradigm, PeftConfig
@@ -238,7 +239,8 @@ def hyperparameters(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
     default of its choice, else "set in the config". results.json records this; every report prints it."""
     tuned = {}
     if cfg.tuning.file:
-        setting = tuned_setting(cfg.tuning.file, cfg.paradigm.value, cfg.peft.method.value)
+        setting = tuned_setting(cfg.tuning.file, cfg.paradigm.value, cfg.peft.method.value,
+                                lambda key: attrgetter(key)(cfg))
         tuned = {key: (f"tuned on validation: {cfg.tuning.file}, best of {setting.trials} trial(s), mean validation "
                        f"accuracy {100 * setting.score:.1f}%") for key in setting.chosen}
     found: dict[str, dict[str, Any]] = {}

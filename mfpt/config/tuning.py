@@ -1,5 +1,5 @@
-"""The tuning file: what `mfpt tune` chose on the validation split, per paradigm and method, and every trial of the
-search; `tuning.file` makes a run use the choice for its own paradigm and method.
+"""The tuning file: what `mfpt tune` chose on the validation split, per paradigm and method (and any other `--for`
+values), and every trial of the search; `tuning.file` makes a run use the choice for its own setting.
 
 The file is JSON (`mfpt.tuning/1`), written by mfpt.experiments.tune and read here, in the config layer, because
 the chosen values become part of the config before anything runs:
@@ -12,9 +12,10 @@ the chosen values become part of the config before anything runs:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mfpt.core.errors import ConfigError
 
@@ -23,13 +24,18 @@ TUNING_SCHEMA = "mfpt.tuning/1"
 
 @dataclass(frozen=True)
 class TunedSetting:
-    """The search of one (paradigm, method): the values chosen on validation, their score, how many trials."""
+    """The search of one (paradigm, method, ...): the values chosen on validation, their score, how many trials."""
 
     paradigm: str
     method: str
     chosen: dict[str, Any]
     score: float
     trials: int
+    # The other `--for` values the search fixed (say federation.qffl_q = 1): a run uses this choice only with them.
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return " with ".join([f"{self.paradigm}/{self.method}", *(f"{k} = {v!r}" for k, v in self.fixed.items())])
 
 
 def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
@@ -44,25 +50,43 @@ def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
     if not isinstance(content, dict) or content.get("schema") != TUNING_SCHEMA:
         raise ConfigError(f"tuning.file = {str(path)!r} is not a tuning file of `mfpt tune` (schema "
                           f"{content.get('schema') if isinstance(content, dict) else None!r}, expected {TUNING_SCHEMA!r}).")
+    from mfpt.config.loading import parse_override  # the --for values as --set reads them (loading imports this)
+
     try:
         settings = [TunedSetting(str(s["paradigm"]), str(s["method"]), dict(s["chosen"]), float(s["score"]),
-                                 len(s["trials"])) for s in content["settings"]]
+                                 len(s["trials"]), dict(parse_override(f"{k}={v}") for k, v in s.get("setting", {}).items()
+                                                        if k not in ("paradigm", "peft.method")))
+                    for s in content["settings"]]
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"tuning.file = {str(path)!r} is damaged ({type(err).__name__}: {err}); run `mfpt tune` "
                           "again.") from None
     return content, settings
 
 
-def tuned_setting(path: str | Path, paradigm: str, method: str) -> TunedSetting:
-    """The search of `paradigm` and `method` in the tuning file, or a ConfigError that says which ones it holds."""
+def _plain(value: Any) -> Any:
+    """A config value as the tuning file writes it: an enum's value, a tuple as a list."""
+    if isinstance(value, Enum):
+        return value.value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def tuned_setting(path: str | Path, paradigm: str, method: str,
+                  value_of: Callable[[str], Any] | None = None) -> TunedSetting:
+    """The search of `paradigm` and `method` in the tuning file whose other fixed values (`--for` keys beyond those)
+    equal the run's (`value_of(key)`), the most specific first, or a ConfigError that says which ones it holds."""
     _, settings = read_tuning(path)
-    for setting in settings:
-        if (setting.paradigm, setting.method) == (paradigm, method):
-            return setting
-    held = ", ".join(f"{s.paradigm}/{s.method}" for s in settings) or "none"
+    mine = [s for s in settings if (s.paradigm, s.method) == (paradigm, method)]
+    if value_of is not None:  # a file tuned --for federation.qffl_q=0.1,1,5 holds three federated/prefix settings
+        mine = [s for s in mine if all(_plain(value_of(k)) == _plain(v) for k, v in s.fixed.items())]
+    if mine:
+        return max(mine, key=lambda s: len(s.fixed))  # max keeps the first of equals
+    held = "; ".join(s.describe() for s in settings) or "none"
+    keys = sorted({k for s in settings if (s.paradigm, s.method) == (paradigm, method) for k in s.fixed})
+    own = "".join(f" and {k} = {_plain(value_of(k))!r}" for k in keys) if value_of is not None else ""
     raise ConfigError(f"tuning.file = {str(path)!r} has no tuned values for paradigm = {paradigm!r} with peft.method = "
-                      f"{method!r} (it holds {held}); tune that setting (mfpt tune ... --for paradigm={paradigm}) or "
-                      "leave tuning.file empty.")
+                      f"{method!r}{own} (it holds {held}); tune that setting (mfpt tune ... --for "
+                      f"{' --for '.join(f'{k}={_plain(value_of(k))}' for k in keys) if own else f'paradigm={paradigm}'}) "
+                      "or leave tuning.file empty.")
 
 
 def apply_tuning(raw: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,7 +104,15 @@ def apply_tuning(raw: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, 
     paradigm = str(raw.get("paradigm", defaults.paradigm.value))
     peft = raw.get("peft", {})
     method = str(peft.get("method", defaults.peft.method.value)) if isinstance(peft, Mapping) else defaults.peft.method.value
-    setting = tuned_setting(path, paradigm, method)
+
+    def value_of(key: str) -> Any:  # the run's own value of a dotted key: the raw config's, else the default
+        section, _, name = key.rpartition(".")
+        given = raw.get(section, {}) if section else raw
+        if isinstance(given, Mapping) and name in given:
+            return given[name]
+        return getattr(getattr(defaults, section) if section else defaults, name, None)
+
+    setting = tuned_setting(path, paradigm, method, value_of)
     clash = sorted(set(setting.chosen) & set(given))
     if clash:
         raise ConfigError(f"{clash[0]} is set with --set and chosen by tuning.file = {path!r}; drop one of the two.")
