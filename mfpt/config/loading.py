@@ -16,21 +16,9 @@ from typing import Any
 
 import tomli_w
 
-from mfpt.config.schema import ExperimentConfig, field_type, from_dict, set_dotted, to_dict
+from mfpt.config.schema import ExperimentConfig, field_type, from_dict, parse_override, set_dotted, to_dict
 from mfpt.config.tuning import apply_tuning
 from mfpt.core.errors import ConfigError
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """`section.key=value` from the command line; the value is read as TOML when it parses, else as a string."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r} needs the form section.key=value, e.g. --set train.lr=0.01.")
-    key, text = item.split("=", 1)
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    return key.strip(), value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ExperimentConfig:

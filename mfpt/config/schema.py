@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -596,6 +597,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`section.key=value` from the command line; the value is read as TOML when it parses, else as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} needs the form section.key=value, e.g. --set train.lr=0.01.")
+    key, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value
 
 
 def set_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
     if not isinstance(content, dict) or content.get("schema") != TUNING_SCHEMA:
         raise ConfigError(f"tuning.file = {str(path)!r} is not a tuning file of `mfpt tune` (schema "
                           f"{content.get('schema') if isinstance(content, dict) else None!r}, expected {TUNING_SCHEMA!r}).")
-    from mfpt.config.loading import parse_override  # the --for values as --set reads them (loading imports this)
+    from mfpt.config.schema import parse_override  # the --for values as --set reads them
 
     try:
         settings = [TunedSetting(str(s["paradigm"]), str(s["method"]), dict(s["chosen"]), float(s["score"]),
