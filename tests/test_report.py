@@ -372,7 +372,8 @@ def test_keys_of_another_peft_method_do_not_split_a_setting(tmp_path):
 
 def test_keys_of_another_server_strategy_do_not_split_a_setting(tmp_path):
     """FedAvg recorded with federation.byzantine_clients = 3 (as in a sweep over aggregators) and FedAvg without it are
-    one setting, beside MultiKrum in one table; two MultiKrum runs that differ in it are two settings."""
+    one setting, beside MultiKrum in one table; two MultiKrum runs that differ in it are two rows of that table, named
+    by it, each compared with FedAvg."""
     import json
 
     from mfpt.analysis.grouping import contexts, group_runs, load_runs
@@ -391,9 +392,14 @@ def test_keys_of_another_server_strategy_do_not_split_a_setting(tmp_path):
     assert {g.label: g.seeds for g in ctx.groups} == {"federated / prefix / fedavg": [0, 1],
                                                       "federated / prefix / multikrum": [0]}
     with_byzantine(fake_run(tmp_path / "runs", "federated", 1, accs, strategy="multikrum"), 1)
-    krum = [dict(ctx.key).get("federation.byzantine_clients") for ctx in contexts(group_runs(load_runs([tmp_path / "runs"])))
-            if any(g.label.endswith("multikrum") for g in ctx.groups)]
-    assert sorted(krum) == [1, 3]  # byzantine_clients sets these apart
+    [ctx] = contexts(group_runs(load_runs([tmp_path / "runs"])))  # a strategy's own key is a row, not a table
+    assert {g.label: g.seeds for g in ctx.groups} == {"federated / prefix / fedavg": [0, 1],
+                                                      "federated / prefix / multikrum (byzantine_clients 1)": [1],
+                                                      "federated / prefix / multikrum (byzantine_clients 3)": [0]}
+    md = render_report(load_runs([tmp_path / "runs"]), tmp_path / "report")
+    for count in (1, 3):
+        gains = table_rows(md, f"| federated / prefix / multikrum (byzantine_clients {count}) minus")
+        assert list(gains) == ["federated / prefix / fedavg"]  # each against FedAvg, not against each other
 
 
 def test_a_run_whose_clients_failed_is_listed_before_the_tables(tmp_path):

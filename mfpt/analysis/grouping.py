@@ -23,7 +23,8 @@ METRICS_FILE = "metrics.jsonl"
 IGNORED_KEYS = ("name", "output_dir", "seed", "train.threads", "federation.client_cpus", "federation.client_gpus",
                 "tracking.backends", "tracking.tensorboard_dir", "tracking.mlflow_uri", "tracking.mlflow_experiment")
 # Keys that make a table row; every other varying key makes its own table (a "context").
-# Aggregators and attacks are rows too, so that attacked runs and robust strategies sit side by side in one table.
+# Aggregators and attacks are rows too, so that attacked runs and robust strategies sit side by side in one table;
+# so are the keys of a server strategy (STRATEGY_KEYS: q-FFL's q beside FedAvg, not in a table of its own).
 ROW_KEYS = ("paradigm", "peft.method", "personalization.method", "federation.strategy", "federation.max_update_norm",
             "attack.kind", "attack.languages", "attack.factor", "attack.from_round")
 DATA_AXIS = "data.train_per_language"
@@ -55,6 +56,7 @@ class Group:
     method: str
     context: tuple[tuple[str, Any], ...]
     runs: list[RunData]
+    rule: str = "fedavg"  # its server rule as the label names it (defence_label); read for federated groups
 
     @property
     def seeds(self) -> list[int]:
@@ -221,30 +223,41 @@ def sort_value(value: Any, key: str = "") -> tuple:
     return (1, 0, str(value))
 
 
-def defence_label(setting: Mapping[str, Any]) -> str:
-    """A federated setting's server-side rule: its strategy, and the update norm bound where it sets one."""
+def defence_label(setting: Mapping[str, Any], shown: Sequence[str] = ()) -> str:
+    """A federated setting's server-side rule: its strategy with those of its own keys named in `shown` (the ones
+    that vary), and the update norm bound where it sets one: "qfedavg (qffl_q 5) + norm bound 18.5"."""
     bound = setting.get("federation.max_update_norm") or 0
-    return str(setting.get("federation.strategy", "fedavg")) + (f" + norm bound {bound:g}" if bound else "")
+    own = [f"{key.split('.', 1)[1]} {show_value(setting[key], key)}" for key in shown if key in setting]
+    return (str(setting.get("federation.strategy", "fedavg")) + (f" ({', '.join(own)})" if own else "")
+            + (f" + norm bound {bound:g}" if bound else ""))
+
+
+def row_keys(runs: Sequence[RunData]) -> set[str]:
+    """The keys that tell a table's rows apart (ROW_KEYS, a server strategy's own keys, each setting's tuned values);
+    any other varying key makes a table of its own."""
+    return set(ROW_KEYS) | set(STRATEGY_KEYS) | tuned_keys(runs)
 
 
 def group_runs(runs: Sequence[RunData]) -> list[Group]:
     """Runs grouped by setting; groups ordered by context, then paradigm, then method; runs by seed."""
     varying = varying_keys(runs)
-    row_keys = set(ROW_KEYS) | tuned_keys(runs)
-    context_keys = [k for k in varying if k not in row_keys]
+    rows = row_keys(runs)
+    shown = [k for k in STRATEGY_KEYS if k in varying]
+    context_keys = [k for k in varying if k not in rows]
     groups: dict[tuple, Group] = {}
     for run in runs:
         setting = run_setting(run.results)
         paradigm, method = run.results.paradigm, run.results.method
         context = tuple((k, setting.get(k)) for k in context_keys)
-        key = (context, paradigm, method, tuple(repr(setting.get(k)) for k in varying if k in row_keys))
+        key = (context, paradigm, method, tuple(repr(setting.get(k)) for k in varying if k in rows))
         personal = setting.get("personalization.method", "none")
         label = f"{paradigm} / {method}" + (f" + {personal}" if personal != "none" else "")
-        if "federation.strategy" in varying or "federation.max_update_norm" in varying:
-            label += f" / {defence_label(setting)}"
+        rule = defence_label(setting, shown)
+        if "federation.strategy" in varying or "federation.max_update_norm" in varying or shown:
+            label += f" / {rule}"
         if setting.get("attack.kind", "none") != "none":
             label += f" / attacked: {setting['attack.kind']} by {show_value(setting.get('attack.languages'))}"
-        group = groups.setdefault(key, Group(label, paradigm, method, context, []))
+        group = groups.setdefault(key, Group(label, paradigm, method, context, [], rule))
         if run.seed in group.seeds:
             other = group.by_seed()[run.seed].folder
             raise ReportError(f"Runs {str(other)!r} and {str(run.folder)!r} have the same setting and seed "

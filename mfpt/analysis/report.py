@@ -25,7 +25,7 @@ from mfpt.analysis.distance import DistanceAnalysis, DistanceAnalysisError, dist
 from mfpt.analysis.figures import Series, plot_axis, plot_distance_analysis, plot_round_curves
 from mfpt.analysis.grouping import (
     DATA_AXIS,
-    ROW_KEYS,
+    STRATEGY_KEYS,
     Context,
     Group,
     ReportError,
@@ -33,14 +33,13 @@ from mfpt.analysis.grouping import (
     config_value,
     context_label,
     contexts,
-    defence_label,
     group_runs,
     is_number,
     load_run,
+    row_keys,
     run_setting,
     show_value,
     sort_value,
-    tuned_keys,
     varying_keys,
 )
 from mfpt.analysis.model_card import write_model_card
@@ -348,12 +347,13 @@ def _facets(group: Group) -> dict[str, Any]:
 
     attack = setting("attack.kind", "none")
     return {"method": group.method, "personalization": setting("personalization.method", "none"),
-            "defence": (setting("federation.strategy", "fedavg"), setting("federation.max_update_norm", 0) or 0),
+            "defence": (setting("federation.strategy", "fedavg"), setting("federation.max_update_norm", 0) or 0,
+                        tuple((k, v) for k, v in run_setting(group.runs[0].results).items() if k in STRATEGY_KEYS)),
             "attack": (attack, *[repr(setting(f"attack.{k}", None)) for k in ("languages", "factor", "from_round")])
             if attack != "none" else ("none",)}
 
 
-_PLAIN_FEDAVG = ("fedavg", 0)  # the reference server rule: FedAvg with no update norm bound
+_PLAIN_FEDAVG = ("fedavg", 0, ())  # the reference server rule: FedAvg with no update norm bound
 _CLEAN = ("none",)
 
 
@@ -390,8 +390,7 @@ def _distance_gains(ctx: Context) -> dict[str, dict[str, float]]:
                 lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
         elif change == "defence" and config_value(fed.runs[0].results, "attack.kind", "none") == "none":
             # another server rule than plain FedAvg, clean, the same in everything else: its clean cost
-            rule = defence_label(run_setting(fed.runs[0].results))
-            gains[f"{rule} - fedavg"] = {lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
+            gains[f"{fed.rule} - fedavg"] = {lang: 100 * mean(v) for lang in ctx.languages if (v := per_key[lang])}
     gains.update(personalization_gains(ctx))
     return gains
 
@@ -439,7 +438,7 @@ def _axis_series(groups: Sequence[Group], axis: str) -> dict[str, dict[Any, Grou
 def _numeric_axes(runs: Sequence[RunData], groups: Sequence[Group]) -> list[str]:
     """Varying config keys (other than the row keys and each setting's tuned values) whose values are all numbers,
     the data axis first."""
-    rows = set(ROW_KEYS) | tuned_keys(runs)  # a tuned value is part of its row: no axis of its own
+    rows = row_keys(runs)  # a row's own keys (a tuned value too) are no axis
     axes = [k for k in varying_keys(runs) if k not in rows
             and all(is_number(v) for g in groups for kk, v in g.context if kk == k and v is not None)]
     return sorted(axes, key=lambda k: k != DATA_AXIS)
