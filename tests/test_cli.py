@@ -176,3 +176,23 @@ def test_report_on_an_empty_or_truncated_run_is_refused(capsys, tmp_path):
     (empty / "results.json").write_text('{"schema_version": 1, "name": ')
     assert main(["report", str(empty)]) == 2
     assert "is not valid JSON" in _one_line_error(capsys)
+
+
+def test_a_sweep_set_that_is_valid_only_with_its_grid_values_plans(capsys, tmp_path, base_args, monkeypatch):
+    """--set attack.languages=yor with --grid attack.kind=...: the config without a grid value is not a run, so it
+    must not be validated on its own (it was, for the default --out, and refused the sweep)."""
+    from types import SimpleNamespace
+
+    import mfpt.cli.sweep as sweep_cli
+
+    planned = []
+    monkeypatch.setattr(sweep_cli, "run_sweep", lambda runs, out, config: planned.extend(runs) or SimpleNamespace(
+        ran=[], resumed=[], skipped=[], failed={}))
+    monkeypatch.setattr(sweep_cli, "finish_sweep", lambda *args, **kwargs: [])
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", *base_args[:-2], "--set", "attack.languages=yor", "--grid", "attack.kind=sign-flip,backdoor"]) == 0
+    assert [r.cfg.attack.kind.value for r in planned] == ["sign-flip", "backdoor"]
+    assert {r.cfg.attack.languages for r in planned} == {("yor",)}
+    assert (tmp_path / "runs" / "mfpt-sweep" / "sweep.json").is_file()  # the config's output_dir + '-sweep'
+    assert main(["run", *base_args, "--set", "attack.languages=yor"]) == 2  # alone it is refused, naming every kind
+    assert "(label-flip, sign-flip, scale, noise, backdoor)" in _error(capsys)

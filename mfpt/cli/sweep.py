@@ -33,8 +33,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid or [])
     seeds = parse_seeds(args.seeds)
     overrides = config_overrides(args)
-    base = load_config(args.config, overrides)
-    out = Path(args.out or f"{base.output_dir.rstrip('/')}-sweep").expanduser().resolve()
+    if args.out:
+        out = Path(args.out).expanduser().resolve()
+    else:  # the config's output_dir at the grid's first point: a --set may be valid only with a grid value
+        first = load_config(args.config, [*overrides, *(f"{key}={values[0]}" for key, values in grid)])
+        out = Path(f"{first.output_dir.rstrip('/')}-sweep").expanduser().resolve()
     runs = plan_sweep(args.config, grid, seeds, out, overrides)
     for warning in sweep_warnings(runs):
         print(f"warning: {warning}")

@@ -231,7 +231,7 @@ def _check_attack(cfg: ExperimentConfig) -> None:
     if attack.kind == AttackKind.NONE:
         if attack.languages:
             raise ConfigError(f"attack.languages = {list(attack.languages)} but attack.kind = 'none'; set attack.kind "
-                              "(label-flip, sign-flip, scale or noise) or remove attack.languages.")
+                              f"({', '.join(k.value for k in AttackKind if k != AttackKind.NONE)}) or remove attack.languages.")
         return
     if cfg.paradigm != Paradigm.FEDERATED:
         raise ConfigError(f"attack.kind = {attack.kind.value!r} applies to federated runs only, but paradigm = "
