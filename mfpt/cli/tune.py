@@ -51,7 +51,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-
 def summary_lines(content: dict[str, Any]) -> list[str]:
     """The tuning file as a table: each setting (named by all its --for values), its choice, score and cost."""
     lines = ["setting | chosen | mean validation accuracy | trials | trial hours"]
@@ -64,6 +63,7 @@ def summary_lines(content: dict[str, Any]) -> list[str]:
         lines.append(f"{name} | {chosen} | {100 * entry['score']:.1f} | {len(entry['trials'])}/"
                      f"{content['trials_per_setting']} | {hours:.2f}")
     return lines
+
 
 _EPILOG = """\
 examples:
