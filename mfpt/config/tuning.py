@@ -35,6 +35,7 @@ class TunedSetting:
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
+        """'federated/prefix with federation.qffl_q = 1', as an error names what a file holds."""
         return " with ".join([f"{self.paradigm}/{self.method}", *(f"{k} = {v!r}" for k, v in self.fixed.items())])
 
 
