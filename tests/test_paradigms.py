@@ -77,6 +77,8 @@ def test_every_paradigm_writes_the_shared_schema(config, paradigm: str) -> None:
     assert results["protocol"] and results["low_resource_average"]["accuracy"] == results["per_language"]["hau"]["accuracy"]
     # Held-out languages are evaluated by the one shared model; `local` has one model per language, so none.
     assert list(results["heldout"]) == ([] if paradigm == "local" else ["yor"])
+    # where and at what precision it ran (the fixture's config trains in fp32 on the CPU)
+    assert results["versions"]["compute"].startswith("cpu") and results["versions"]["compute"].endswith(", fp32")
 
 
 def test_local_trains_each_language_on_its_own_data_only(config, trained_on) -> None:
@@ -129,7 +131,7 @@ def test_federated_and_local_share_schema_and_step_budget(config, tmp_path, task
     clients = len(fed_cfg.data.languages) + len(fed_cfg.data.heldout_languages)
     fed = run_federated(InProcessGrid(clients), fed_cfg, quiet=True).to_json()
     local = run_experiment(config("local", output_dir=str(tmp_path / "local")), quiet=True).to_json()
-    assert set(fed) == set(local) == SCHEMA
+    assert set(fed) == set(local) == SCHEMA and fed["versions"]["compute"] == local["versions"]["compute"]
     assert fed["local_steps"] == local["local_steps"] and set(fed["local_steps"]) == set(LANGS)
     assert fed["communication"]["total_bytes"] > 0 and local["communication"]["total_bytes"] == 0
     assert list(fed["heldout"]) == ["yor"]

@@ -73,6 +73,17 @@ def test_auto_precision_is_bf16_only_where_the_device_runs_it_fast(monkeypatch):
     assert autocast_dtype("fp16", cpu) is torch.float16
 
 
+def test_results_record_the_precision_auto_resolved_to(monkeypatch):
+    """Runs of one seed can differ between machines; versions.compute says where and at what precision each ran."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: True)
+    assert precision_module.describe_compute(cpu, "auto").endswith(", bf16 autocast")
+    monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: False)
+    assert precision_module.describe_compute(cpu, "auto").endswith(", fp32")
+    assert precision_module.describe_compute(cpu, "fp16").startswith("cpu")
+    assert precision_module.describe_compute(cpu, "fp16").endswith(", fp16 autocast")
+
+
 def _activation_dtypes(cfg, precision: str, monkeypatch=None, dp=None):
     """Train 2 steps under `precision` (DP-SGD with `dp`); the dtypes seen at a frozen Linear's output, and the model."""
     cfg = cfg.replace(**{"train.precision": precision})

@@ -29,6 +29,15 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def plan_folder(args: argparse.Namespace, first_point: list[str], suffix: str) -> Path:
+    """--out, else the config's output_dir at the plan's first point plus `suffix` (a --set may be valid only with
+    a grid or --for value, so the config is loaded only when --out is not given)."""
+    if args.out:
+        return Path(args.out).expanduser().resolve()
+    first = load_config(args.config, [*config_overrides(args), *first_point])
+    return Path(f"{first.output_dir.rstrip('/')}{suffix}").expanduser().resolve()
+
+
 def load_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The config of CONFIG, its --set overrides, --tuned and --out (as output_dir), validated."""
     overrides = config_overrides(args)

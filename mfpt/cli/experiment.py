@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a config as every run, node and client would (mfpt.experiments.preflight), print it fully resolved,
     then what was checked, as TOML comments (so the output stays a valid config)."""
-    from mfpt.experiments.preflight import preflight, run_warnings
+    from mfpt.experiments.preflight import preflight, validate_warnings
 
     cfg = load_from_args(args)
     node_config = {}
@@ -57,7 +57,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                               "flower-supernode, e.g. \"require-dp='client' min-noise-multiplier=1.0\".") from None
     passed = preflight(cfg, node_config)
     print(to_toml(cfg), end="")
-    print("\n" + "\n".join([*(f"# ok: {line}" for line in passed), *(f"# warning: {w}" for w in run_warnings(cfg))]))
+    print("\n" + "\n".join([*(f"# ok: {line}" for line in passed), *(f"# warning: {w}" for w in validate_warnings(cfg))]))
     return 0
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from mfpt.analysis.grouping import load_runs
 from mfpt.analysis.report import write_report
-from mfpt.cli.common import config_overrides
-from mfpt.config import load_config
+from mfpt.cli.common import config_overrides, plan_folder
 from mfpt.core import files
 from mfpt.experiments.sweep import (
     SWEEP_JSON,
@@ -33,11 +32,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid or [])
     seeds = parse_seeds(args.seeds)
     overrides = config_overrides(args)
-    if args.out:
-        out = Path(args.out).expanduser().resolve()
-    else:  # the config's output_dir at the grid's first point: a --set may be valid only with a grid value
-        first = load_config(args.config, [*overrides, *(f"{key}={values[0]}" for key, values in grid)])
-        out = Path(f"{first.output_dir.rstrip('/')}-sweep").expanduser().resolve()
+    out = plan_folder(args, [f"{key}={values[0]}" for key, values in grid], "-sweep")
     runs = plan_sweep(args.config, grid, seeds, out, overrides)
     for warning in sweep_warnings(runs):
         print(f"warning: {warning}")

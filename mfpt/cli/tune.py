@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from mfpt.cli.common import config_overrides
-from mfpt.config import load_config
+from mfpt.cli.common import config_overrides, plan_folder
 from mfpt.experiments.sweep import parse_grid, parse_seeds
 from mfpt.experiments.tune import (
     TUNING_FILE,
@@ -26,12 +24,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     overrides = config_overrides(args)
     settings = parse_settings(args.for_ or [])
-    if args.out:
-        out = Path(args.out).expanduser().resolve()
-    else:  # the config's output_dir in the first setting (a --set may be valid only with a --for value); a search
-        # never starts from an earlier search's choices (the config's own tuning.file): every trial clears it
-        first = load_config(args.config, [*overrides, *settings[0].overrides(), 'tuning.file=""'])
-        out = Path(f"{first.output_dir.rstrip('/')}-tune").expanduser().resolve()
+    # A search never starts from an earlier search's choices (the config's own tuning.file): every trial clears it.
+    out = plan_folder(args, [*settings[0].overrides(), 'tuning.file=""'], "-tune")
     trials = plan_tuning(args.config, settings, grid, seeds, out, overrides, args.trials)
     budget = len(search_points(grid, args.trials, min(seeds)))
     print(f"tuning {len(settings)} setting(s) x {budget} trial(s) x {len(seeds)} seed(s) on the validation split, "

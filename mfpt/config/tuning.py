@@ -83,11 +83,11 @@ def tuned_setting(path: str | Path, paradigm: str, method: str,
         return max(mine, key=lambda s: len(s.fixed))  # max keeps the first of equals
     held = "; ".join(s.describe() for s in settings) or "none"
     keys = sorted({k for s in settings if (s.paradigm, s.method) == (paradigm, method) for k in s.fixed})
-    own = "".join(f" and {k} = {_plain(value_of(k))!r}" for k in keys) if value_of is not None else ""
+    own = {k: _plain(value_of(k)) for k in keys} if value_of is not None else {}
+    tune_for = " --for ".join(f"{k}={v}" for k, v in own.items()) if own else f"paradigm={paradigm}"
     raise ConfigError(f"tuning.file = {str(path)!r} has no tuned values for paradigm = {paradigm!r} with peft.method = "
-                      f"{method!r}{own} (it holds {held}); tune that setting (mfpt tune ... --for "
-                      f"{' --for '.join(f'{k}={_plain(value_of(k))}' for k in keys) if own else f'paradigm={paradigm}'}) "
-                      "or leave tuning.file empty.")
+                      f"{method!r}{''.join(f' and {k} = {v!r}' for k, v in own.items())} (it holds {held}); tune that "
+                      f"setting (mfpt tune ... --for {tune_for}) or leave tuning.file empty.")
 
 
 def apply_tuning(raw: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,9 +23,8 @@ from mfpt.data.clients import client_layout
 from mfpt.federation.node import node_data_config
 from mfpt.federation.privacy_floor import PrivacyFloor
 from mfpt.federation.protocol import config_entries, config_from_entries
-from mfpt.federation.strategies.base import strategy_warnings
+from mfpt.federation.strategies.base import run_warnings
 from mfpt.privacy.accounting import checked_delta
-from mfpt.privacy.accounting import warnings as privacy_warnings
 from mfpt.results.tracking import require_installed
 
 
@@ -82,11 +81,11 @@ def preflight(cfg: ExperimentConfig, node_config: Mapping[str, Any] | None = Non
     return passed
 
 
-def run_warnings(cfg: ExperimentConfig) -> list[str]:
-    """Settings that run but cost a lot, protect less or train less than one may think (the server logs them as the
-    run starts), and the checks left to the run's start because data.languages is empty."""
+def validate_warnings(cfg: ExperimentConfig) -> list[str]:
+    """The run's warnings (`run_warnings`, which the server logs as the run starts), and the checks left to the run's
+    start because data.languages is empty."""
     unchecked = [] if cfg.data.languages else [
         "data.languages is empty (every language of the data), so the checks that need the list of clients (each "
         "deployed node's config" + (", client-level DP's delta against 1/N" if cfg.privacy.dp == DpMode.CLIENT else "")
         + ") run when the run starts, not here; list data.languages to check them now."]
-    return [*unchecked, *privacy_warnings(cfg), *strategy_warnings(cfg)]
+    return [*unchecked, *run_warnings(cfg)]

@@ -20,7 +20,7 @@ from mfpt.data.clients import client_layout, resolve
 from mfpt.data.sources import DataError
 from mfpt.federation.protocol import CLIENT_KEY, CONFIG, METRICS, NUM_EVAL_KEY, NUM_TRAIN_KEY, config_entries
 from mfpt.federation.secure_aggregation import run_secure_rounds
-from mfpt.federation.strategies.base import NodeInfo, make_strategy, strategy_warnings
+from mfpt.federation.strategies.base import NodeInfo, make_strategy, run_warnings
 from mfpt.federation.strategies.personalized import PersonalizedStrategy, finetune_phase, strategy_mixins
 from mfpt.model.export import export_atomically
 from mfpt.model.factory import build_model
@@ -144,7 +144,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, resume: bool = False, quiet
     nodes = handshake(grid, cfg)
     account = privacy.plan(cfg, {n.client.name(cfg.federation.clients_per_language): n.num_train
                                  for n in nodes.values() if not n.client.heldout})
-    for warning in [*privacy.warnings(cfg), *strategy_warnings(cfg)]:
+    for warning in run_warnings(cfg):
         log.warning(warning)
     strategy = make_strategy(cfg, nodes, spec, recorder, round_offset=offset, mixins=strategy_mixins(cfg))
     strategy.rejoin = rejoin_fn(cfg)

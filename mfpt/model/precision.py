@@ -39,6 +39,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return _DTYPES.get(precision)
 
 
+def describe_compute(device: torch.device, precision: str) -> str:
+    """Where this process computes and at what forward precision, as results.json records it: 'cpu (Intel(R) Xeon(R)
+    ...), bf16 autocast'. Runs of one seed can differ in the last digits between machines; this says which."""
+    if device.type == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        try:
+            model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text(
+                encoding="utf-8", errors="replace").splitlines() if line.startswith("model name")), "")
+        except OSError:
+            model = ""
+        where = f"{device.type} ({model})" if model else device.type
+    dtype = autocast_dtype(precision, device)
+    return f"{where}, " + next((f"{name} autocast" for name, d in _DTYPES.items() if d is dtype), "fp32")
+
+
 def base_dtype(model_dtype: str, precision: str, device: torch.device) -> torch.dtype:
     """model.dtype as the frozen base's torch dtype on `device`: bfloat16, float32, or (auto) bfloat16 where
     train.precision resolves to bf16 autocast there. A bf16 base outside bf16 autocast is refused in one line."""

@@ -29,6 +29,8 @@ from mfpt.config.specs import attack_summary, hyperparameters, protocol
 from mfpt.core import files
 from mfpt.core.errors import UserError, error_line
 from mfpt.core.stats import mean
+from mfpt.model.factory import pick_device
+from mfpt.model.precision import describe_compute
 from mfpt.results.checkpoints import (
     Checkpoint,
     ResumeError,
@@ -64,8 +66,9 @@ class RunFailedError(UserError, RuntimeError):
     """A run that went through its rounds but scored no training language (every client failed or was refused)."""
 
 
-def versions() -> dict[str, str]:
-    """Versions of what produced the numbers (for self-describing results)."""
+def versions(cfg: ExperimentConfig | None = None) -> dict[str, str]:
+    """Versions of what produced the numbers (for self-describing results), and with `cfg` where and at what
+    precision this process computed (in simulation its clients too; a deployed node may differ)."""
     import flwr
     import peft
     import transformers
@@ -73,6 +76,11 @@ def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
              "peft": peft.__version__, "flwr": flwr.__version__}
     found["mfpt"] = __version__
+    if cfg is not None:
+        try:
+            found["compute"] = describe_compute(pick_device(cfg.train.device), cfg.train.precision.value)
+        except ConfigError:  # train.device names a CUDA device this (server) machine does not have
+            found["compute"] = f"train.device = {cfg.train.device!r}, not on the machine that wrote the results"
     try:
         found["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                       cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
@@ -569,7 +577,7 @@ class RunRecorder:
             communication=communication, local_steps=self.local_steps, protocol=protocol(cfg),
             refused_updates=self.refusals, wall_seconds=round(time.time() - self.started, 2), config=to_dict(cfg),
             selection=choice.to_json() if evaluated else {},
-            versions=versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            versions=versions(cfg), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             privacy=self.privacy,
             personalization=self._personalization(curves),
             attack=self._attack(curves),

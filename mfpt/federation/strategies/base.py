@@ -65,6 +65,7 @@ from mfpt.federation.protocol import (
 )
 from mfpt.federation.strategies.client_dp import private_base
 from mfpt.model.state import UpdateError, check_update, state_distance
+from mfpt.privacy.accounting import warnings as privacy_warnings
 from mfpt.train.evaluation import EvalCounts
 from mfpt.train.schedule import TEST, evaluates_in_round, is_better, round_split, selects_on_validation
 
@@ -150,6 +151,12 @@ def strategy_warnings(cfg: ExperimentConfig) -> list[str]:
                      "step a thousandth of FedAvg's or less (on the demo the model did not train). Search it on "
                      "validation: mfpt tune CONFIG --grid federation.qffl_lr=100,1000,10000.")
     return found
+
+
+def run_warnings(cfg: ExperimentConfig) -> list[str]:
+    """Every setting that runs but costs a lot, protects less or trains less than one may think: the server logs
+    them as the run starts and `mfpt validate` prints them."""
+    return [*privacy_warnings(cfg), *strategy_warnings(cfg)]
 
 # Server-optimiser state that must survive a resume (FedOpt family: m_t, v_t; FedAvgM: momentum_vector;
 # client-level DP with adaptive clipping: its current bound, mfpt.federation.strategies.client_dp).
