@@ -227,3 +227,38 @@ def test_the_summary_names_each_setting_by_all_its_for_values():
     assert summary_lines(content)[1:] == [
         "federated / prefix with federation.qffl_q = 1 | federation.qffl_lr = 1000 | 50.0 | 2/2 | 1.00",
         "federated / prefix with federation.qffl_q = 5 | federation.qffl_lr = 1000 | 40.0 | 2/2 | 1.00"]
+
+
+def test_a_second_search_starts_from_the_first_and_passes_its_choice_on(tmp_path, tiny_xlmr):
+    """A search of another key keeps the learning rate an earlier search chose for the setting (its trials train at
+    it, and a run of the new file gets it, naming both files), but never a key it searches or one given with --set."""
+    config = _experiment(tmp_path, tiny_xlmr)
+    first, lr = tmp_path / "lr-tune.json", 0.0042  # an earlier search's choice, unlike any default
+    first.write_text(json.dumps({"schema": "mfpt.tuning/1", "settings": [
+        {"paradigm": "local", "method": "prefix", "setting": {"paradigm": "local"}, "chosen": {"train.lr": lr},
+         "score": 0.5, "trials": [{}, {}]}]}), encoding="utf-8")
+    out, grid, tuned = tmp_path / "std-tune", [("peft.init_std", ["0.01", "0.05"])], [f'tuning.file="{first}"']
+    trials = plan_tuning(config, parse_settings(["paradigm=local"]), grid, [0], out, tuned)
+    assert {run.cfg.train.lr for t in trials for run in t.runs} == {lr} and lr != load_config(config).train.lr
+    assert {run.cfg.tuning.file for t in trials for run in t.runs} == {""}  # the trials themselves read no file
+    assert run_tuning(trials, out, str(config), lambda: None, runner=inprocess_runner, echo=lambda line: None) == {}
+    write_tuning(out / TUNING_FILE, tuning_record(config, tuned, grid, [0], trials, 2))
+    setting = json.loads((out / TUNING_FILE).read_text(encoding="utf-8"))["settings"][0]
+    assert setting["kept"]["train.lr"]["value"] == lr and str(first) in setting["kept"]["train.lr"]["source"]
+
+    cfg = load_config(config, ["paradigm=local", f'tuning.file="{out / TUNING_FILE}"'])
+    assert cfg.train.lr == lr and cfg.peft.init_std == setting["chosen"]["peft.init_std"]
+    source = hyperparameters(cfg)["train.lr"]["source"]
+    assert source.startswith(f"tuned on validation: {first}") and f"kept by {out / TUNING_FILE}" in source
+    with pytest.raises(ConfigError, match="train.lr is set with --set and chosen by tuning.file"):
+        load_config(config, ["paradigm=local", f'tuning.file="{out / TUNING_FILE}"', "train.lr=0.5"])
+    # searching the key again, or giving it with --set, keeps nothing of it
+    again = plan_tuning(config, parse_settings(["paradigm=local"]), GRID, [0], tmp_path / "t1", tuned)
+    default = load_config(config).train.lr
+    assert all(not t.kept for t in again)
+    assert sorted(run.cfg.train.lr for t in again for run in t.runs) == pytest.approx([0.1 * default, default])
+    given = plan_tuning(config, parse_settings(["paradigm=local"]), grid, [0], tmp_path / "t2", [*tuned, "train.lr=0.5"])
+    assert all(not t.kept for t in given) and {run.cfg.train.lr for t in given for run in t.runs} == {0.5}
+    # without a tuning file (or with --set tuning.file=""), the search starts from the config
+    plain = plan_tuning(config, parse_settings(["paradigm=local"]), grid, [0], tmp_path / "t3", ['tuning.file=""'])
+    assert all(not t.kept for t in plain) and {run.cfg.train.lr for t in plain for run in t.runs} == {default}

@@ -24,12 +24,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     overrides = config_overrides(args)
     settings = parse_settings(args.for_ or [])
-    # A search never starts from an earlier search's choices (the config's own tuning.file): every trial clears it.
+    # The folder only: the config without the values of its tuning.file (a --set may clash with them).
     out = plan_folder(args, [*settings[0].overrides(), 'tuning.file=""'], "-tune")
     trials = plan_tuning(args.config, settings, grid, seeds, out, overrides, args.trials)
     budget = len(search_points(grid, args.trials, min(seeds)))
     print(f"tuning {len(settings)} setting(s) x {budget} trial(s) x {len(seeds)} seed(s) on the validation split, "
           f"into {out}")
+    for folder, kept in {t.folder: t.kept for t in trials}.items():
+        if kept:  # the config's tuning.file chose these for the setting, and the search does not search them
+            print(f"  {folder} keeps " + "; ".join(f"{k} = {v['value']} ({v['source']})" for k, v in kept.items()))
     path = out / TUNING_FILE
 
     def record() -> None:
@@ -50,7 +53,8 @@ def summary_lines(content: dict[str, Any]) -> list[str]:
     lines = ["setting | chosen | mean validation accuracy | trials | trial hours"]
     for entry in content["settings"]:
         hours = sum(t["seconds"] for t in entry["trials"]) / 3600
-        chosen = ", ".join(f"{k} = {v}" for k, v in entry["chosen"].items())
+        chosen = ", ".join([*(f"{k} = {v}" for k, v in entry["chosen"].items()),
+                            *(f"{k} = {v['value']} (kept)" for k, v in entry.get("kept", {}).items())])
         # the other --for values name the setting too: --for federation.qffl_q=0.1,1 gives two federated / prefix
         name = " with ".join([f"{entry['paradigm']} / {entry['method']}",
                               *(f"{k} = {v}" for k, v in entry["setting"].items() if k not in ("paradigm", "peft.method"))])
@@ -66,6 +70,9 @@ examples:
       --grid train.lr=x0.3,x1,x3 --seeds 0 --out runs/tune
   # then every run uses the learning rate chosen for its own paradigm
   mfpt sweep configs/demo.toml --grid paradigm=federated,local --seeds 0,1,2 --tuned runs/tune/tuning.json
+  # a second search starts from the first: its trials keep each setting's tuned train.lr, and so does a run of it
+  mfpt tune configs/demo.toml --tuned runs/tune/tuning.json --set federation.strategy=qfedavg \
+      --grid federation.qffl_lr=1000,10000 --seeds 0 --out runs/qffl-tune
 Run the same command again to continue an interrupted search: finished trials are kept.
 """
 

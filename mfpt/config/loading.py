@@ -21,8 +21,10 @@ from mfpt.config.tuning import apply_tuning
 from mfpt.core.errors import ConfigError
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read a TOML experiment file (or the defaults), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                apply_tuned: bool = True) -> ExperimentConfig:
+    """Read a TOML experiment file (or the defaults), apply overrides and (unless `apply_tuned` is false, as a
+    search reads the config it starts from) tuning.file's values, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path).expanduser()
@@ -42,7 +44,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     raw = set_dotted(raw, overrides or {})
-    return from_dict(apply_tuning(raw, overrides or {}))
+    return from_dict(apply_tuning(raw, overrides or {}) if apply_tuned else raw)
 
 
 # --------------------------------------------------------------------------------------------- run_config

@@ -328,7 +328,8 @@ class TransferConfig:
 class TuningConfig:
     file: str = _help(
         "A tuning.json written by `mfpt tune`: the values it chose on validation for this run's paradigm and method "
-        "replace the file's (a --set of the same key is refused); empty = none.",
+        "replace the file's (a --set of the same key is refused), and `mfpt tune` starts its search from them; "
+        "empty = none.",
         default="",
     )
 

@@ -241,8 +241,7 @@ def hyperparameters(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
     if cfg.tuning.file:
         setting = tuned_setting(cfg.tuning.file, cfg.paradigm.value, cfg.peft.method.value,
                                 lambda key: attrgetter(key)(cfg))
-        tuned = {key: (f"tuned on validation: {cfg.tuning.file}, best of {setting.trials} trial(s), mean validation "
-                       f"accuracy {100 * setting.score:.1f}%") for key in setting.chosen}
+        tuned = {key: setting.source(key, cfg.tuning.file) for key in setting.values()}
     found: dict[str, dict[str, Any]] = {}
 
     def record(key: str, value: Any, default: Any, why: str) -> None:

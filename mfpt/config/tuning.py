@@ -6,6 +6,7 @@ the chosen values become part of the config before anything runs:
 
     {"schema": "mfpt.tuning/1", "objective": "...", "grid": {"train.lr": [...]}, "seeds": [0],
      "settings": [{"paradigm": "federated", "method": "prefix", "chosen": {"train.lr": 0.003}, "score": 0.52,
+                   "kept": {"peft.init_std": {"value": 0.02, "source": "tuned on validation: ..."}},
                    "trials": [{"values": {"train.lr": 0.01}, "score": 0.48, "per_language": {...}, ...}, ...]}]}
 """
 
@@ -33,10 +34,24 @@ class TunedSetting:
     trials: int
     # The other `--for` values the search fixed (say federation.qffl_q = 1): a run uses this choice only with them.
     fixed: dict[str, Any] = field(default_factory=dict)
+    # What the search started from and kept: an earlier search's choices for keys it did not search
+    # ({"train.lr": {"value": 0.01, "source": "tuned on validation: ..."}}); a run takes them with the choice.
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self) -> str:
         """'federated/prefix with federation.qffl_q = 1', as an error names what a file holds."""
         return " with ".join([f"{self.paradigm}/{self.method}", *(f"{k} = {v!r}" for k, v in self.fixed.items())])
+
+    def values(self) -> dict[str, Any]:
+        """Every value a run takes from this setting: the kept ones and the chosen ones."""
+        return {**{k: v["value"] for k, v in self.kept.items()}, **self.chosen}
+
+    def source(self, key: str, path: str | Path) -> str:
+        """Where the value of `key` came from, as results.json and reports print it."""
+        if key in self.chosen:
+            return (f"tuned on validation: {path}, best of {self.trials} trial(s), mean validation accuracy "
+                    f"{100 * self.score:.1f}%")
+        return f"{self.kept[key]['source']} (kept by {path}, whose search started from it)"
 
 
 def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
@@ -56,7 +71,9 @@ def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
     try:
         settings = [TunedSetting(str(s["paradigm"]), str(s["method"]), dict(s["chosen"]), float(s["score"]),
                                  len(s["trials"]), dict(parse_override(f"{k}={v}") for k, v in s.get("setting", {}).items()
-                                                        if k not in ("paradigm", "peft.method")))
+                                                        if k not in ("paradigm", "peft.method")),
+                                 {str(k): {"value": v["value"], "source": str(v["source"])}
+                                  for k, v in s.get("kept", {}).items()})
                     for s in content["settings"]]
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"tuning.file = {str(path)!r} is damaged ({type(err).__name__}: {err}); run `mfpt tune` "
@@ -71,16 +88,25 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def tuned_setting(path: str | Path, paradigm: str, method: str,
-                  value_of: Callable[[str], Any] | None = None) -> TunedSetting:
-    """The search of `paradigm` and `method` in the tuning file whose other fixed values (`--for` keys beyond those)
-    equal the run's (`value_of(key)`), the most specific first, or a ConfigError that says which ones it holds."""
+def matching_setting(path: str | Path, paradigm: str, method: str,
+                     value_of: Callable[[str], Any] | None = None) -> TunedSetting | None:
+    """The search of `paradigm` and `method` in the tuning file whose other fixed values equal the run's
+    (`value_of(key)`), the most specific first, or None."""
     _, settings = read_tuning(path)
     mine = [s for s in settings if (s.paradigm, s.method) == (paradigm, method)]
     if value_of is not None:  # a file tuned --for federation.qffl_q=0.1,1,5 holds three federated/prefix settings
         mine = [s for s in mine if all(_plain(value_of(k)) == _plain(v) for k, v in s.fixed.items())]
-    if mine:
-        return max(mine, key=lambda s: len(s.fixed))  # max keeps the first of equals
+    return max(mine, key=lambda s: len(s.fixed)) if mine else None  # max keeps the first of equals
+
+
+def tuned_setting(path: str | Path, paradigm: str, method: str,
+                  value_of: Callable[[str], Any] | None = None) -> TunedSetting:
+    """The search of `paradigm` and `method` in the tuning file whose other fixed values (`--for` keys beyond those)
+    equal the run's (`value_of(key)`), the most specific first, or a ConfigError that says which ones it holds."""
+    found = matching_setting(path, paradigm, method, value_of)
+    if found is not None:
+        return found
+    _, settings = read_tuning(path)
     held = "; ".join(s.describe() for s in settings) or "none"
     keys = sorted({k for s in settings if (s.paradigm, s.method) == (paradigm, method) for k in s.fixed})
     own = {k: _plain(value_of(k)) for k in keys} if value_of is not None else {}
@@ -114,7 +140,8 @@ def apply_tuning(raw: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, 
         return getattr(getattr(defaults, section) if section else defaults, name, None)
 
     setting = tuned_setting(path, paradigm, method, value_of)
-    clash = sorted(set(setting.chosen) & set(given))
+    values = setting.values()
+    clash = sorted(set(values) & set(given))
     if clash:
         raise ConfigError(f"{clash[0]} is set with --set and chosen by tuning.file = {path!r}; drop one of the two.")
-    return set_dotted(dict(raw), setting.chosen)
+    return set_dotted(dict(raw), values)

@@ -12,21 +12,28 @@ A trial's score is the mean validation accuracy (chrF++ for a generation task) o
 the last round, averaged over the seeds. The chosen values are the best trial's (the earliest in grid order on a tie). tuning.json
 (mfpt.config.tuning) records every trial and what it cost; `tuning.file = "DIR/tuning.json"` (or `--tuned DIR/
 tuning.json` on `mfpt run` and `mfpt sweep`) makes a run use the values chosen for its own paradigm and method.
+
+A search starts where the config stands: when the config has a tuning.file (or `--tuned`), each setting's trials keep
+what that file chose for the setting, except the keys searched and those given with --set, and tuning.json records
+them as the setting's `kept` values, so that a run using the new file gets both (a search of q-FFL's qffl_lr runs
+at, and passes on, the learning rate an earlier search chose). `--set tuning.file=""` starts from the defaults.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from mfpt.config import ConfigError, ExperimentConfig, load_config, parse_override
-from mfpt.config.tuning import TUNING_SCHEMA
+from mfpt.config.tuning import TUNING_SCHEMA, TunedSetting, matching_setting
 from mfpt.core import files
 from mfpt.core.seeds import derive_seed
 from mfpt.core.stats import mean
@@ -122,6 +129,8 @@ class Trial:
     folder: str
     values: tuple[tuple[str, str], ...]
     runs: tuple[PlannedRun, ...]
+    # The values the setting's search started from and kept: {key: {"value", "source"}} (tuning.json's `kept`).
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def plan_tuning(config: str | Path | None, settings: Sequence[Setting], grid: Sequence[tuple[str, list[str]]],
@@ -131,7 +140,7 @@ def plan_tuning(config: str | Path | None, settings: Sequence[Setting], grid: Se
     given = {parse_override(o)[0] for o in overrides}
     # --set may fix what no setting varies (e.g. peft.method=full for all of them), never what the search decides.
     decided = {k for k, _ in grid} | {k for s in settings for k, _ in s.values} | PROTOCOL_KEYS
-    clash = sorted(given & decided)
+    clash = sorted(given & decided - {"tuning.file"})  # --set tuning.file / --tuned: the search's starting point
     if clash:
         raise SweepError(f"--set {clash[0]!r} is also set by the tuning (--for, --grid, --seeds or the protocol); "
                          "drop it.")
@@ -139,16 +148,31 @@ def plan_tuning(config: str | Path | None, settings: Sequence[Setting], grid: Se
     planned: list[Trial] = []
     for setting in settings:
         try:
-            base = load_config(config, [*overrides, *setting.overrides(), 'tuning.file=""'])
+            base = load_config(config, [*overrides, *setting.overrides()], apply_tuned=False)
+            kept = starting_point(base, {k for k, _ in grid} | given)
         except ConfigError as err:
             raise SweepError(f"setting {' '.join(setting.overrides()) or 'of the config'}: {err}") from None
         folder = setting.folder(base)
+        kept_overrides = [f"{k}={json.dumps(v['value'])}" for k, v in kept.items()]
         for point in points:
             values = _concrete(point, base)
             runs = plan_sweep(config, [(k, [v]) for k, v in values], seeds, out_dir / folder,
-                              [*overrides, *setting.overrides(), *TRIAL_OVERRIDES])
-            planned.append(Trial(setting, folder, values, tuple(runs)))
+                              [*overrides, *setting.overrides(), *kept_overrides, *TRIAL_OVERRIDES])
+            planned.append(Trial(setting, folder, values, tuple(runs), kept))
     return planned
+
+
+def starting_point(base: ExperimentConfig, searched: set[str]) -> dict[str, dict[str, Any]]:
+    """What the setting of `base` keeps from its config's tuning.file: the values that file chose (or kept) for it,
+    but for the keys in `searched`, each with its source. Nothing without a tuning.file or a search of the setting."""
+    if not base.tuning.file:
+        return {}
+    found: TunedSetting | None = matching_setting(base.tuning.file, base.paradigm.value, base.peft.method.value,
+                                                  lambda key: attrgetter(key)(base))
+    if found is None:
+        return {}
+    return {k: {"value": v, "source": found.source(k, base.tuning.file)}
+            for k, v in found.values().items() if k not in searched}
 
 
 def trial_problem(results: Sequence[Any]) -> str | None:
@@ -205,7 +229,7 @@ def tuning_record(config: str | Path | None, overrides: Sequence[str], grid: Seq
         cfg = first[folder].runs[0].cfg
         entry: dict[str, Any] = {"paradigm": cfg.paradigm.value, "method": cfg.peft.method.value, "folder": folder,
                                  "setting": dict(first[folder].setting.values), "set": list(overrides),
-                                 "trials": records, "complete": len(records) == budget}
+                                 "kept": first[folder].kept, "trials": records, "complete": len(records) == budget}
         scored = [r for r in records if r["score"] is not None]
         if scored:
             best = max(scored, key=lambda r: r["score"])  # max keeps the first of equals: the earliest grid point

@@ -144,12 +144,8 @@ def saved_config(out_dir: Path) -> ExperimentConfig:
     if not path.is_file():
         raise ResumeError(f"{str(path)!r} is missing; without it the run cannot be resumed: start it again with "
                           "--out NEW_FOLDER.")
-    try:
-        return load_config(path)
-    except ConfigError:
-        pass
-    try:  # its values are resolved already: without a tuning file that has gone since, it means the same
-        return load_config(path, ['tuning.file=""'])
+    try:  # its values are resolved already: a tuning file changed or gone since must not change them
+        return load_config(path, apply_tuned=False)
     except (ConfigError, OSError) as err:
         raise ResumeError(f"{str(path)!r} cannot be read as a config ({err}); start the run again with --out "
                           "NEW_FOLDER.") from None
