@@ -31,10 +31,11 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 def plan_folder(args: argparse.Namespace, first_point: list[str], suffix: str) -> Path:
     """--out, else the config's output_dir at the plan's first point plus `suffix` (a --set may be valid only with
-    a grid or --for value, so the config is loaded only when --out is not given)."""
+    a grid or --for value, so the config is loaded only when --out is not given; without its tuning file's values,
+    which never set output_dir and may clash with a --set)."""
     if args.out:
         return Path(args.out).expanduser().resolve()
-    first = load_config(args.config, [*config_overrides(args), *first_point])
+    first = load_config(args.config, [*config_overrides(args), *first_point], apply_tuned=False)
     return Path(f"{first.output_dir.rstrip('/')}{suffix}").expanduser().resolve()
 
 

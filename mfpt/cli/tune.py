@@ -24,8 +24,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     overrides = config_overrides(args)
     settings = parse_settings(args.for_ or [])
-    # The folder only: the config without the values of its tuning.file (a --set may clash with them).
-    out = plan_folder(args, [*settings[0].overrides(), 'tuning.file=""'], "-tune")
+    out = plan_folder(args, settings[0].overrides(), "-tune")
     trials = plan_tuning(args.config, settings, grid, seeds, out, overrides, args.trials)
     budget = len(search_points(grid, args.trials, min(seeds)))
     print(f"tuning {len(settings)} setting(s) x {budget} trial(s) x {len(seeds)} seed(s) on the validation split, "

@@ -92,7 +92,12 @@ def matching_setting(path: str | Path, paradigm: str, method: str,
                      value_of: Callable[[str], Any] | None = None) -> TunedSetting | None:
     """The search of `paradigm` and `method` in the tuning file whose other fixed values equal the run's
     (`value_of(key)`), the most specific first, or None."""
-    _, settings = read_tuning(path)
+    return _matching(read_tuning(path)[1], paradigm, method, value_of)
+
+
+def _matching(settings: list[TunedSetting], paradigm: str, method: str,
+              value_of: Callable[[str], Any] | None) -> TunedSetting | None:
+    """matching_setting's choice among a file's `settings`."""
     mine = [s for s in settings if (s.paradigm, s.method) == (paradigm, method)]
     if value_of is not None:  # a file tuned --for federation.qffl_q=0.1,1,5 holds three federated/prefix settings
         mine = [s for s in mine if all(_plain(value_of(k)) == _plain(v) for k, v in s.fixed.items())]
@@ -103,10 +108,10 @@ def tuned_setting(path: str | Path, paradigm: str, method: str,
                   value_of: Callable[[str], Any] | None = None) -> TunedSetting:
     """The search of `paradigm` and `method` in the tuning file whose other fixed values (`--for` keys beyond those)
     equal the run's (`value_of(key)`), the most specific first, or a ConfigError that says which ones it holds."""
-    found = matching_setting(path, paradigm, method, value_of)
+    _, settings = read_tuning(path)
+    found = _matching(settings, paradigm, method, value_of)
     if found is not None:
         return found
-    _, settings = read_tuning(path)
     held = "; ".join(s.describe() for s in settings) or "none"
     keys = sorted({k for s in settings if (s.paradigm, s.method) == (paradigm, method) for k in s.fixed})
     own = {k: _plain(value_of(k)) for k in keys} if value_of is not None else {}

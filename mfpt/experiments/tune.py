@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mfpt.config import ConfigError, ExperimentConfig, load_config, parse_override
-from mfpt.config.tuning import TUNING_SCHEMA, TunedSetting, matching_setting
+from mfpt.config.tuning import TUNING_SCHEMA, matching_setting
 from mfpt.core import files
 from mfpt.core.seeds import derive_seed
 from mfpt.core.stats import mean
@@ -167,8 +167,8 @@ def starting_point(base: ExperimentConfig, searched: set[str]) -> dict[str, dict
     but for the keys in `searched`, each with its source. Nothing without a tuning.file or a search of the setting."""
     if not base.tuning.file:
         return {}
-    found: TunedSetting | None = matching_setting(base.tuning.file, base.paradigm.value, base.peft.method.value,
-                                                  lambda key: attrgetter(key)(base))
+    found = matching_setting(base.tuning.file, base.paradigm.value, base.peft.method.value,
+                             lambda key: attrgetter(key)(base))
     if found is None:
         return {}
     return {k: {"value": v, "source": found.source(k, base.tuning.file)}

@@ -18,12 +18,18 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text, read once ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), read from /proc/cpuinfo or torch."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split())
-    except OSError:
-        flags = set()
+    flags = set(_cpuinfo().split())
     if flags & {"avx512_bf16", "amx_bf16"}:
         return True
     # Elsewhere (no /proc), torch's dispatch level names AMX when the CPU has it.
@@ -45,11 +51,8 @@ def describe_compute(device: torch.device, precision: str) -> str:
     if device.type == "cuda":
         where = f"cuda ({torch.cuda.get_device_name(device)})"
     else:
-        try:
-            model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text(
-                encoding="utf-8", errors="replace").splitlines() if line.startswith("model name")), "")
-        except OSError:
-            model = ""
+        model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                      if line.startswith("model name")), "")
         where = f"{device.type} ({model})" if model else device.type
     dtype = autocast_dtype(precision, device)
     return f"{where}, " + next((f"{name} autocast" for name, d in _DTYPES.items() if d is dtype), "fp32")

@@ -66,9 +66,9 @@ class RunFailedError(UserError, RuntimeError):
     """A run that went through its rounds but scored no training language (every client failed or was refused)."""
 
 
-def versions(cfg: ExperimentConfig | None = None) -> dict[str, str]:
-    """Versions of what produced the numbers (for self-describing results), and with `cfg` where and at what
-    precision this process computed (in simulation its clients too; a deployed node may differ)."""
+def versions(cfg: ExperimentConfig) -> dict[str, str]:
+    """Versions of what produced the numbers (for self-describing results), and where and at what precision this
+    process computed (in simulation its clients too; a deployed node may differ)."""
     import flwr
     import peft
     import transformers
@@ -76,11 +76,10 @@ def versions(cfg: ExperimentConfig | None = None) -> dict[str, str]:
     found = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
              "peft": peft.__version__, "flwr": flwr.__version__}
     found["mfpt"] = __version__
-    if cfg is not None:
-        try:
-            found["compute"] = describe_compute(pick_device(cfg.train.device), cfg.train.precision.value)
-        except ConfigError:  # train.device names a CUDA device this (server) machine does not have
-            found["compute"] = f"train.device = {cfg.train.device!r}, not on the machine that wrote the results"
+    try:
+        found["compute"] = describe_compute(pick_device(cfg.train.device), cfg.train.precision.value)
+    except ConfigError:  # train.device names a CUDA device this (server) machine does not have
+        found["compute"] = f"train.device = {cfg.train.device!r}, not on the machine that wrote the results"
     try:
         found["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                       cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
