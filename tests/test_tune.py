@@ -240,6 +240,7 @@ def test_a_second_search_starts_from_the_first_and_passes_its_choice_on(tmp_path
     out, grid, tuned = tmp_path / "std-tune", [("peft.init_std", ["0.01", "0.05"])], [f'tuning.file="{first}"']
     trials = plan_tuning(config, parse_settings(["paradigm=local"]), grid, [0], out, tuned)
     assert {run.cfg.train.lr for t in trials for run in t.runs} == {lr} and lr != load_config(config).train.lr
+    assert trials[0].start.startswith(f"keeps train.lr = {lr} (tuned on validation: {first}")
     assert {run.cfg.tuning.file for t in trials for run in t.runs} == {""}  # the trials themselves read no file
     assert run_tuning(trials, out, str(config), lambda: None, runner=inprocess_runner, echo=lambda line: None) == {}
     write_tuning(out / TUNING_FILE, tuning_record(config, tuned, grid, [0], trials, 2))
@@ -256,9 +257,17 @@ def test_a_second_search_starts_from_the_first_and_passes_its_choice_on(tmp_path
     again = plan_tuning(config, parse_settings(["paradigm=local"]), GRID, [0], tmp_path / "t1", tuned)
     default = load_config(config).train.lr
     assert all(not t.kept for t in again)
+    assert again[0].start == f"keeps nothing of {first}: this search decides every key it chose for local/prefix (train.lr)"
     assert sorted(run.cfg.train.lr for t in again for run in t.runs) == pytest.approx([0.1 * default, default])
     given = plan_tuning(config, parse_settings(["paradigm=local"]), grid, [0], tmp_path / "t2", [*tuned, "train.lr=0.5"])
     assert all(not t.kept for t in given) and {run.cfg.train.lr for t in given for run in t.runs} == {0.5}
     # without a tuning file (or with --set tuning.file=""), the search starts from the config
     plain = plan_tuning(config, parse_settings(["paradigm=local"]), grid, [0], tmp_path / "t3", ['tuning.file=""'])
     assert all(not t.kept for t in plain) and {run.cfg.train.lr for t in plain for run in t.runs} == {default}
+    assert plain[0].start == "starts from the config's values (no tuning.file)"
+    # a file without a search of the setting: its defaults, and the line says why
+    other = plan_tuning(config, parse_settings(["paradigm=federated"]), grid, [0], tmp_path / "t4", tuned)
+    assert all(not t.kept for t in other) and {run.cfg.train.lr for t in other for run in t.runs} == {
+        load_config(config, ["paradigm=federated"]).train.lr}
+    assert other[0].start == (f"starts from the config's values: {first} holds no search of federated/prefix with "
+                              "this setting's values")

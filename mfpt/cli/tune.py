@@ -29,9 +29,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     budget = len(search_points(grid, args.trials, min(seeds)))
     print(f"tuning {len(settings)} setting(s) x {budget} trial(s) x {len(seeds)} seed(s) on the validation split, "
           f"into {out}")
-    for folder, kept in {t.folder: t.kept for t in trials}.items():
-        if kept:  # the config's tuning.file chose these for the setting, and the search does not search them
-            print(f"  {folder} keeps " + "; ".join(f"{k} = {v['value']} ({v['source']})" for k, v in kept.items()))
+    for folder, start in {t.folder: t.start for t in trials}.items():
+        print(f"  {folder} {start}")  # what each setting keeps of the config's tuning.file, or why nothing
     path = out / TUNING_FILE
 
     def record() -> None:

@@ -131,6 +131,8 @@ class Trial:
     runs: tuple[PlannedRun, ...]
     # The values the setting's search started from and kept: {key: {"value", "source"}} (tuning.json's `kept`).
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where the setting's search starts, in words, as `mfpt tune` prints it (starting_point's line).
+    start: str = ""
 
 
 def plan_tuning(config: str | Path | None, settings: Sequence[Setting], grid: Sequence[tuple[str, list[str]]],
@@ -149,7 +151,7 @@ def plan_tuning(config: str | Path | None, settings: Sequence[Setting], grid: Se
     for setting in settings:
         try:
             base = load_config(config, [*overrides, *setting.overrides()], apply_tuned=False)
-            kept = starting_point(base, {k for k, _ in grid} | given)
+            kept, start = starting_point(base, {k for k, _ in grid} | given)
         except ConfigError as err:
             raise SweepError(f"setting {' '.join(setting.overrides()) or 'of the config'}: {err}") from None
         folder = setting.folder(base)
@@ -158,21 +160,26 @@ def plan_tuning(config: str | Path | None, settings: Sequence[Setting], grid: Se
             values = _concrete(point, base)
             runs = plan_sweep(config, [(k, [v]) for k, v in values], seeds, out_dir / folder,
                               [*overrides, *setting.overrides(), *kept_overrides, *TRIAL_OVERRIDES])
-            planned.append(Trial(setting, folder, values, tuple(runs), kept))
+            planned.append(Trial(setting, folder, values, tuple(runs), kept, start))
     return planned
 
 
-def starting_point(base: ExperimentConfig, searched: set[str]) -> dict[str, dict[str, Any]]:
-    """What the setting of `base` keeps from its config's tuning.file: the values that file chose (or kept) for it,
-    but for the keys in `searched`, each with its source. Nothing without a tuning.file or a search of the setting."""
+def starting_point(base: ExperimentConfig, searched: set[str]) -> tuple[dict[str, dict[str, Any]], str]:
+    """What the setting of `base` keeps from its config's tuning.file (the values that file chose or kept for it,
+    but for the keys in `searched`, each with its source), and a line that says where its search starts."""
     if not base.tuning.file:
-        return {}
+        return {}, "starts from the config's values (no tuning.file)"
     found = matching_setting(base.tuning.file, base.paradigm.value, base.peft.method.value,
                              lambda key: attrgetter(key)(base))
     if found is None:
-        return {}
-    return {k: {"value": v, "source": found.source(k, base.tuning.file)}
+        return {}, (f"starts from the config's values: {base.tuning.file} holds no search of "
+                    f"{base.paradigm.value}/{base.peft.method.value} with this setting's values")
+    kept = {k: {"value": v, "source": found.source(k, base.tuning.file)}
             for k, v in found.values().items() if k not in searched}
+    if not kept:
+        return {}, (f"keeps nothing of {base.tuning.file}: this search decides every key it chose for "
+                    f"{found.describe()} ({', '.join(found.values())})")
+    return kept, "keeps " + "; ".join(f"{k} = {v['value']} ({v['source']})" for k, v in kept.items())
 
 
 def trial_problem(results: Sequence[Any]) -> str | None:
