@@ -217,6 +217,20 @@ def test_a_setting_tuned_for_another_key_is_used_only_by_runs_with_that_value(tm
         load_config(None, [*tuned, "federation.qffl_q=2"])
 
 
+def test_a_value_kept_through_a_chain_of_searches_names_every_file_in_order():
+    from mfpt.config.tuning import TunedSetting
+
+    first = TunedSetting("federated", "prefix", {"train.lr": 0.01}, 0.5, 2).source("train.lr", "a.json")
+    second = TunedSetting("federated", "prefix", {}, 0.6, 2, kept={"train.lr": {"value": 0.01, "source": first}})
+    by_b = second.source("train.lr", "b.json")
+    assert by_b == first + " (kept by b.json, whose search started from it)"
+    third = TunedSetting("federated", "prefix", {}, 0.6, 2, kept={"train.lr": {"value": 0.01, "source": by_b}})
+    fourth = TunedSetting("federated", "prefix", {}, 0.6, 2,
+                          kept={"train.lr": {"value": 0.01, "source": third.source("train.lr", "c.json")}})
+    assert fourth.source("train.lr", "d.json") == (
+        first + " (kept by b.json, then by c.json, then by d.json, each search starting from the one before)")
+
+
 def test_the_summary_names_each_setting_by_all_its_for_values():
     from mfpt.cli.tune import summary_lines
 

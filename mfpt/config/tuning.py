@@ -21,6 +21,9 @@ from typing import Any, Callable, Mapping
 from mfpt.core.errors import ConfigError
 
 TUNING_SCHEMA = "mfpt.tuning/1"
+# How a kept value's source ends: kept by one later search, or by a chain of them.
+_ONE_KEEPER = ", whose search started from it)"
+_KEEPERS = ", each search starting from the one before)"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,13 @@ class TunedSetting:
         if key in self.chosen:
             return (f"tuned on validation: {path}, best of {self.trials} trial(s), mean validation accuracy "
                     f"{100 * self.score:.1f}%")
-        return f"{self.kept[key]['source']} (kept by {path}, whose search started from it)"
+        earlier = self.kept[key]["source"]
+        if earlier.endswith(_ONE_KEEPER):  # a chain of searches reads as one list, not as nested brackets
+            return f"{earlier[:-len(_ONE_KEEPER)]}, then by {path}{_KEEPERS}"
+        if earlier.endswith(_KEEPERS):
+            return f"{earlier[:-len(_KEEPERS)]}, then by {path}{_KEEPERS}"
+        return f"{earlier} (kept by {path}{_ONE_KEEPER}"
+
 
 
 def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
