@@ -271,7 +271,8 @@ def test_a_second_search_starts_from_the_first_and_passes_its_choice_on(tmp_path
     again = plan_tuning(config, parse_settings(["paradigm=local"]), GRID, [0], tmp_path / "t1", tuned)
     default = load_config(config).train.lr
     assert all(not t.kept for t in again)
-    assert again[0].start == f"keeps nothing of {first}: this search decides every key it chose for local/prefix (train.lr)"
+    assert again[0].start == (f"keeps nothing of {first}: every key it holds for local/prefix (train.lr) is searched "
+                              "now or given with --set")
     assert sorted(run.cfg.train.lr for t in again for run in t.runs) == pytest.approx([0.1 * default, default])
     given = plan_tuning(config, parse_settings(["paradigm=local"]), grid, [0], tmp_path / "t2", [*tuned, "train.lr=0.5"])
     assert all(not t.kept for t in given) and {run.cfg.train.lr for t in given for run in t.runs} == {0.5}

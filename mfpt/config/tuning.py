@@ -62,7 +62,6 @@ class TunedSetting:
         return f"{earlier} (kept by {path}{_ONE_KEEPER}"
 
 
-
 def read_tuning(path: str | Path) -> tuple[dict[str, Any], list[TunedSetting]]:
     """The file's whole content and its settings, or a ConfigError naming the file and what is wrong with it."""
     path = Path(path).expanduser()

@@ -177,8 +177,8 @@ def starting_point(base: ExperimentConfig, searched: set[str]) -> tuple[dict[str
     kept = {k: {"value": v, "source": found.source(k, base.tuning.file)}
             for k, v in found.values().items() if k not in searched}
     if not kept:
-        return {}, (f"keeps nothing of {base.tuning.file}: this search decides every key it chose for "
-                    f"{found.describe()} ({', '.join(found.values())})")
+        return {}, (f"keeps nothing of {base.tuning.file}: every key it holds for {found.describe()} "
+                    f"({', '.join(found.values())}) is searched now or given with --set")
     return kept, "keeps " + "; ".join(f"{k} = {v['value']} ({v['source']})" for k, v in kept.items())
 
 
