@@ -55,10 +55,9 @@ class TunedSetting:
             return (f"tuned on validation: {path}, best of {self.trials} trial(s), mean validation accuracy "
                     f"{100 * self.score:.1f}%")
         earlier = self.kept[key]["source"]
-        if earlier.endswith(_ONE_KEEPER):  # a chain of searches reads as one list, not as nested brackets
-            return f"{earlier[:-len(_ONE_KEEPER)]}, then by {path}{_KEEPERS}"
-        if earlier.endswith(_KEEPERS):
-            return f"{earlier[:-len(_KEEPERS)]}, then by {path}{_KEEPERS}"
+        for ending in (_ONE_KEEPER, _KEEPERS):  # a chain of searches reads as one list, not as nested brackets
+            if earlier.endswith(ending):
+                return f"{earlier[:-len(ending)]}, then by {path}{_KEEPERS}"
         return f"{earlier} (kept by {path}{_ONE_KEEPER}"
 
 
